@@ -1,0 +1,8 @@
+"""Benchmark: jobs/benchmark.py [--customers N] [--workdir DIR] [--conf F] [--set k=v]; prints seconds per stage."""
+
+import sys
+
+from microseg.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["bench", *sys.argv[1:]]))

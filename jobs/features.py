@@ -1,0 +1,8 @@
+"""spark-submit entry point of the features stage: jobs/features.py [--conf F] [--as-of D] [--set k=v ...]."""
+
+import sys
+
+from microseg.cli import job_main
+
+if __name__ == "__main__":
+    sys.exit(job_main("features"))

@@ -1,0 +1,123 @@
+"""The ``microseg`` command and the shared entry point of the spark-submit job files."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+from microseg.config import STAGES, Config, load_config
+from microseg.errors import ConfigError, MicrosegError
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--conf", default="conf/local.yaml", help="environment config file (base.yaml beside it)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+
+
+def _as_of(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--as-of {text!r} is not a date like 2025-12-31") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="microseg", description="Customer micro-segmentation on Spark")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the pipeline's stages for one as_of")
+    _common(run)
+    run.add_argument("--as-of", type=_as_of, help="snapshot date (default: run.as_of in config)")
+    run.add_argument("--stage", action="append", choices=STAGES, help="run only this stage (repeatable)")
+
+    gen = commands.add_parser("datagen", help="generate synthetic multi-source data")
+    _common(gen)
+    gen.add_argument("--customers", type=int, help="number of customers (default: datagen.customers)")
+    gen.add_argument("--seed", type=int, help="random seed (default: datagen.seed)")
+    gen.add_argument("--out", help="output folder (default: datagen.out)")
+
+    bench = commands.add_parser("bench", help="generate N customers, run every stage, print timings")
+    _common(bench)
+    bench.add_argument("--customers", type=int, default=100_000)
+    bench.add_argument("--workdir", default="./bench", help="where the data and lake go (wiped first)")
+    return parser
+
+
+def _datagen_overrides(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.customers is not None:
+        extra.append(f"datagen.customers={args.customers}")
+    if getattr(args, "seed", None) is not None:
+        extra.append(f"datagen.seed={args.seed}")
+    if getattr(args, "out", None):
+        extra.append(f"datagen.out={args.out}")
+    return extra
+
+
+def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.pipeline import run_pipeline, summary
+    from microseg.session import build_spark
+
+    spark = build_spark(cfg)
+    result = run_pipeline(spark, cfg, as_of=args.as_of, stages=args.stage)
+    print(summary(result, cfg))
+    return 0
+
+
+def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.datagen import generate
+    from microseg.session import build_spark
+
+    spark = build_spark(cfg)
+    started = time.perf_counter()
+    manifest = generate(spark, cfg.datagen, cfg.path(cfg.datagen.out))
+    print(json.dumps({"rows": manifest["rows"], "dirt": manifest["dirt"]}, indent=2))
+    print(
+        f"generated {cfg.datagen.customers:,} customers in {time.perf_counter() - started:.1f}s "
+        f"to {cfg.path(cfg.datagen.out)}"
+    )
+    return 0
+
+
+def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.bench import run_benchmark
+    from microseg.session import build_spark
+
+    print(run_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir)))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "datagen": cmd_datagen, "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    if args.command == "datagen":
+        overrides += _datagen_overrides(args)
+    try:
+        cfg = load_config(args.conf, overrides)
+        return COMMANDS[args.command](cfg, args)
+    except ConfigError as exc:
+        print(f"microseg: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except MicrosegError as exc:
+        print(f"microseg: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def job_main(stage: str | None, argv: list[str] | None = None) -> int:
+    """Entry point of the job files: ``jobs/<stage>.py [--conf F] [--as-of D] [--set k=v ...]``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if stage is not None:
+        argv += ["--stage", stage]
+    return main(["run", *argv])

@@ -1,0 +1,297 @@
+"""Typed configuration: conf/base.yaml, an environment overlay, and ``--set`` overrides.
+
+Loading order: base.yaml (every default) <- the environment file (local.yaml,
+cluster.yaml, ...) <- ``--set key=value`` overrides <- ``${ENV_VAR}`` interpolation.
+The result is validated by pydantic models that forbid unknown keys, and every
+error names the file (or ``--set``) that supplied the key, the key and what was
+expected. Config is loaded in jobs and the CLI, never at import time.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from microseg.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConfig(_Strict):
+    master: str = "local[*]"
+    app_name: str = "microseg"
+    local_ip: str | None = "127.0.0.1"
+    shuffle_partitions: int | None = Field(
+        default=None, description="None: the number of cores in local mode, Spark's default elsewhere"
+    )
+    packages: list[str] = Field(default_factory=list)
+    settings: dict[str, str] = Field(default_factory=dict)
+    log_level: str = "WARN"
+
+
+class LakeConfig(_Strict):
+    root: str = "./lake"
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str | None = None
+    registry_uri: str | None = None
+    experiment: str = "microseg"
+    artifact_location: str | None = None
+    pip_requirements: list[str] = Field(default_factory=list)
+
+
+class PrivacyConfig(_Strict):
+    hash_key_env: str = "MICROSEG_HASH_KEY"
+
+
+class DirtRates(_Strict):
+    crm_duplicate: float = Field(0.01, ge=0, le=1)
+    invalid_email: float = Field(0.01, ge=0, le=1)
+    malformed_line: float = Field(0.002, ge=0, le=1)
+    negative_amount: float = Field(0.002, ge=0, le=1)
+    future_timestamp: float = Field(0.002, ge=0, le=1)
+    orphan_reference: float = Field(0.002, ge=0, le=1)
+    unknown_currency: float = Field(0.002, ge=0, le=1)
+
+
+class DatagenConfig(_Strict):
+    customers: int = Field(20_000, ge=100, le=5_000_000)
+    seed: int = 42
+    out: str = "./data/synthetic"
+    start_date: dt.date = dt.date(2024, 1, 1)
+    end_date: dt.date = dt.date(2025, 12, 31)
+    partitions: int | None = None
+    dirt: DirtRates = Field(default_factory=DirtRates)
+
+
+class SourcesConfig(_Strict):
+    mapping: str = "synthetic"
+    root: str = "./data/synthetic"
+    base_currency: str = "EUR"
+    currency_rates: dict[str, float] = Field(default_factory=lambda: {"EUR": 1.0})
+
+
+class QualityRule(_Strict):
+    name: str
+    expectation: Literal["not_null", "unique", "between", "in_set", "regex"]
+    column: str
+    severity: Literal["warn", "critical"] = "warn"
+    min: float | None = None
+    max: float | None = None
+    values: list[Any] | None = None
+    pattern: str | None = None
+    mostly: float = Field(1.0, ge=0, le=1)
+
+
+class QualityConfig(_Strict):
+    rules_dir: str = "quality"
+
+
+class FeaturesConfig(_Strict):
+    version: str = "1"
+
+
+class TrainConfig(_Strict):
+    layer: str = "value"
+    features: list[str]
+    k: int = Field(5, ge=2)
+    max_iter: int = 40
+    seed: int = 42
+    silhouette_sample: int = Field(20_000, ge=100)
+    register_model: bool = True
+
+
+class RunConfig(_Strict):
+    as_of: dt.date = dt.date(2025, 12, 31)
+    stages: list[str] = Field(
+        default_factory=lambda: ["ingest", "clean", "quality", "features", "train", "assign", "profile"]
+    )
+
+
+class Config(_Strict):
+    env: str = "local"
+    conf_dir: str = Field("", description="set by the loader: the folder of the config files")
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    lake: LakeConfig = Field(default_factory=LakeConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    datagen: DatagenConfig = Field(default_factory=DatagenConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    train: TrainConfig
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _stages_known(self) -> Config:
+        unknown = [s for s in self.run.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"run.stages has unknown stage(s) {unknown}; known stages: {list(STAGES)}")
+        return self
+
+    def path(self, relative: str) -> str:
+        """A path from config made absolute: URIs stay as they are, relative paths join the cwd."""
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", relative):
+            return relative
+        return str(Path(relative).expanduser().resolve())
+
+    @property
+    def lake_root(self) -> str:
+        return self.path(self.lake.root)
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.lake_root}/mlflow.db"
+
+    @property
+    def artifact_location(self) -> str:
+        return self.mlflow.artifact_location or f"{self.lake_root}/mlflow-artifacts"
+
+    def conf_file(self, *parts: str) -> Path:
+        return Path(self.conf_dir, *parts)
+
+
+STAGES = ("ingest", "clean", "quality", "features", "train", "assign", "profile")
+
+_ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist; pass an existing file with --conf") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, not {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, overlay: dict, origin: str, origins: dict[str, str], prefix: str = "") -> dict:
+    """Deep-merge overlay into a copy of base, recording which file set each leaf key."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and value:
+            merged[key] = _merge(merged[key], value, origin, origins, f"{dotted}.")
+        else:
+            merged[key] = copy.deepcopy(value)
+            _record_origin(value, dotted, origin, origins)
+    return merged
+
+
+def _record_origin(value: Any, dotted: str, origin: str, origins: dict[str, str]) -> None:
+    origins[dotted] = origin
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _record_origin(sub, f"{dotted}.{key}", origin, origins)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``key.sub=value``; the value is read as a YAML scalar (so 3 is an int, true a bool)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r} must look like key.sub=value, for example lake.root=/data/lake")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    nested: dict[str, Any] = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return nested
+
+
+def _interpolate(value: Any, where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, where) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"config key {where} refers to environment variable ${{{name}}}, which is not set; "
+            f"export {name}=... or give a default as ${{{name}:-value}}"
+        )
+
+    return _ENV_PATTERN.sub(substitute, value)
+
+
+def load_config(conf_file: str | Path = "conf/local.yaml", overrides: list[str] | None = None) -> Config:
+    """Load and validate the configuration.
+
+    Args:
+        conf_file: the environment file; ``base.yaml`` beside it supplies every default.
+        overrides: ``key.sub=value`` strings, applied last.
+
+    Returns:
+        The validated, immutable Config.
+
+    Raises:
+        ConfigError: naming the file, key and expected type of the first problem found.
+    """
+    env_path = Path(conf_file).resolve()
+    base_path = env_path.parent / "base.yaml"
+    origins: dict[str, str] = {}
+    merged = _merge({}, _read_yaml(base_path), str(base_path), origins)
+    if env_path != base_path:
+        merged = _merge(merged, _read_yaml(env_path), str(env_path), origins)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        merged = _merge(merged, _nest(key, value), f"--set {text}", origins)
+    merged = _interpolate(merged, "")
+    merged["conf_dir"] = str(env_path.parent)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origins, env_path)) from None
+
+
+def _describe(exc: ValidationError, origins: dict[str, str], env_path: Path) -> str:
+    lines = [f"invalid configuration ({exc.error_count()} problem(s)) loading {env_path}:"]
+    for error in exc.errors():
+        key = ".".join(str(p) for p in error["loc"])
+        origin = _origin_of(key, origins)
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {origin}: unknown key '{key}'; check its spelling against conf/base.yaml")
+        elif error["type"] == "missing":
+            lines.append(f"  {origin}: required key '{key}' is missing")
+        else:
+            got = error.get("input")
+            lines.append(f"  {origin}: key '{key}' {error['msg'].lower()} (got {got!r})")
+    return "\n".join(lines)
+
+
+def _origin_of(key: str, origins: dict[str, str]) -> str:
+    parts = key.split(".")
+    while parts:
+        found = origins.get(".".join(parts))
+        if found:
+            return found
+        parts.pop()
+    return "config"

@@ -1,0 +1,25 @@
+"""Named failures. Each message says what went wrong, where, and what to do; the CLI prints it without a traceback."""
+
+
+class MicrosegError(Exception):
+    """Base of every failure microseg reports as a message rather than a traceback."""
+
+
+class ConfigError(MicrosegError, ValueError):
+    """The configuration cannot be loaded; the message names the file, key and fix."""
+
+
+class HashKeyMissingError(MicrosegError):
+    """The HMAC key's environment variable is not set."""
+
+
+class TableMissingError(MicrosegError, FileNotFoundError):
+    """A stage needs a Delta table that an earlier stage has not written."""
+
+
+class ReconciliationError(MicrosegError):
+    """Rows in != rows written + rows quarantined for a source."""
+
+
+class DataQualityError(MicrosegError):
+    """A critical data-quality rule failed; nothing downstream was written."""

@@ -1,0 +1,127 @@
+"""Runs the stages in order for one as_of, logs each to ops.run_log and builds the run summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyspark.sql import SparkSession
+
+from microseg.assign import run_assign
+from microseg.clean import run_clean
+from microseg.config import STAGES, Config
+from microseg.features import run_features
+from microseg.ingest import run_ingest
+from microseg.models import run_train
+from microseg.profiles import run_profile
+from microseg.quality import run_quality
+from microseg.runlog import Entry, RunContext, StageReport, log_stage
+
+STAGE_FUNCTIONS: dict[str, Callable[[SparkSession, Config, RunContext], StageReport]] = {
+    "ingest": run_ingest,
+    "clean": run_clean,
+    "quality": run_quality,
+    "features": run_features,
+    "train": run_train,
+    "assign": run_assign,
+    "profile": run_profile,
+}
+assert tuple(STAGE_FUNCTIONS) == STAGES
+
+
+@dataclass
+class PipelineResult:
+    run: RunContext
+    reports: list[StageReport] = field(default_factory=list)
+
+    def report(self, stage: str) -> StageReport | None:
+        return next((r for r in self.reports if r.stage == stage), None)
+
+
+def run_pipeline(
+    spark: SparkSession,
+    cfg: Config,
+    as_of: dt.date | None = None,
+    stages: list[str] | None = None,
+    progress: Callable[[str], None] = print,
+) -> PipelineResult:
+    """Run ``stages`` (default: cfg.run.stages) for ``as_of`` (default: cfg.run.as_of).
+
+    Each stage is timed and appended to ops.run_log, also when it fails (status
+    ``failed`` with the error), and the error is raised again.
+    """
+    run = RunContext(as_of=as_of or cfg.run.as_of)
+    result = PipelineResult(run)
+    chosen = stages or cfg.run.stages
+    progress(f"microseg run {run.run_id}: as_of {run.as_of}, stages {', '.join(chosen)}, lake {cfg.lake_root}")
+    for number, stage in enumerate(chosen, start=1):
+        progress(f"[{number}/{len(chosen)}] {stage} ...")
+        started = time.perf_counter()
+        try:
+            report = STAGE_FUNCTIONS[stage](spark, cfg, run)
+        except Exception as exc:
+            failed = StageReport(stage, [Entry(stage, details={"error": f"{type(exc).__name__}: {exc}"})])
+            failed.seconds = time.perf_counter() - started
+            log_stage(spark, cfg, run, failed, status="failed")
+            progress(f"[{number}/{len(chosen)}] {stage} FAILED after {failed.seconds:.1f}s: {exc}")
+            raise
+        report.seconds = time.perf_counter() - started
+        log_stage(spark, cfg, run, report)
+        result.reports.append(report)
+        progress(f"[{number}/{len(chosen)}] {stage} done in {report.seconds:.1f}s {_stage_line(report)}")
+    return result
+
+
+def _stage_line(report: StageReport) -> str:
+    written = sum(e.rows_written or 0 for e in report.entries)
+    quarantined = sum(e.rows_quarantined or 0 for e in report.entries)
+    parts = []
+    if written:
+        parts.append(f"{written:,} rows written")
+    if quarantined:
+        parts.append(f"{quarantined:,} quarantined")
+    return f"({', '.join(parts)})" if parts else ""
+
+
+def summary(result: PipelineResult, cfg: Config) -> str:
+    """The short end-of-run summary: rows per stage, quarantine by reason, segments, MLflow, tables."""
+    lines = [f"== microseg run {result.run.run_id} as_of {result.run.as_of} =="]
+    lines.append(f"{'stage':<10} {'seconds':>8} {'rows in':>12} {'written':>12} {'quarantined':>12}")
+    for r in result.reports:
+        rows_in = sum(e.rows_in or 0 for e in r.entries)
+        written = sum(e.rows_written or 0 for e in r.entries)
+        quarantined = sum(e.rows_quarantined or 0 for e in r.entries)
+        lines.append(f"{r.stage:<10} {r.seconds:>8.1f} {rows_in:>12,} {written:>12,} {quarantined:>12,}")
+    clean = result.report("clean")
+    if clean:
+        lines.append("quarantined rows by source and rule:")
+        for e in clean.entries:
+            for rule, count in e.details.get("quarantined_by_rule", {}).items():
+                lines.append(f"  {e.source:<18} {rule:<22} {count:>8,}")
+    quality = result.report("quality")
+    if quality and quality.info.get("warnings"):
+        lines.append("data-quality warnings (rule: failing rows):")
+        for rule, count in quality.info["warnings"].items():
+            lines.append(f"  {rule:<40} {count:>8,}")
+    features = result.report("features")
+    if features:
+        excluded = features.entries[0].details.get("excluded_no_profiling_consent", 0)
+        lines.append(
+            f"features: {features.entries[0].rows_written:,} customers; {excluded:,} excluded (no profiling consent)"
+        )
+    train = result.report("train")
+    if train:
+        info = train.info
+        lines.append(
+            f"model: {info['model']} version {info['version']} (alias champion), MLflow run {info['mlflow_run_id']}, "
+            f"silhouette {info['silhouette']:.3f}"
+        )
+    assign = result.report("assign")
+    if assign:
+        lines.append("segments (customers):")
+        for segment, size in assign.info["segments"].items():
+            lines.append(f"  {segment:<20} {size:>8,}")
+    lines.append(f"tables: {cfg.lake_root}/<layer>/<table>; MLflow: {cfg.tracking_uri} (make ui)")
+    return "\n".join(lines)
