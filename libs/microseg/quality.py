@@ -82,7 +82,6 @@ def _expectation(rule: QualityRule):
 def validate(frames: dict[str, DataFrame], suites: list[TableRules]) -> list[RuleResult]:
     """Run each table's suite through an ephemeral GX context; return one result per rule."""
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")

@@ -1,0 +1,46 @@
+"""Shared fixtures: one SparkSession for the whole run, and configs pointing at temporary lakes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from microseg.config import Config, load_config
+from microseg.session import build_spark
+
+REPO = Path(__file__).resolve().parents[1]
+TEST_HASH_KEY = "test-key-not-a-secret-0123456789"
+
+# Set before any test runs; a test that needs the key missing removes it with monkeypatch.
+os.environ.setdefault("MICROSEG_HASH_KEY", TEST_HASH_KEY)
+
+TEST_SETTINGS = [
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "spark.log_level=ERROR",
+    "datagen.partitions=2",
+]
+
+
+@pytest.fixture(scope="session")
+def make_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Config]:
+    """Config for a test: conf/local.yaml with small Spark settings, a fresh lake, and extra overrides."""
+
+    def make(*overrides: str, lake: Path | None = None) -> Config:
+        lake = lake or tmp_path_factory.mktemp("lake")
+        return load_config(
+            REPO / "conf" / "local.yaml",
+            [*TEST_SETTINGS, f"lake.root={lake}", *overrides],
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def spark(make_config: Callable[..., Config]):
+    session = build_spark(make_config())
+    yield session
+    session.stop()

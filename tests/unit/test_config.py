@@ -1,0 +1,96 @@
+from pathlib import Path
+
+import pytest
+
+from microseg.config import load_config, parse_override
+from microseg.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_env(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "base.yaml").write_text((REPO / "conf" / "base.yaml").read_text())
+    env = tmp_path / "env.yaml"
+    env.write_text(text)
+    return env
+
+
+def test_defaults_and_overlay(tmp_path):
+    cfg = load_config(write_env(tmp_path, "env: test\ntrain:\n  k: 7\n"))
+    assert cfg.env == "test"
+    assert cfg.train.k == 7
+    assert cfg.train.features[0] == "recency_days"  # from base.yaml
+    assert cfg.conf_dir == str(tmp_path)
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    env = write_env(tmp_path, "lake:\n  rooot: /x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(env)
+    message = str(err.value)
+    assert str(env) in message
+    assert "lake.rooot" in message
+    assert "unknown key" in message
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+    env = write_env(tmp_path, "train:\n  k: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(env)
+    message = str(err.value)
+    assert "train.k" in message and str(env) in message
+    assert "integer" in message and "'many'" in message
+
+
+def test_set_overrides_win_and_are_typed(tmp_path):
+    env = write_env(tmp_path, "lake:\n  root: /from-file\n")
+    cfg = load_config(env, ["lake.root=/from-set", "mlflow.tracking_uri=sqlite:////tmp/x.db", "train.k=3"])
+    assert cfg.lake.root == "/from-set"
+    assert cfg.tracking_uri == "sqlite:////tmp/x.db"
+    assert cfg.train.k == 3
+
+
+def test_bad_override_type_names_set(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write_env(tmp_path, "{}\n"), ["train.seed=abc"])
+    assert "--set train.seed=abc" in str(err.value)
+
+
+def test_env_interpolation(tmp_path, monkeypatch):
+    env = write_env(tmp_path, "lake:\n  root: ${MS_TEST_LAKE}\nmlflow:\n  experiment: ${MS_TEST_EXP:-fallback}\n")
+    monkeypatch.setenv("MS_TEST_LAKE", "/lakes/one")
+    monkeypatch.delenv("MS_TEST_EXP", raising=False)
+    cfg = load_config(env)
+    assert cfg.lake.root == "/lakes/one"
+    assert cfg.mlflow.experiment == "fallback"
+
+
+def test_missing_env_variable_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("MS_TEST_UNSET", raising=False)
+    with pytest.raises(ConfigError) as err:
+        load_config(write_env(tmp_path, "lake:\n  root: ${MS_TEST_UNSET}\n"))
+    assert "MS_TEST_UNSET" in str(err.value) and "lake.root" in str(err.value)
+
+
+def test_default_tracking_uri_is_absolute_sqlite_under_lake(tmp_path):
+    cfg = load_config(write_env(tmp_path, "{}\n"), [f"lake.root={tmp_path}/lake"])
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path}/lake/mlflow.db"
+    assert cfg.artifact_location == f"{tmp_path}/lake/mlflow-artifacts"
+
+
+def test_unknown_stage_rejected(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write_env(tmp_path, "run:\n  stages: [ingest, polish]\n"))
+    assert "polish" in str(err.value)
+
+
+def test_parse_override_requires_equals():
+    assert parse_override("a.b=3") == ("a.b", 3)
+    with pytest.raises(ConfigError):
+        parse_override("a.b")
+
+
+def test_shipped_environments_load():
+    for name in ("local.yaml", "cluster.yaml"):
+        cfg = load_config(REPO / "conf" / name)
+        assert cfg.lake.root
