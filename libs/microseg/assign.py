@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 
 from microseg import tables
 from microseg.config import Config
-from microseg.models import load_champion, training_frame
+from microseg.models import load_champion, model_inputs
 from microseg.runlog import Entry, RunContext, StageReport
 
 
@@ -15,7 +15,7 @@ def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
     """MERGE one row per (customer_id, as_of) with the customer's segment of the champion model."""
     layer = cfg.train.layer
     model, facts = load_champion(cfg, layer)
-    features = training_frame(spark, cfg, run)
+    features = model_inputs(spark, cfg, run)
     scored = model.transform(features).select(
         "customer_id",
         F.lit(run.as_of).alias("as_of"),

@@ -506,6 +506,8 @@ def generate(spark: SparkSession, cfg: DatagenConfig, out: str) -> dict:
                 columns = [c for c in frame.columns if c != "_dirt"]
                 bad = _malformed_csv(spark, columns, malformed) if fmt == "csv" else _malformed_json(spark, malformed)
                 _write(bad, "csv" if fmt == "csv" else "text", path, partitions=1, mode="append")
+                if fmt == "json":
+                    _rename_extension(spark, path, ".txt", ".json")
                 dirt["malformed_line"] = malformed
                 rows += malformed
         frame.unpersist()
@@ -516,6 +518,17 @@ def generate(spark: SparkSession, cfg: DatagenConfig, out: str) -> dict:
     Path(out).mkdir(parents=True, exist_ok=True)
     Path(out, "_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
+
+
+def _rename_extension(spark: SparkSession, folder: str, old: str, new: str) -> None:
+    """Rename the text writer's part files so that a reader globbing ``*.json`` finds them (any Hadoop FS)."""
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(folder)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    for status in fs.listStatus(hadoop_path):
+        name = status.getPath().getName()
+        if name.endswith(old):
+            fs.rename(status.getPath(), jvm.org.apache.hadoop.fs.Path(folder, name[: -len(old)] + new))
 
 
 def _write(df: DataFrame, fmt: str, path: str, partitions: int, mode: str = "overwrite") -> None:

@@ -52,7 +52,8 @@ def silhouette(predictions: DataFrame, sample: int, seed: int) -> float:
     return float(evaluator.evaluate(sampled))
 
 
-def training_frame(spark: SparkSession, cfg: Config, run: RunContext) -> DataFrame:
+def model_inputs(spark: SparkSession, cfg: Config, run: RunContext) -> DataFrame:
+    """customer_id and the layer's features (as doubles) of one snapshot."""
     features = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(run.as_of))
     return features.select("customer_id", *[F.col(c).cast("double") for c in cfg.train.features])
 
@@ -61,7 +62,12 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Fit the layer's clustering on one snapshot, log it to MLflow and make it the champion."""
     train = cfg.train
     tracking.configure(cfg)
-    data = training_frame(spark, cfg, run).cache()
+    # A fixed layout (hash partitions, sorted within) so that a rerun on the same rows fits the
+    # same model: k-means|| initialisation depends on which rows sit in which partition.
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    data = (
+        model_inputs(spark, cfg, run).repartition(partitions, "customer_id").sortWithinPartitions("customer_id").cache()
+    )
     rows = data.count()
     if rows < train.k:
         raise ValueError(f"train: {rows} customers in gold.customer_features for {run.as_of}, fewer than k={train.k}")
@@ -104,14 +110,12 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
             artifact_path="model",
             pip_requirements=cfg.mlflow.pip_requirements,
             signature=infer_signature(example, predictions.select("cluster").limit(5).toPandas()),
-            registered_model_name=name if train.register_model else None,
         )
         predictions.unpersist()
         mlflow_run_id = active.info.run_id
+        version = register(cfg, name, info.model_uri, centers) if train.register_model else None
+        mlflow.set_tag("registered_version", str(version))
     data.unpersist()
-    version = None
-    if train.register_model:
-        version = promote(cfg, name, info.registered_model_version)
     report = StageReport(
         "train", info={"mlflow_run_id": mlflow_run_id, "model": name, "version": version, **metrics, "sizes": sizes}
     )
@@ -119,17 +123,35 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     return report
 
 
-def promote(cfg: Config, name: str, version: str | int) -> str:
-    """Make ``version`` the champion; the old champion keeps the alias ``previous``."""
+def register(cfg: Config, name: str, model_uri: str, centers: list[list[float]]) -> str:
+    """Register the model and make it the champion, the old champion keeping the alias ``previous``.
+
+    A rerun on the same data, config and code fits the same centroids; it then keeps
+    the current champion instead of registering a copy, so reruns leave assignments as they were.
+    """
     client = tracking.client(cfg)
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         current = None
-    if current is not None and str(current.version) != str(version):
+    if current is not None and _same_centroids(current.run_id, centers):
+        return str(current.version)
+    version = mlflow.register_model(model_uri, name).version
+    if current is not None:
         client.set_registered_model_alias(name, PREVIOUS, current.version)
     client.set_registered_model_alias(name, CHAMPION, str(version))
     return str(version)
+
+
+def _same_centroids(run_id: str, centers: list[list[float]], tolerance: float = 1e-9) -> bool:
+    try:
+        previous = mlflow.artifacts.load_dict(f"runs:/{run_id}/centroids.json")["scaled_centroids"]
+    except (mlflow.exceptions.MlflowException, OSError, KeyError):
+        return False
+    return len(previous) == len(centers) and all(
+        len(p) == len(c) and all(abs(a - b) <= tolerance for a, b in zip(p, c, strict=True))
+        for p, c in zip(previous, centers, strict=True)
+    )
 
 
 def load_champion(cfg: Config, layer: str, macro: str = "all") -> tuple[PipelineModel, dict]:

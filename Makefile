@@ -1,0 +1,48 @@
+# microseg: `make demo` runs the whole pipeline on generated data; `make test` runs the tests.
+# Both set themselves up on a fresh machine (a virtualenv in .venv with everything pinned in pyproject.toml).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+CUSTOMERS ?= 20000
+DATA ?= data/synthetic
+KEY_FILE := .microseg_key
+export SPARK_LOCAL_IP ?= 127.0.0.1
+
+.PHONY: install demo test ui bench lint clean
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# The demo needs an HMAC key in MICROSEG_HASH_KEY. If none is set, a local one is made once
+# in $(KEY_FILE) (git-ignored, demo only); in production the key comes from your secret store.
+demo: install
+	@if [ -z "$$MICROSEG_HASH_KEY" ] && [ ! -s $(KEY_FILE) ]; then \
+		$(BIN)/python -c 'import secrets; print(secrets.token_hex(32))' > $(KEY_FILE); \
+		echo "microseg: made a local demo HMAC key in $(KEY_FILE) (set MICROSEG_HASH_KEY to use your own)"; \
+	fi
+	@if [ ! -f $(DATA)/_manifest.json ]; then \
+		MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-$$(cat $(KEY_FILE))} $(BIN)/microseg datagen --customers $(CUSTOMERS) --out $(DATA); \
+	fi
+	MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-$$(cat $(KEY_FILE))} $(BIN)/microseg run --conf conf/local.yaml --set sources.root=$(DATA)
+
+test: install
+	$(BIN)/pytest
+
+ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/mlflow.db --host 127.0.0.1 --port 5000
+
+bench: install
+	MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-bench-key-not-secret-0123456789} $(BIN)/microseg bench --customers $(CUSTOMERS)
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf lake data bench build reports spark-warehouse

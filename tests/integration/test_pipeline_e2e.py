@@ -1,0 +1,158 @@
+"""`microseg run` end to end on generated data: tables, reconciliation, MLflow, assignment, rerun."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow import MlflowClient
+from pyspark.sql import functions as F
+
+from microseg import tables
+from microseg.cli import main
+from microseg.config import DatagenConfig
+from microseg.datagen import SOURCES, generate
+
+pytestmark = pytest.mark.integration
+
+CUSTOMERS = 1500
+SILVER_OF = {
+    "crm_customers": "customers",
+    "orders": "orders",
+    "order_items": "order_items",
+    "web_events": "web_events",
+    "email_events": "email_events",
+    "support_tickets": "support_tickets",
+    "survey_responses": "survey_responses",
+}
+# The clean rule that catches each dirt kind; invalid emails are kept (email nulled) and
+# reported by the data-quality rule email_valid instead.
+RULE_OF = {"malformed_line": "malformed_record", "crm_duplicate": "superseded_duplicate"}
+
+
+@pytest.fixture(scope="module")
+def demo(spark, tmp_path_factory, make_config):
+    root = tmp_path_factory.mktemp("e2e")
+    data, lake = root / "data", root / "lake"
+    manifest = generate(spark, DatagenConfig(customers=CUSTOMERS, seed=11, partitions=2), str(data))
+    args = [
+        "--set",
+        f"lake.root={lake}",
+        "--set",
+        f"sources.root={data}",
+        "--set",
+        "spark.master=local[2]",
+        "--set",
+        "spark.shuffle_partitions=2",
+        "--set",
+        "spark.log_level=ERROR",
+    ]
+    cfg = make_config(f"sources.root={data}", lake=lake)
+    return {"args": args, "cfg": cfg, "manifest": manifest}
+
+
+@pytest.fixture(scope="module")
+def first_run(demo, capsys_module):
+    code = main(["run", *demo["args"]])
+    return code, capsys_module()
+
+
+@pytest.fixture(scope="module")
+def capsys_module():
+    """Module-scoped stdout capture (pytest's capsys is function scoped)."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    stack = contextlib.ExitStack()
+    stack.enter_context(contextlib.redirect_stdout(buffer))
+    yield lambda: (stack.close(), buffer.getvalue())[1]
+    stack.close()
+
+
+def test_run_succeeds_and_prints_summary(first_run):
+    code, out = first_run
+    assert code == 0
+    assert "segments (customers):" in out
+    assert "model: microseg-value-all version 1 (alias champion)" in out
+    assert "[7/7] profile done" in out
+
+
+def test_every_table_is_delta(spark, demo, first_run):
+    expected = (
+        [f"bronze.{s}" for s in SOURCES]
+        + [f"silver.{t}" for t in SILVER_OF.values()]
+        + ["silver.customer_contact"]
+        + [f"quarantine.{s}" for s in SOURCES]
+        + ["gold.customer_features", "gold.segment_assignments", "gold.segment_profiles"]
+        + ["ops.run_log", "ops.dq_results"]
+    )
+    missing = [name for name in expected if not tables.exists(spark, demo["cfg"], name)]
+    assert missing == []
+
+
+def test_rows_reconcile_with_manifest_source_by_source(spark, demo, first_run):
+    cfg, manifest = demo["cfg"], demo["manifest"]
+    for source in SOURCES:
+        bronze = tables.read(spark, cfg, f"bronze.{source}").count()
+        silver = tables.read(spark, cfg, f"silver.{SILVER_OF[source]}").count()
+        quarantine = tables.read(spark, cfg, f"quarantine.{source}")
+        by_rule = {r["rule"]: r["count"] for r in quarantine.groupBy("rule").count().collect()}
+        assert bronze == manifest["rows"][source], source
+        assert silver + sum(by_rule.values()) == bronze, source
+        expected = {RULE_OF.get(k, k): v for k, v in manifest["dirt"][source].items() if k != "invalid_email"}
+        assert by_rule == expected, source
+
+
+def test_invalid_emails_reported_by_quality_rule(spark, demo, first_run):
+    results = tables.read(spark, demo["cfg"], "ops.dq_results").where(F.col("rule") == "email_valid")
+    row = results.select("success", "unexpected_count", "severity").first()
+    assert row["unexpected_count"] == demo["manifest"]["dirt"]["crm_customers"]["invalid_email"]
+    assert (row["success"], row["severity"]) == (False, "warn")
+
+
+def test_no_raw_email_in_silver_analytic_tables(spark, demo, first_run):
+    customers = tables.read(spark, demo["cfg"], "silver.customers")
+    assert "email" not in customers.columns and "phone" not in customers.columns
+    contact = tables.read(spark, demo["cfg"], "silver.customer_contact")
+    assert contact.where(F.col("email").contains("@")).count() > 0
+
+
+def test_mlflow_run_and_champion(demo, first_run):
+    cfg = demo["cfg"]
+    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    champion = client.get_model_version_by_alias("microseg-value-all", "champion")
+    run = client.get_run(champion.run_id)
+    assert 0.0 < run.data.metrics["silhouette"] <= 1.0
+    assert run.data.params["k"] == "5"
+    assert run.data.tags["as_of"] == "2025-12-31"
+    artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
+    assert {"model", "centroids.json", "segment_sizes.json"} <= artifacts
+
+
+def test_every_eligible_customer_assigned_once(spark, demo, first_run):
+    cfg = demo["cfg"]
+    customers = tables.read(spark, cfg, "silver.customers")
+    eligible = customers.where((F.col("signup_date") <= "2025-12-31") & F.col("consent_profiling"))
+    assignments = tables.read(spark, cfg, "gold.segment_assignments").where(F.col("as_of") == "2025-12-31")
+    assert assignments.count() == assignments.select("customer_id").distinct().count()
+    ids = assignments.select("customer_id")
+    assert ids.exceptAll(eligible.select("customer_id")).count() == 0
+    assert eligible.select("customer_id").exceptAll(ids).count() == 0
+    assert assignments.select("segment_id").distinct().count() == 5
+
+
+def test_run_log_has_every_stage(spark, demo, first_run):
+    log = tables.read(spark, demo["cfg"], "ops.run_log")
+    stages = {r["stage"] for r in log.where(F.col("status") == "ok").select("stage").distinct().collect()}
+    assert stages == {"ingest", "clean", "quality", "features", "train", "assign", "profile"}
+
+
+def test_rerun_same_as_of_keeps_assignments_and_adds_one_run(spark, demo, first_run):
+    cfg = demo["cfg"]
+    before = tables.read(spark, cfg, "gold.segment_assignments").collect()
+    client = MlflowClient(tracking_uri=cfg.tracking_uri)
+    experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
+    runs_before = len(client.search_runs([experiment.experiment_id]))
+    assert main(["run", *demo["args"]]) == 0
+    after = tables.read(spark, cfg, "gold.segment_assignments").collect()
+    assert sorted(map(tuple, after)) == sorted(map(tuple, before))
+    assert len(client.search_runs([experiment.experiment_id])) == runs_before + 1
