@@ -26,5 +26,5 @@ def run_profile(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
     tables.replace_where(profiles, cfg, "gold.segment_profiles", f"as_of = '{run.as_of}'", partition_by="as_of")
     count = tables.read(spark, cfg, "gold.segment_profiles").where(on_date).count()
     report = StageReport("profile")
-    report.entries.append(Entry("gold.segment_profiles", rows_written=count))
+    report.entries.append(Entry("gold.segment_profiles", rows_in=assignments.count(), rows_written=count))
     return report

@@ -76,6 +76,11 @@ def read_source(spark: SparkSession, cfg: Config, spec: SourceSpec) -> DataFrame
     if spec.captures_corrupt_records:
         schema = schema.add(CORRUPT, "string")
         reader = reader.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
+    folder, _, pattern = location.rpartition("/")
+    if any(ch in pattern for ch in "*?[{") and not any(ch in folder for ch in "*?[{"):
+        # A glob on file names only: read the folder with a filter, which also spares Spark a
+        # noisy failed lookup of a streaming metadata folder named like the glob.
+        reader, location = reader.option("pathGlobFilter", pattern), folder
     df = reader.schema(schema).format(spec.format).load(location)
     if not spec.captures_corrupt_records:
         df = df.withColumn(CORRUPT, F.lit(None).cast("string"))

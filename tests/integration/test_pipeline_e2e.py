@@ -156,3 +156,22 @@ def test_rerun_same_as_of_keeps_assignments_and_adds_one_run(spark, demo, first_
     after = tables.read(spark, cfg, "gold.segment_assignments").collect()
     assert sorted(map(tuple, after)) == sorted(map(tuple, before))
     assert len(client.search_runs([experiment.experiment_id])) == runs_before + 1
+
+
+def test_critical_quality_failure_stops_before_gold(spark, demo, first_run, tmp_path, capsys):
+    cfg = demo["cfg"]
+    gold = ["gold.customer_features", "gold.segment_assignments", "gold.segment_profiles"]
+    versions = {name: tables.version(spark, cfg, name) for name in gold}
+    (tmp_path / "customers.yaml").write_text(
+        "table: silver.customers\n"
+        "rules:\n"
+        "  - {name: country_is_mars, expectation: in_set, column: country, values: [MARS], severity: critical}\n"
+    )
+    args = [*demo["args"], "--set", f"quality.rules_dir={tmp_path}"]
+    code = main(["run", *args, "--stage", "quality", "--stage", "features", "--stage", "assign"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "DataQualityError" in err and "country_is_mars" in err and "silver.customers" in err
+    assert {name: tables.version(spark, cfg, name) for name in gold} == versions
+    failed = tables.read(spark, cfg, "ops.run_log").where((F.col("status") == "failed") & (F.col("stage") == "quality"))
+    assert failed.count() == 1
