@@ -1,8 +1,9 @@
 """Clean stage: bronze -> typed, standardised silver tables keyed by customer_id, bad rows to quarantine.
 
-Each source runs through an ordered list of rules; a row breaking one goes to
-quarantine.<source> with the first rule it breaks and why. Rows in must equal
-rows written plus rows quarantined, or the stage fails.
+Each source is first mapped onto its canonical entity (the mapping's ``columns``), then runs
+through an ordered list of rules; a row breaking one goes to quarantine.<source> with the first
+rule it breaks and why. Silver is recomputed from all of bronze on every run, so reruns give the
+same tables. Rows in must equal rows written plus rows quarantined, or the stage fails.
 """
 
 from __future__ import annotations
@@ -10,19 +11,70 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from microseg import tables
 from microseg.config import Config
-from microseg.errors import ReconciliationError
-from microseg.identity import anonymous_links, customer_id_from_crm
+from microseg.errors import ConfigError, ReconciliationError
+from microseg.identity import anonymous_links, customer_id_from_crm, write_identity_map
 from microseg.privacy import hash_key, hmac_sha256
 from microseg.runlog import Entry, RunContext, StageReport
-from microseg.sources import CORRUPT, load_mapping
+from microseg.sources import CORRUPT, SourceSpec, load_mapping
+from microseg.standardise import (
+    clean_code,
+    clean_text,
+    is_valid_email,
+    normalise_email,
+    phone_e164,
+    rate_column,
+    with_country_code,
+)
 
-EMAIL_PATTERN = r"^[a-z0-9._%+-]+@[a-z0-9.-]+\.[a-z]{2,}$"
+# Canonical columns each entity needs after mapping (others are optional, null when absent).
+REQUIRED = {
+    "customers": ["customer_ref", "updated_at"],
+    "order_lines": ["order_id", "customer_ref", "order_ts", "product_id", "quantity", "unit_price", "currency"],
+    "orders": ["order_id", "customer_ref", "order_ts", "currency", "amount"],
+    "order_items": ["order_id", "line_no", "product_id", "quantity", "unit_price"],
+    "web_events": ["event_id", "event_ts", "event_type"],
+    "email_events": ["event_id", "email", "event_type", "event_ts"],
+    "support_tickets": ["ticket_id", "customer_ref", "created_at"],
+    "survey_responses": ["response_id", "customer_ref", "submitted_at"],
+}
+OPTIONAL = {
+    "customers": {
+        "first_name": "string",
+        "last_name": "string",
+        "email": "string",
+        "phone": "string",
+        "country": "string",
+        "signup_date": "date",
+        "consent_email": "boolean",
+        "consent_sms": "boolean",
+        "consent_profiling": "boolean",
+    },
+    "order_lines": {"description": "string", "country": "string", "channel": "string", "consent_profiling": "boolean"},
+    "orders": {"discount": "double", "channel": "string", "is_return": "boolean"},
+    "order_items": {"category": "string", "description": "string"},
+    "web_events": {"anonymous_id": "string", "customer_ref": "string", "session_id": "string", "channel": "string"},
+    "email_events": {"campaign_id": "string"},
+    "support_tickets": {"channel": "string", "topic": "string", "satisfaction": "int"},
+    "survey_responses": {"nps": "int"},
+}
+TIME_COLUMNS = {
+    "customers": ["updated_at"],
+    "order_lines": ["order_ts"],
+    "orders": ["order_ts"],
+    "web_events": ["event_ts"],
+    "email_events": ["event_ts"],
+    "support_tickets": ["created_at"],
+    "survey_responses": ["submitted_at"],
+}
+# Entities are cleaned in this order: later ones link to the customers and orders of earlier ones.
+CLEAN_ORDER = list(REQUIRED)
 
 
 @dataclass(frozen=True)
@@ -36,8 +88,8 @@ def malformed() -> Rule:
     return Rule("malformed_record", "line could not be parsed with the source schema", F.col(CORRUPT).isNotNull())
 
 
-def missing(column: str) -> Rule:
-    return Rule(f"missing_{column}", f"{column} is empty", F.col(column).isNull())
+def missing(column: str, name: str | None = None, reason: str | None = None) -> Rule:
+    return Rule(name or f"missing_{column}", reason or f"{column} is empty", F.col(column).isNull())
 
 
 def orphan(flag: str, what: str) -> Rule:
@@ -46,6 +98,10 @@ def orphan(flag: str, what: str) -> Rule:
 
 def future(column: str) -> Rule:
     return Rule("future_timestamp", f"{column} is later than the ingest time", F.col(column) > F.col("_ingested_at"))
+
+
+def unknown_currency() -> Rule:
+    return Rule("unknown_currency", "currency has no rate in sources.currency_rates", F.col("_rate").isNull())
 
 
 def flag_rules(df: DataFrame, rules: list[Rule]) -> DataFrame:
@@ -58,15 +114,43 @@ def flag_rules(df: DataFrame, rules: list[Rule]) -> DataFrame:
     return df.withColumns({"_rule": rule, "_reason": reason})
 
 
-def publish(
-    spark: SparkSession,
-    cfg: Config,
-    source: str,
-    bronze: DataFrame,
-    flagged: DataFrame,
-    silver: dict[str, list[Column | str]],
-) -> Entry:
-    """Write good rows to the ``silver`` tables (name -> columns) and bad ones to quarantine.<source>.
+Outputs = dict[str, Callable[[DataFrame], DataFrame]]
+
+
+def canonical(bronze: DataFrame, spec: SourceSpec, mapping_file: str) -> DataFrame:
+    """Map a source's columns onto its entity's canonical columns, with timestamps in UTC.
+
+    Raises:
+        ConfigError: naming the mapping file, source and column when an expression or a required
+            canonical column is wrong.
+    """
+    metadata = [c for c in bronze.columns if c.startswith("_")]
+    mapped = {c: F.col(f"`{c}`") for c in bronze.columns if not c.startswith("_")}
+    for column, expression in spec.columns.items():
+        try:
+            bronze.select(F.expr(expression)).schema  # noqa: B018 - analyses the expression now
+        except AnalysisException as exc:
+            raise ConfigError(
+                f"source mapping {mapping_file}: source {spec.name}, column {column}: expression {expression!r} "
+                f"does not fit the source's schema ({exc.getMessage().splitlines()[0]})"
+            ) from None
+        mapped[column] = F.expr(expression)
+    missing_columns = [c for c in REQUIRED[spec.entity] if c not in mapped]
+    if missing_columns:
+        raise ConfigError(
+            f"source mapping {mapping_file}: source {spec.name} (entity {spec.entity}) has no column(s) "
+            f"{missing_columns}; add them to its schema or map them under columns:"
+        )
+    for column, kind in OPTIONAL[spec.entity].items():
+        mapped.setdefault(column, F.lit(None).cast(kind))
+    if spec.timezone:
+        for column in TIME_COLUMNS.get(spec.entity, []):
+            mapped[column] = F.to_utc_timestamp(mapped[column], spec.timezone)
+    return bronze.select(*[expr.alias(name) for name, expr in mapped.items()], *metadata)
+
+
+def publish(cfg: Config, source: str, bronze: DataFrame, flagged: DataFrame, outputs: Outputs) -> Entry:
+    """Write good rows through ``outputs`` (silver table -> transform) and bad ones to quarantine.<source>.
 
     Raises:
         ReconciliationError: if rows in != rows written + rows quarantined.
@@ -82,107 +166,222 @@ def publish(
             f"source {source}: {rows_in} rows in bronze but {written} written + {quarantined} quarantined; "
             f"a join in the clean rules duplicated or lost rows"
         )
-    for name, columns in silver.items():
-        tables.overwrite(flagged.where(F.col("_rule").isNull()).select(*columns), cfg, name)
-    bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
-    tables.overwrite(
-        flagged.where(F.col("_rule").isNotNull()).select(
-            F.lit(source).alias("source"),
-            F.col("_rule").alias("rule"),
-            F.col("_reason").alias("reason"),
-            F.to_json(F.struct(*bronze_columns)).alias("record"),
-            F.col(CORRUPT).alias("raw_line"),
-            "_source_file",
-            "_batch_id",
-        ),
-        cfg,
-        f"quarantine.{source}",
+    good = flagged.where(F.col("_rule").isNull())
+    for name, transform in outputs.items():
+        tables.overwrite(transform(good), cfg, name)
+    bronze_columns = [f"`{c}`" for c in bronze.columns if not c.startswith("_")]
+    quarantine = flagged.where(F.col("_rule").isNotNull()).select(
+        F.lit(source).alias("source"),
+        F.col("_rule").alias("rule"),
+        F.col("_reason").alias("reason"),
+        F.to_json(F.struct(*[F.col(c) for c in bronze_columns])).alias("record"),
+        F.col(CORRUPT).alias("raw_line"),
+        "_source_file",
+        "_batch_id",
     )
+    tables.overwrite(quarantine, cfg, f"quarantine.{source}")
     flagged.unpersist()
-    return Entry(source, rows_in, written, quarantined, details={"quarantined_by_rule": dict(sorted(by_rule.items()))})
+    details: dict = {"quarantined_by_rule": dict(sorted(by_rule.items()))}
+    if "customer_id" in flagged.columns:
+        linked = good.where(F.col("customer_id").isNotNull()).count()
+        details["coverage"] = round(linked / rows_in, 4) if rows_in else None
+    return Entry(source, rows_in, written, quarantined, details=details)
 
 
-def clean_customers(bronze: DataFrame, key: bytes) -> DataFrame:
+def _customer_keys(customers: DataFrame) -> DataFrame:
+    """crm_id -> customer_id; unique because silver.customers holds one row per CRM id."""
+    return customers.select(F.col("crm_id").alias("customer_ref"), "customer_id")
+
+
+# -- customers (CRM) ---------------------------------------------------------------------------------
+
+
+def clean_customers(df: DataFrame, key: bytes, aliases: dict[str, str | None], region: str) -> DataFrame:
     """Standardise CRM rows; of several rows per CRM id the latest updated_at wins, the rest are quarantined."""
-    email = F.lower(F.trim(F.col("email")))
-    phone_digits = F.regexp_replace(F.col("phone"), r"[^0-9+]", "")
     latest_first = F.row_number().over(
         Window.partitionBy("customer_ref").orderBy(F.col("updated_at").desc_nulls_last(), F.col("_source_file"))
     )
-    prepared = bronze.withColumns(
+    prepared = with_country_code(
+        df.withColumns({"customer_ref": clean_code("customer_ref"), "email_norm": normalise_email("email")}),
+        "country",
+        "country_code",
+        aliases,
+    )
+    prepared = prepared.withColumns(
         {
-            "customer_ref": F.trim("customer_ref"),
-            "email_norm": email,
-            "email_valid": email.rlike(EMAIL_PATTERN),
-            "phone_norm": F.when(F.length(phone_digits) >= 6, phone_digits),
+            "email_valid": is_valid_email(F.col("email_norm")),
+            "phone_e164": phone_e164(F.col("phone"), F.coalesce(F.col("country_code"), F.lit(region))),
+            "_rank": F.when(F.col(CORRUPT).isNull() & F.col("customer_ref").isNotNull(), latest_first),
         }
-    ).withColumn("_rank", F.when(F.col(CORRUPT).isNull() & F.col("customer_ref").isNotNull(), latest_first))
+    )
     rules = [
         malformed(),
         missing("customer_ref"),
         Rule("superseded_duplicate", "an older CRM row of a customer_ref with a newer updated_at", F.col("_rank") > 1),
     ]
-    flagged = flag_rules(prepared, rules)
-    return flagged.withColumns(
+    return flag_rules(prepared, rules).withColumns(
         {
             "customer_id": customer_id_from_crm(F.col("customer_ref")),
             "email_hash": hmac_sha256(F.when(F.col("email_valid"), F.col("email_norm")), key),
-            "phone_hash": hmac_sha256(F.col("phone_norm"), key),
+            "phone_hash": hmac_sha256(F.col("phone_e164"), key),
         }
     )
 
 
-def customer_columns() -> list[Column | str]:
-    return [
+def customers_table(good: DataFrame) -> DataFrame:
+    return good.select(
         "customer_id",
         F.col("customer_ref").alias("crm_id"),
         "email_hash",
         "phone_hash",
-        F.coalesce(F.col("email_valid"), F.lit(False)).alias("email_valid"),
-        F.upper(F.trim("country")).alias("country"),
+        "email_valid",
+        F.col("phone_e164").isNotNull().alias("phone_valid"),
+        F.col("country_code").alias("country"),
         "signup_date",
         "updated_at",
         "consent_email",
         "consent_sms",
         "consent_profiling",
-    ]
+    )
 
 
-def contact_columns() -> list[Column | str]:
-    return [
+def contact_table(good: DataFrame) -> DataFrame:
+    """The only silver table with raw identifiers (restricted access)."""
+    return good.select(
         "customer_id",
-        F.trim("first_name").alias("first_name"),
-        F.trim("last_name").alias("last_name"),
+        clean_text("first_name").alias("first_name"),
+        clean_text("last_name").alias("last_name"),
         F.when(F.col("email_valid"), F.col("email_norm")).alias("email"),
-        F.col("phone_norm").alias("phone"),
+        F.col("phone_e164").alias("phone"),
+    )
+
+
+# -- order lines (one row per invoice line, as in the Online Retail data) ---------------------------
+
+
+def clean_order_lines(
+    df: DataFrame, customers: DataFrame | None, rates: dict[str, float], product_pattern: str | None
+) -> DataFrame:
+    """Lines of invoices: cancellations become returns; lines without a customer key are quarantined."""
+    prepared = df.withColumns(
+        {
+            "customer_ref": clean_code("customer_ref"),
+            "_rate": rate_column(F.col("currency"), rates),
+            "is_return": F.col("order_id").startswith("C") | (F.col("quantity") < 0),
+            "is_product": F.col("product_id").rlike(product_pattern) if product_pattern else F.lit(True),
+        }
+    )
+    if customers is not None:
+        prepared = prepared.join(_customer_keys(customers), on="customer_ref", how="left")
+    else:
+        prepared = prepared.withColumn("customer_id", customer_id_from_crm(F.col("customer_ref")))
+    rules = [
+        malformed(),
+        missing("customer_ref", "no_customer_key", "no customer key"),
+        Rule("negative_price", "unit price is negative (an adjustment such as bad debt)", F.col("unit_price") < 0),
+        future("order_ts"),
+        unknown_currency(),
+        orphan("customer_id", "customer"),
     ]
+    return flag_rules(prepared, rules)
 
 
-def _lookup(df: DataFrame, keys: DataFrame, on: str) -> DataFrame:
-    """Left join on a key that is unique in ``keys`` (checked by construction: keys are distinct)."""
-    return df.join(keys, on=on, how="left")
+def _line_amount() -> Column:
+    return F.round(F.col("quantity") * F.col("unit_price") * F.col("_rate"), 2)
 
 
-def _customer_keys(customers: DataFrame) -> DataFrame:
-    return customers.select(F.col("crm_id").alias("customer_ref"), "customer_id")
+def line_items_table(good: DataFrame) -> DataFrame:
+    line_no = F.row_number().over(
+        Window.partitionBy("order_id").orderBy("product_id", "quantity", "unit_price", "_source_file")
+    )
+    return good.select(
+        "order_id",
+        "customer_id",
+        line_no.alias("line_no"),
+        F.upper(clean_code("product_id")).alias("product_id"),
+        clean_text("description").alias("description"),
+        F.lit(None).cast("string").alias("category"),
+        "quantity",
+        "unit_price",
+        _line_amount().alias("line_amount_base"),
+        "is_return",
+        "is_product",
+    )
 
 
-def clean_orders(bronze: DataFrame, customers: DataFrame, rates: dict[str, float]) -> DataFrame:
-    rate = F.element_at(F.create_map(*[F.lit(x) for kv in rates.items() for x in kv]), F.upper(F.col("currency")))
-    joined = _lookup(bronze, _customer_keys(customers), "customer_ref").withColumn("_rate", rate)
+def line_orders_table(good: DataFrame) -> DataFrame:
+    """One order per invoice; its amount is the sum of its product lines (charges and fees excluded)."""
+    product_amount = F.when(F.col("is_product"), F.col("quantity") * F.col("unit_price")).otherwise(0.0)
+    return good.groupBy("order_id", "customer_id").agg(
+        F.min("order_ts").alias("order_ts"),
+        F.first(F.upper("currency"), ignorenulls=True).alias("currency"),
+        F.round(F.sum(product_amount), 2).alias("amount"),
+        F.round(F.sum(product_amount * F.col("_rate")), 2).alias("amount_base"),
+        F.lit(0.0).alias("discount_base"),
+        F.coalesce(F.first(F.lower(clean_code("channel")), ignorenulls=True), F.lit("web")).alias("channel"),
+        F.max("is_return").alias("is_return"),
+    )
+
+
+def line_customers_table(aliases: dict[str, str | None]) -> Callable[[DataFrame], DataFrame]:
+    """Customers known only from their orders (no CRM source): no identifiers beyond the shop's key."""
+
+    def build(good: DataFrame) -> DataFrame:
+        by_country = (
+            good.groupBy("customer_id", "country")
+            .count()
+            .withColumn(
+                "_pick",
+                F.row_number().over(Window.partitionBy("customer_id").orderBy(F.desc("count"), F.asc("country"))),
+            )
+            .where(F.col("_pick") == 1)
+            .select("customer_id", "country")
+        )
+        customers = good.groupBy("customer_id").agg(
+            F.first("customer_ref").alias("crm_id"),
+            F.to_date(F.min("order_ts")).alias("signup_date"),
+            F.max("order_ts").alias("updated_at"),
+            F.coalesce(F.max("consent_profiling"), F.lit(True)).alias("consent_profiling"),
+        )
+        with_country = with_country_code(customers.join(by_country, "customer_id", "left"), "country", "iso", aliases)
+        return with_country.select(
+            "customer_id",
+            "crm_id",
+            F.lit(None).cast("string").alias("email_hash"),
+            F.lit(None).cast("string").alias("phone_hash"),
+            F.lit(False).alias("email_valid"),
+            F.lit(False).alias("phone_valid"),
+            F.col("iso").alias("country"),
+            "signup_date",
+            "updated_at",
+            F.lit(None).cast("boolean").alias("consent_email"),
+            F.lit(None).cast("boolean").alias("consent_sms"),
+            "consent_profiling",
+        )
+
+    return build
+
+
+# -- orders and items (separate feeds) --------------------------------------------------------------
+
+
+def clean_orders(df: DataFrame, customers: DataFrame, rates: dict[str, float]) -> DataFrame:
+    joined = df.join(_customer_keys(customers), on="customer_ref", how="left").withColumn(
+        "_rate", rate_column(F.col("currency"), rates)
+    )
     rules = [
         malformed(),
         missing("order_id"),
         Rule("negative_amount", "order amount is negative", F.col("amount") < 0),
         future("order_ts"),
-        Rule("unknown_currency", "currency has no rate in sources.currency_rates", F.col("_rate").isNull()),
+        unknown_currency(),
         orphan("customer_id", "customer"),
     ]
     return flag_rules(joined, rules)
 
 
-def order_columns() -> list[Column | str]:
-    return [
+def orders_table(good: DataFrame) -> DataFrame:
+    return good.select(
         "order_id",
         "customer_id",
         "order_ts",
@@ -190,41 +389,51 @@ def order_columns() -> list[Column | str]:
         "amount",
         F.round(F.col("amount") * F.col("_rate"), 2).alias("amount_base"),
         F.round(F.coalesce(F.col("discount"), F.lit(0.0)) * F.col("_rate"), 2).alias("discount_base"),
-        F.lower(F.trim("channel")).alias("channel"),
-    ]
-
-
-def clean_order_items(bronze: DataFrame, orders: DataFrame) -> DataFrame:
-    parents = orders.select(
-        "order_id", "customer_id", F.when(F.col("amount") != 0, F.col("amount_base") / F.col("amount")).alias("_rate")
+        F.lower(clean_code("channel")).alias("channel"),
+        F.coalesce(F.col("is_return"), F.lit(False)).alias("is_return"),
     )
-    joined = _lookup(bronze, parents, "order_id")
+
+
+def clean_order_items(df: DataFrame, orders: DataFrame) -> DataFrame:
+    parents = orders.select(
+        "order_id",
+        "customer_id",
+        F.when(F.col("amount") != 0, F.col("amount_base") / F.col("amount")).alias("_rate"),
+        "is_return",
+    )
+    joined = df.join(parents, on="order_id", how="left")
     return flag_rules(joined, [malformed(), missing("order_id"), orphan("customer_id", "order")])
 
 
-def order_item_columns() -> list[Column | str]:
-    return [
+def items_table(good: DataFrame) -> DataFrame:
+    return good.select(
         "order_id",
         "customer_id",
         "line_no",
-        "product_id",
-        F.lower(F.trim("category")).alias("category"),
+        F.upper(clean_code("product_id")).alias("product_id"),
+        clean_text("description").alias("description"),
+        F.lower(clean_code("category")).alias("category"),
         "quantity",
         "unit_price",
         F.round(F.col("quantity") * F.col("unit_price") * F.coalesce(F.col("_rate"), F.lit(1.0)), 2).alias(
             "line_amount_base"
         ),
-    ]
+        F.coalesce(F.col("is_return"), F.lit(False)).alias("is_return"),
+        F.lit(True).alias("is_product"),
+    )
 
 
-def clean_web_events(bronze: DataFrame, customers: DataFrame) -> DataFrame:
+# -- engagement ----------------------------------------------------------------------------------------
+
+
+def clean_web_events(df: DataFrame, customers: DataFrame) -> DataFrame:
     """Logged-in events link by customer_ref; anonymous ones through their anonymous_id's logged-in events."""
-    links = anonymous_links(bronze.where(F.col(CORRUPT).isNull()))
-    joined = _lookup(bronze, links, "anonymous_id").withColumn(
+    links = anonymous_links(df.where(F.col(CORRUPT).isNull()))
+    joined = df.join(links, on="anonymous_id", how="left").withColumn(
         "_ref", F.coalesce(F.col("customer_ref"), F.col("linked_ref"))
     )
     keys = _customer_keys(customers).withColumnRenamed("customer_ref", "_ref")
-    joined = _lookup(joined, keys, "_ref")
+    joined = joined.join(keys, on="_ref", how="left")
     rules = [
         malformed(),
         missing("event_id"),
@@ -238,18 +447,26 @@ def clean_web_events(bronze: DataFrame, customers: DataFrame) -> DataFrame:
     return flag_rules(joined, rules)
 
 
-def web_event_columns() -> list[Column | str]:
-    return ["event_id", "customer_id", "anonymous_id", "session_id", "event_ts", "event_type", "channel"]
+def web_events_table(good: DataFrame) -> DataFrame:
+    return good.select(
+        "event_id",
+        "customer_id",
+        "anonymous_id",
+        "session_id",
+        "event_ts",
+        F.lower(clean_code("event_type")).alias("event_type"),
+        F.lower(clean_code("channel")).alias("channel"),
+    )
 
 
-def clean_email_events(bronze: DataFrame, customers: DataFrame, key: bytes) -> DataFrame:
-    by_hash = (
+def clean_email_events(df: DataFrame, customers: DataFrame, key: bytes) -> DataFrame:
+    owners = (
         customers.where(F.col("email_hash").isNotNull())
         .groupBy("email_hash")
         .agg(F.count("*").alias("_owners"), F.min("customer_id").alias("customer_id"))
     )
-    hashed = bronze.withColumn("email_hash", hmac_sha256(F.lower(F.trim(F.col("email"))), key))
-    joined = _lookup(hashed, by_hash, "email_hash")
+    hashed = df.withColumn("email_hash", hmac_sha256(normalise_email("email"), key))
+    joined = hashed.join(owners, on="email_hash", how="left")
     rules = [
         malformed(),
         missing("email"),
@@ -259,63 +476,82 @@ def clean_email_events(bronze: DataFrame, customers: DataFrame, key: bytes) -> D
     return flag_rules(joined, rules)
 
 
-def email_event_columns() -> list[Column | str]:
-    return ["event_id", "customer_id", "campaign_id", F.lower("event_type").alias("event_type"), "event_ts"]
+def email_events_table(good: DataFrame) -> DataFrame:
+    return good.select(
+        "event_id", "customer_id", "campaign_id", F.lower(clean_code("event_type")).alias("event_type"), "event_ts"
+    )
 
 
-def clean_by_customer_ref(bronze: DataFrame, customers: DataFrame, time_column: str) -> DataFrame:
-    joined = _lookup(bronze, _customer_keys(customers), "customer_ref")
+def clean_by_customer_ref(df: DataFrame, customers: DataFrame, time_column: str) -> DataFrame:
+    joined = df.join(_customer_keys(customers), on="customer_ref", how="left")
     return flag_rules(joined, [malformed(), future(time_column), orphan("customer_id", "customer")])
 
 
-def ticket_columns() -> list[Column | str]:
-    return ["ticket_id", "customer_id", "created_at", "channel", "topic", "satisfaction"]
+def tickets_table(good: DataFrame) -> DataFrame:
+    return good.select(
+        "ticket_id",
+        "customer_id",
+        "created_at",
+        F.lower(clean_code("channel")).alias("channel"),
+        F.lower(clean_code("topic")).alias("topic"),
+        "satisfaction",
+    )
 
 
-def survey_columns() -> list[Column | str]:
-    return ["response_id", "customer_id", "submitted_at", "nps"]
+def surveys_table(good: DataFrame) -> DataFrame:
+    return good.select("response_id", "customer_id", "submitted_at", "nps")
+
+
+# -- the stage -------------------------------------------------------------------------------------------
 
 
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Clean every source of the mapping into silver, in dependency order (customers first)."""
     key = hash_key(cfg)
     specs = load_mapping(cfg)
-    by_entity = {spec.entity: name for name, spec in specs.items()}
+    mapping_file = str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml"))
+    by_entity = {spec.entity: spec for spec in specs.values()}
+    rates, aliases = cfg.sources.currency_rates, cfg.sources.country_aliases
     report = StageReport("clean")
-
-    def bronze(entity: str) -> DataFrame:
-        return tables.read(spark, cfg, f"bronze.{by_entity[entity]}")
 
     def silver(name: str) -> DataFrame:
         return tables.read(spark, cfg, f"silver.{name}")
 
-    crm = bronze("customers")
-    outputs = {"silver.customers": customer_columns(), "silver.customer_contact": contact_columns()}
-    report.entries.append(publish(spark, cfg, by_entity["customers"], crm, clean_customers(crm, key), outputs))
-    customers = silver("customers")
-
-    steps: list[tuple[str, str, Callable[[DataFrame], DataFrame], list]] = [
-        ("orders", "orders", lambda b: clean_orders(b, customers, cfg.sources.currency_rates), order_columns()),
-        ("order_items", "order_items", lambda b: clean_order_items(b, silver("orders")), order_item_columns()),
-        ("web_events", "web_events", lambda b: clean_web_events(b, customers), web_event_columns()),
-        ("email_events", "email_events", lambda b: clean_email_events(b, customers, key), email_event_columns()),
-        (
-            "support_tickets",
-            "support_tickets",
-            lambda b: clean_by_customer_ref(b, customers, "created_at"),
-            ticket_columns(),
-        ),
-        (
-            "survey_responses",
-            "survey_responses",
-            lambda b: clean_by_customer_ref(b, customers, "submitted_at"),
-            survey_columns(),
-        ),
-    ]
-    for entity, table, transform, columns in steps:
-        if entity not in by_entity:
+    for entity in CLEAN_ORDER:
+        spec = by_entity.get(entity)
+        if spec is None:
             continue
-        raw = bronze(entity)
-        outputs = {f"silver.{table}": columns}
-        report.entries.append(publish(spark, cfg, by_entity[entity], raw, transform(raw), outputs))
+        bronze = tables.read(spark, cfg, f"bronze.{spec.name}")
+        df = canonical(bronze, spec, mapping_file)
+        crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
+        customers = silver("customers") if crm_needed else None
+        match entity:
+            case "customers":
+                flagged = clean_customers(df, key, aliases, cfg.sources.default_phone_region)
+                outputs: Outputs = {"silver.customers": customers_table, "silver.customer_contact": contact_table}
+            case "order_lines":
+                flagged = clean_order_lines(df, customers, rates, spec.product_code_pattern)
+                outputs = {"silver.order_items": line_items_table, "silver.orders": line_orders_table}
+                if customers is None:
+                    outputs["silver.customers"] = line_customers_table(aliases)
+            case "orders":
+                flagged = clean_orders(df, customers, rates)
+                outputs = {"silver.orders": orders_table}
+            case "order_items":
+                flagged = clean_order_items(df, silver("orders"))
+                outputs = {"silver.order_items": items_table}
+            case "web_events":
+                flagged = clean_web_events(df, customers)
+                outputs = {"silver.web_events": web_events_table}
+            case "email_events":
+                flagged = clean_email_events(df, customers, key)
+                outputs = {"silver.email_events": email_events_table}
+            case "support_tickets":
+                flagged = clean_by_customer_ref(df, customers, "created_at")
+                outputs = {"silver.support_tickets": tickets_table}
+            case "survey_responses":
+                flagged = clean_by_customer_ref(df, customers, "submitted_at")
+                outputs = {"silver.survey_responses": surveys_table}
+        report.entries.append(publish(cfg, spec.name, bronze, flagged, outputs))
+    report.info["identity"] = write_identity_map(spark, cfg)
     return report

@@ -79,18 +79,24 @@ class SourcesConfig(_Strict):
     root: str = "./data/synthetic"
     base_currency: str = "EUR"
     currency_rates: dict[str, float] = Field(default_factory=lambda: {"EUR": 1.0})
+    country_aliases: dict[str, str | None] = Field(default_factory=dict)
+    default_phone_region: str = "GB"
 
 
 class QualityRule(_Strict):
     name: str
     expectation: Literal["not_null", "unique", "between", "in_set", "regex"]
     column: str
-    severity: Literal["warn", "critical"] = "warn"
+    severity: Literal["warn", "quarantine", "critical"] = Field(
+        "warn", description="warn: reported; quarantine: failing rows move to quarantine; critical: the run stops"
+    )
     min: float | None = None
     max: float | None = None
     values: list[Any] | None = None
     pattern: str | None = None
     mostly: float = Field(1.0, ge=0, le=1)
+    where: str | None = Field(None, description="Spark SQL condition: the rule checks only these rows")
+    reason: str | None = None
 
 
 class QualityConfig(_Strict):

@@ -164,10 +164,12 @@ def crm_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
     bad_email = F.when(F.col("id") % 2 == 0, F.regexp_replace(email, "@", " at ")).otherwise(
         F.regexp_replace(email, "@example.com", "@")
     )
+    # One unique London number per customer, written three ways; clean brings each to E.164.
+    hi, lo = F.floor(F.col("id") / 10_000) % 1000, F.col("id") % 10_000
     phone = (
-        F.when(F.col("id") % 3 == 0, F.format_string("+44 20 7946 %04d", F.col("id") % 10_000))
-        .when(F.col("id") % 3 == 1, F.format_string("020 7946 %04d", F.col("id") % 10_000))
-        .otherwise(F.format_string("(020) 7946-%04d", F.col("id") % 10_000))
+        F.when(F.col("id") % 3 == 0, F.format_string("+44 20 7%03d %04d", hi, lo))
+        .when(F.col("id") % 3 == 1, F.format_string("+44 (0)20 7%03d-%04d", hi, lo))
+        .otherwise(F.format_string("0044-20-7%03d-%04d", hi, lo))
     )
     signup = F.date_add(F.lit(start), F.col("signup_offset"))
     updated = _ts(F.col("signup_offset") + 1, start, _uniform(seed, "updated", "id"))

@@ -23,3 +23,11 @@ class ReconciliationError(MicrosegError):
 
 class DataQualityError(MicrosegError):
     """A critical data-quality rule failed; nothing downstream was written."""
+
+
+class SourceMissingError(MicrosegError):
+    """A source of the mapping has no files (or no table) to read."""
+
+
+class SchemaDriftError(MicrosegError):
+    """A source's files lack a column that its mapping requires."""

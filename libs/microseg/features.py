@@ -36,7 +36,7 @@ def _within_days(column: str, as_of: dt.date, days: int) -> Column:
 
 def order_features(orders: DataFrame, as_of: dt.date) -> DataFrame:
     """Recency, frequency, monetary value and average order value per customer, in one pass."""
-    past = orders.where(_before_cutoff("order_ts", as_of))
+    past = orders.where(_before_cutoff("order_ts", as_of) & ~F.coalesce(F.col("is_return"), F.lit(False)))
     return past.groupBy("customer_id").agg(
         F.datediff(F.lit(as_of), F.to_date(F.max("order_ts"))).alias("recency_days"),
         F.count_if(_within_days("order_ts", as_of, 30)).alias("frequency_30d"),
@@ -74,21 +74,28 @@ def eligible_customers(customers: DataFrame, as_of: dt.date) -> DataFrame:
 def build_features(
     customers: DataFrame,
     orders: DataFrame,
-    web_events: DataFrame,
-    email_events: DataFrame,
+    web_events: DataFrame | None,
+    email_events: DataFrame | None,
     as_of: dt.date,
     version: str,
 ) -> DataFrame:
     """gold.customer_features rows for one as_of: one per eligible customer.
 
-    A customer who never ordered has null order features and 0 orders in each window.
+    Sales only (returns excluded). A customer who never ordered has null order features and 0
+    orders in each window; a source the data set lacks (None) gives null features, not zeros.
     """
     base = eligible_customers(customers, as_of)
-    joined = (
-        base.join(order_features(orders, as_of), on="customer_id", how="left")
-        .join(web_features(web_events, as_of), on="customer_id", how="left")
-        .join(email_features(email_events, as_of), on="customer_id", how="left")
-    )
+    joined = base.join(order_features(orders, as_of), on="customer_id", how="left")
+    if web_events is not None:
+        joined = joined.join(web_features(web_events, as_of), on="customer_id", how="left").withColumn(
+            "web_sessions_90d", F.coalesce(F.col("web_sessions_90d"), F.lit(0))
+        )
+    else:
+        joined = joined.withColumn("web_sessions_90d", F.lit(None))
+    if email_events is not None:
+        joined = joined.join(email_features(email_events, as_of), on="customer_id", how="left")
+    else:
+        joined = joined.withColumn("email_open_rate", F.lit(None).cast("double"))
     return joined.select(
         "customer_id",
         F.lit(as_of).alias("as_of"),
@@ -100,7 +107,7 @@ def build_features(
         F.coalesce(F.col("monetary_365d"), F.lit(0.0)).alias("monetary_365d"),
         "avg_order_value",
         F.datediff(F.lit(as_of), F.col("signup_date")).alias("tenure_days"),
-        F.coalesce(F.col("web_sessions_90d"), F.lit(0)).cast("int").alias("web_sessions_90d"),
+        F.col("web_sessions_90d").cast("int").alias("web_sessions_90d"),
         "email_open_rate",
         F.lit(version).alias("feature_version"),
     )
@@ -109,12 +116,13 @@ def build_features(
 def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Write gold.customer_features for run.as_of, replacing that snapshot only."""
 
-    def silver(name: str) -> DataFrame:
-        return tables.read(spark, cfg, f"silver.{name}")
+    def silver(name: str) -> DataFrame | None:
+        return tables.read(spark, cfg, f"silver.{name}") if tables.exists(spark, cfg, f"silver.{name}") else None
 
-    customers = silver("customers")
+    customers = tables.read(spark, cfg, "silver.customers")
+    web, email = silver("web_events"), silver("email_events")
     features = build_features(
-        customers, silver("orders"), silver("web_events"), silver("email_events"), run.as_of, cfg.features.version
+        customers, tables.read(spark, cfg, "silver.orders"), web, email, run.as_of, cfg.features.version
     )
     tables.replace_where(features, cfg, "gold.customer_features", f"as_of = '{run.as_of}'", partition_by="as_of")
     written = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(run.as_of)).count()
@@ -127,7 +135,10 @@ def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepo
             rows_in=written + refused,
             rows_written=written,
             rows_quarantined=0,
-            details={"excluded_no_profiling_consent": refused},
+            details={
+                "excluded_no_profiling_consent": refused,
+                "sources_missing": [n for n, df in (("web_events", web), ("email_events", email)) if df is None],
+            },
         )
     )
     return report

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+
+from microseg import tables
+from microseg.config import Config
 
 
 def customer_id_from_crm(crm_id: Column) -> Column:
@@ -23,3 +26,49 @@ def anonymous_links(web_events: DataFrame) -> DataFrame:
         .where(F.col("refs") == 1)
         .select("anonymous_id", "linked_ref")
     )
+
+
+def _linked_keys(customers: DataFrame, column: str) -> DataFrame:
+    """(key, customer_ids) for one identifier column of silver.customers."""
+    return (
+        customers.where(F.col(column).isNotNull())
+        .groupBy(F.col(column).alias("key_value"))
+        .agg(F.array_sort(F.collect_set("customer_id")).alias("customer_ids"))
+        .withColumn("key_type", F.lit(column))
+    )
+
+
+def write_identity_map(spark: SparkSession, cfg: Config) -> dict:
+    """silver.identity_map: every deterministic key -> its one customer_id; ops.identity_conflicts: keys
+    that point at several customers (reported, never guessed).
+
+    Returns counts of linked keys and conflicts by key type.
+    """
+    customers = tables.read(spark, cfg, "silver.customers")
+    keys = [_linked_keys(customers, c) for c in ("crm_id", "email_hash", "phone_hash")]
+    if tables.exists(spark, cfg, "silver.web_events"):
+        web = tables.read(spark, cfg, "silver.web_events").where(F.col("customer_id").isNotNull())
+        keys.append(
+            web.where(F.col("anonymous_id").isNotNull())
+            .groupBy(F.col("anonymous_id").alias("key_value"))
+            .agg(F.array_sort(F.collect_set("customer_id")).alias("customer_ids"))
+            .withColumn("key_type", F.lit("anonymous_id"))
+        )
+    all_keys = keys[0]
+    for frame in keys[1:]:
+        all_keys = all_keys.unionByName(frame)
+    all_keys = all_keys.cache()
+    single = all_keys.where(F.size("customer_ids") == 1).select(
+        "key_type", "key_value", F.col("customer_ids")[0].alias("customer_id")
+    )
+    conflicts = all_keys.where(F.size("customer_ids") > 1).select(
+        "key_type", "key_value", "customer_ids", F.size("customer_ids").alias("customers")
+    )
+    tables.overwrite(single, cfg, "silver.identity_map")
+    tables.overwrite(conflicts, cfg, "ops.identity_conflicts")
+    counts = {
+        "linked_keys": {r["key_type"]: r["count"] for r in single.groupBy("key_type").count().collect()},
+        "conflicts": {r["key_type"]: r["count"] for r in conflicts.groupBy("key_type").count().collect()},
+    }
+    all_keys.unpersist()
+    return counts

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 
 from microseg import tables
 from microseg.config import Config, QualityRule
@@ -65,6 +67,8 @@ def _expectation(rule: QualityRule):
     common = {"column": rule.column, "meta": {"rule": rule.name}}
     if rule.mostly < 1:
         common["mostly"] = rule.mostly
+    if rule.where:
+        common |= {"row_condition": rule.where, "condition_parser": "spark"}
     match rule.expectation:
         case "not_null":
             return gx.expectations.ExpectColumnValuesToNotBeNull(**common)
@@ -124,6 +128,57 @@ def validate(frames: dict[str, DataFrame], suites: list[TableRules]) -> list[Rul
     return results
 
 
+def violation(rule: QualityRule) -> Column:
+    """The row-level twin of a rule's expectation: true where a row breaks it (for quarantine rules)."""
+    col = F.col(rule.column)
+    match rule.expectation:
+        case "not_null":
+            broken = col.isNull()
+        case "unique":
+            broken = col.isNotNull() & (F.count(F.lit(1)).over(Window.partitionBy(col)) > 1)
+        case "between":
+            low = col < F.lit(rule.min) if rule.min is not None else F.lit(False)
+            high = col > F.lit(rule.max) if rule.max is not None else F.lit(False)
+            broken = low | high
+        case "in_set":
+            broken = ~col.isin(list(rule.values or []))
+        case "regex":
+            broken = ~col.rlike(rule.pattern or "")
+    broken = F.coalesce(broken, F.lit(False))
+    return broken & F.expr(rule.where) if rule.where else broken
+
+
+def quarantine_rows(spark: SparkSession, cfg: Config, table: str, rules: list[QualityRule]) -> dict[str, int]:
+    """Move the rows of ``table`` that break quarantine rules to quarantine.<table>, each with its first rule."""
+    df = tables.read(spark, cfg, table)
+    rule_col = F.lit(None).cast("string")
+    reason_col = F.lit(None).cast("string")
+    for rule in reversed(rules):
+        rule_col = F.when(violation(rule), F.lit(rule.name)).otherwise(rule_col)
+        reason_col = F.when(violation(rule), F.lit(rule.reason or f"{rule.expectation} on {rule.column}")).otherwise(
+            reason_col
+        )
+    flagged = df.withColumns({"_rule": rule_col, "_reason": reason_col}).cache()
+    counts = {
+        r["_rule"]: r["count"] for r in flagged.where(F.col("_rule").isNotNull()).groupBy("_rule").count().collect()
+    }
+    if counts:
+        columns = [F.col(f"`{c}`") for c in df.columns]
+        moved = flagged.where(F.col("_rule").isNotNull()).select(
+            F.lit(table).alias("source"),
+            F.col("_rule").alias("rule"),
+            F.col("_reason").alias("reason"),
+            F.to_json(F.struct(*columns)).alias("record"),
+            F.lit(None).cast("string").alias("raw_line"),
+            F.lit(None).cast("string").alias("_source_file"),
+            F.lit(None).cast("string").alias("_batch_id"),
+        )
+        tables.append(moved, cfg, f"quarantine.{table.split('.', 1)[1]}")
+        tables.overwrite(flagged.where(F.col("_rule").isNull()).select(*columns), cfg, table)
+    flagged.unpersist()
+    return counts
+
+
 def results_frame(spark: SparkSession, run: RunContext, results: list[RuleResult]) -> DataFrame:
     rows = [
         (
@@ -151,14 +206,25 @@ def run_quality(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
     results = validate(frames, suites)
     tables.append(results_frame(spark, run, results), cfg, "ops.dq_results")
     report = StageReport("quality")
+    critical = [r for r in results if not r.success and r.rule.severity == "critical"]
     for suite in suites:
         mine = [r for r in results if r.table == suite.table]
         failed = {r.rule.name: r.unexpected_count for r in mine if not r.success}
+        to_quarantine = [r.rule for r in mine if not r.success and r.rule.severity == "quarantine"]
+        rows = frames[suite.table].count() if to_quarantine else None
+        moved = quarantine_rows(spark, cfg, suite.table, to_quarantine) if to_quarantine and not critical else {}
         report.entries.append(
-            Entry(suite.table, rows_in=mine[0].evaluated if mine else None, details={"failed_rules": failed})
+            Entry(
+                suite.table,
+                rows_in=rows,
+                rows_written=rows - sum(moved.values()) if rows is not None else None,
+                rows_quarantined=sum(moved.values()),
+                details={"failed_rules": failed, "quarantined_by_rule": moved},
+            )
         )
-    report.info["warnings"] = {f"{r.table}:{r.rule.name}": r.unexpected_count for r in results if not r.success}
-    critical = [r for r in results if not r.success and r.rule.severity == "critical"]
+    report.info["warnings"] = {
+        f"{r.table}:{r.rule.name}": r.unexpected_count for r in results if not r.success and r.rule.severity == "warn"
+    }
     if critical:
         lines = "; ".join(
             f"{r.table} rule {r.rule.name} ({r.rule.expectation} on {r.rule.column}): "

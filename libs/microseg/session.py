@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -46,6 +47,10 @@ def build_spark(cfg: Config) -> SparkSession:
         **spark_cfg.settings,
     }
     cores = _local_cores(spark_cfg.master)
+    if cores:
+        # Local Python workers must run in this environment (pandas UDFs need its pyarrow and
+        # libraries), not whatever python3 comes first on PATH; PySpark reads the variable at start.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     partitions = spark_cfg.shuffle_partitions or cores
     if partitions:
         settings.setdefault("spark.sql.shuffle.partitions", str(partitions))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -9,14 +10,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
+from pyspark.sql.types import StringType, StructField, StructType
 
 from microseg.config import Config
-from microseg.errors import ConfigError
+from microseg.errors import ConfigError, SchemaDriftError, SourceMissingError
 
 CORRUPT = "_corrupt_record"
 ENTITIES = (
     "customers",
+    "order_lines",
     "orders",
     "order_items",
     "web_events",
@@ -35,6 +37,12 @@ class SourceSpec(BaseModel):
     path: str
     schema_ddl: str = Field(alias="schema")
     options: dict[str, str] = Field(default_factory=dict)
+    optional_columns: list[str] = Field(default_factory=list)
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="canonical column -> Spark SQL expression over the source's columns"
+    )
+    timezone: str | None = Field(None, description="time zone of naive timestamps; they are converted to UTC")
+    product_code_pattern: str | None = Field(None, description="regex of product codes; other codes are charges")
 
     @property
     def captures_corrupt_records(self) -> bool:
@@ -68,20 +76,86 @@ def schema_of(spec: SourceSpec) -> StructType:
         raise ConfigError(f"source {spec.name}: schema is not valid DDL ({exc}); fix it in conf/sources") from None
 
 
-def read_source(spark: SparkSession, cfg: Config, spec: SourceSpec) -> DataFrame:
-    """Read one source with its explicit schema; unparseable lines land in ``_corrupt_record``."""
-    location = spec.path if "://" in spec.path else str(Path(cfg.path(cfg.sources.root), spec.path))
-    schema = schema_of(spec)
+@dataclass(frozen=True)
+class SourceFile:
+    path: str
+    size: int
+    modified_ms: int
+
+
+def location(cfg: Config, spec: SourceSpec) -> str:
+    return spec.path if "://" in spec.path else str(Path(cfg.path(cfg.sources.root), spec.path))
+
+
+def list_files(spark: SparkSession, pattern: str) -> list[SourceFile]:
+    """The files matching a path or glob, on any Hadoop file system, sorted by path."""
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(pattern)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    statuses = fs.globStatus(hadoop_path) or []
+    files = []
+    for status in statuses:
+        if status.isDirectory():
+            statuses_inside = fs.listStatus(status.getPath())
+            files += [s for s in statuses_inside if s.isFile() and not s.getPath().getName().startswith(("_", "."))]
+        elif not status.getPath().getName().startswith(("_", ".")):
+            files.append(status)
+    found = {SourceFile(str(f.getPath().toUri()), int(f.getLen()), int(f.getModificationTime())) for f in files}
+    return sorted(found, key=lambda f: f.path)
+
+
+def check_columns(spec: SourceSpec, found: list[str]) -> list[str]:
+    """Compare the columns a file has with the declared schema: raise on a missing one, return extras."""
+    declared = schema_of(spec).fieldNames()
+    missing = [c for c in declared if c not in found and c not in spec.optional_columns]
+    if missing:
+        raise SchemaDriftError(
+            f"source {spec.name}: required column(s) {missing} missing from its files (found {found}); "
+            f"fix the feed or the mapping's schema in conf/sources"
+        )
+    return [c for c in found if c not in declared]
+
+
+def _file_columns(spark: SparkSession, spec: SourceSpec, paths: list[str]) -> list[str] | None:
+    """Columns present in the files (CSV header, Parquet footer); None where the format cannot tell cheaply."""
+    if spec.format == "csv" and spec.options.get("header", "false").lower() == "true":
+        return spark.read.options(**spec.options).option("inferSchema", "false").csv(paths).columns
+    if spec.format == "parquet":
+        return spark.read.parquet(*paths).columns
+    return None
+
+
+def read_files(spark: SparkSession, spec: SourceSpec, paths: list[str]) -> tuple[DataFrame, list[str]]:
+    """Read the given files with the declared schema; unparseable lines land in ``_corrupt_record``.
+
+    Returns the DataFrame (declared columns, ``_corrupt_record``, ``_source_file``) and the names of
+    columns the files have beyond the schema (schema drift that is recorded, not fatal).
+    """
+    declared = schema_of(spec)
+    found = _file_columns(spark, spec, paths)
+    extra = check_columns(spec, found) if found is not None else []
+    schema = declared
+    if spec.format == "csv" and found is not None:
+        # CSV columns are matched by position: read in the file's order, extras as strings.
+        types = {f.name: f.dataType for f in declared.fields}
+        schema = StructType([StructField(c, types.get(c, StringType())) for c in found])
     reader = spark.read.options(**spec.options)
     if spec.captures_corrupt_records:
-        schema = schema.add(CORRUPT, "string")
+        schema = StructType([*schema.fields, StructField(CORRUPT, StringType())])
         reader = reader.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
-    folder, _, pattern = location.rpartition("/")
-    if any(ch in pattern for ch in "*?[{") and not any(ch in folder for ch in "*?[{"):
-        # A glob on file names only: read the folder with a filter, which also spares Spark a
-        # noisy failed lookup of a streaming metadata folder named like the glob.
-        reader, location = reader.option("pathGlobFilter", pattern), folder
-    df = reader.schema(schema).format(spec.format).load(location)
+    df = reader.schema(schema).format(spec.format).load(paths)
     if not spec.captures_corrupt_records:
         df = df.withColumn(CORRUPT, F.lit(None).cast("string"))
-    return df.withColumn("_source_file", F.col("_metadata.file_path"))
+    for name in declared.fieldNames():
+        if name not in df.columns:
+            df = df.withColumn(name, F.lit(None).cast(declared[name].dataType))
+    columns = [*declared.fieldNames(), CORRUPT]
+    return df.select(*columns, F.col("_metadata.file_path").alias("_source_file")), extra
+
+
+def read_source(spark: SparkSession, cfg: Config, spec: SourceSpec) -> DataFrame:
+    """Every file of a source (see read_files)."""
+    files = list_files(spark, location(cfg, spec))
+    if not files:
+        raise SourceMissingError(f"source {spec.name}: no files match {location(cfg, spec)}; check sources.root")
+    return read_files(spark, spec, [f.path for f in files])[0]

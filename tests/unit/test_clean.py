@@ -16,14 +16,14 @@ CRM_SCHEMA = (
 )
 
 
-def crm_row(ref, email, updated, corrupt=None):
+def crm_row(ref, email, updated, corrupt=None, phone="+44 20 7946 0001", country="GB"):
     return (
         ref,
         "Anna",
         "Smith",
         email,
-        "+44 20 7946 0001",
-        "GB",
+        phone,
+        country,
         dt.date(2024, 1, 1),
         updated,
         True,
@@ -49,7 +49,7 @@ def test_crm_latest_updated_wins_and_email_is_normalised(spark):
         crm_row("C2", "not-an-email", dt.datetime(2024, 1, 2)),
         crm_row(None, None, None, corrupt="#garbled#"),
     ]
-    flagged = clean_customers(spark.createDataFrame(rows, CRM_SCHEMA), KEY)
+    flagged = clean_customers(spark.createDataFrame(rows, CRM_SCHEMA), KEY, {}, "GB")
     got = sorted(
         (r["customer_ref"], str(r["updated_at"]), r["_rule"], r["email_valid"])
         for r in flagged.collect()
@@ -93,3 +93,118 @@ def test_orders_rules(spark):
         "O4": ("unknown_currency", None),
         "O5": ("orphan_reference", 1.0),
     }
+
+
+def test_crm_phone_to_e164_and_country_to_iso(spark):
+    rows = [
+        crm_row("C1", "a@example.com", dt.datetime(2024, 1, 2), phone="020 7946 0001", country="United Kingdom"),
+        crm_row("C2", "b@example.com", dt.datetime(2024, 1, 2), phone="030 1234 5678", country="germany"),
+        crm_row("C3", "c@example.com", dt.datetime(2024, 1, 2), phone="12", country="EIRE"),
+        crm_row("C4", "d@example.com", dt.datetime(2024, 1, 2), phone="+1 650-253-0000", country="Atlantis"),
+    ]
+    flagged = clean_customers(spark.createDataFrame(rows, CRM_SCHEMA), KEY, {"EIRE": "IE"}, "GB")
+    got = {r["customer_ref"]: (r["phone_e164"], r["country_code"]) for r in flagged.collect()}
+    assert got == {
+        "C1": ("+442079460001", "GB"),
+        "C2": ("+493012345678", "DE"),
+        "C3": (None, "IE"),
+        "C4": ("+16502530000", None),
+    }
+
+
+def test_canonical_mapping_renames_and_converts_time(spark):
+    from microseg.clean import canonical
+    from microseg.sources import SourceSpec
+
+    bronze = spark.createDataFrame(
+        [("536365", "85123A", 6, dt.datetime(2011, 7, 1, 12, 0), 2.55, 17850.0, None)],
+        "InvoiceNo STRING, StockCode STRING, Quantity INT, InvoiceDate TIMESTAMP, UnitPrice DOUBLE, "
+        "CustomerID DOUBLE, _corrupt_record STRING",
+    )
+    spec = SourceSpec(
+        name="retail",
+        entity="order_lines",
+        format="csv",
+        path="x",
+        schema="InvoiceNo STRING",
+        timezone="Europe/London",
+        columns={
+            "order_id": "InvoiceNo",
+            "product_id": "StockCode",
+            "quantity": "Quantity",
+            "order_ts": "InvoiceDate",
+            "unit_price": "UnitPrice",
+            "currency": "'GBP'",
+            "customer_ref": "CAST(CAST(CustomerID AS BIGINT) AS STRING)",
+        },
+    )
+    row = canonical(bronze, spec, "retail.yaml").first()
+    assert (row["order_id"], row["customer_ref"], row["currency"]) == ("536365", "17850", "GBP")
+    assert row["order_ts"] == dt.datetime(2011, 7, 1, 11, 0)  # BST is UTC+1
+    assert row["description"] is None and row["_corrupt_record"] is None
+
+
+def test_canonical_mapping_errors_name_file_source_and_column(spark):
+    import pytest
+
+    from microseg.clean import canonical
+    from microseg.errors import ConfigError
+    from microseg.sources import SourceSpec
+
+    bronze = spark.createDataFrame([("1",)], "InvoiceNo STRING")
+    spec = SourceSpec(
+        name="retail",
+        entity="order_lines",
+        format="csv",
+        path="x",
+        schema="InvoiceNo STRING",
+        columns={"order_id": "InvoiceNumber"},
+    )
+    with pytest.raises(ConfigError) as err:
+        canonical(bronze, spec, "conf/sources/retail.yaml")
+    assert all(s in str(err.value) for s in ("conf/sources/retail.yaml", "retail", "order_id", "InvoiceNumber"))
+    spec = SourceSpec(
+        name="retail",
+        entity="order_lines",
+        format="csv",
+        path="x",
+        schema="InvoiceNo STRING",
+        columns={"order_id": "InvoiceNo"},
+    )
+    with pytest.raises(ConfigError) as err:
+        canonical(bronze, spec, "conf/sources/retail.yaml")
+    assert "customer_ref" in str(err.value)
+
+
+def test_order_lines_rules_and_returns(spark):
+    from microseg.clean import clean_order_lines, line_orders_table
+
+    schema = (
+        "order_id STRING, customer_ref STRING, order_ts TIMESTAMP, product_id STRING, quantity INT, "
+        "unit_price DOUBLE, currency STRING, _corrupt_record STRING, _ingested_at TIMESTAMP"
+    )
+    ts = dt.datetime(2011, 5, 1)
+    rows = [
+        ("1", "17850", ts, "85123A", 6, 2.5, "GBP", None, INGESTED),
+        ("1", "17850", ts, "POST", 1, 18.0, "GBP", None, INGESTED),
+        ("C2", "17850", ts, "85123A", -2, 2.5, "GBP", None, INGESTED),
+        ("3", None, ts, "85123A", 1, 2.5, "GBP", None, INGESTED),
+        ("A4", "17850", ts, "B", 1, -11062.06, "GBP", None, INGESTED),
+    ]
+    from microseg.clean import canonical
+    from microseg.sources import SourceSpec
+
+    spec = SourceSpec(name="l", entity="order_lines", format="csv", path="x", schema="order_id STRING")
+    lines = canonical(spark.createDataFrame(rows, schema), spec, "m.yaml")
+    flagged = clean_order_lines(lines, None, {"GBP": 2.0}, r"^[0-9]{5}[A-Z]*$")
+    got = [(r["order_id"], r["product_id"], r["_rule"], r["is_return"], r["is_product"]) for r in flagged.collect()]
+    assert sorted(got) == [
+        ("1", "85123A", None, False, True),
+        ("1", "POST", None, False, False),
+        ("3", "85123A", "no_customer_key", False, True),
+        ("A4", "B", "negative_price", False, False),
+        ("C2", "85123A", None, True, True),
+    ]
+    orders = {r["order_id"]: r for r in line_orders_table(flagged.where("_rule IS NULL")).collect()}
+    assert (orders["1"]["amount"], orders["1"]["amount_base"], orders["1"]["is_return"]) == (15.0, 30.0, False)
+    assert (orders["C2"]["amount"], orders["C2"]["is_return"]) == (-5.0, True)

@@ -23,13 +23,14 @@ def test_order_web_email_features(spark):
     )
     orders = spark.createDataFrame(
         [
-            ("a", ts(dt.date(2025, 6, 30), 23), 100.0),  # on as_of, late in the day: counts
-            ("a", ts(dt.date(2025, 5, 1)), 50.0),
-            ("a", ts(dt.date(2024, 6, 1)), 30.0),  # older than 365 days
-            ("a", ts(dt.date(2025, 7, 1), 0), 999.0),  # after as_of: ignored
-            ("c", ts(dt.date(2025, 6, 1)), 10.0),
+            ("a", ts(dt.date(2025, 6, 30), 23), 100.0, False),  # on as_of, late in the day: counts
+            ("a", ts(dt.date(2025, 5, 1)), 50.0, False),
+            ("a", ts(dt.date(2025, 6, 2)), -50.0, True),  # a return: not a sale
+            ("a", ts(dt.date(2024, 6, 1)), 30.0, False),  # older than 365 days
+            ("a", ts(dt.date(2025, 7, 1), 0), 999.0, False),  # after as_of: ignored
+            ("c", ts(dt.date(2025, 6, 1)), 10.0, False),
         ],
-        "customer_id STRING, order_ts TIMESTAMP, amount_base DOUBLE",
+        "customer_id STRING, order_ts TIMESTAMP, amount_base DOUBLE, is_return BOOLEAN",
     )
     web = spark.createDataFrame(
         [
@@ -64,3 +65,16 @@ def test_order_web_email_features(spark):
     assert (b["frequency_365d"], b["monetary_365d"], b["web_sessions_90d"]) == (0, 0.0, 1)
     assert b["email_open_rate"] is None and b["tenure_days"] == 29
     assert a["as_of"] == AS_OF and a["feature_version"] == "1"
+
+
+def test_missing_sources_give_null_not_zero(spark):
+    customers = spark.createDataFrame(
+        [("a", dt.date(2025, 1, 1), True)], "customer_id STRING, signup_date DATE, consent_profiling BOOLEAN"
+    )
+    orders = spark.createDataFrame(
+        [("a", ts(dt.date(2025, 6, 1)), 10.0, False)],
+        "customer_id STRING, order_ts TIMESTAMP, amount_base DOUBLE, is_return BOOLEAN",
+    )
+    row = build_features(customers, orders, None, None, AS_OF, "1").first()
+    assert row["web_sessions_90d"] is None and row["email_open_rate"] is None
+    assert row["recency_days"] == 29
