@@ -125,7 +125,9 @@ def canonical(bronze: DataFrame, spec: SourceSpec, mapping_file: str) -> DataFra
             canonical column is wrong.
     """
     metadata = [c for c in bronze.columns if c.startswith("_")]
-    mapped = {c: F.col(f"`{c}`") for c in bronze.columns if not c.startswith("_")}
+    # Spark resolves names case-insensitively: a source column named like a canonical one gives way.
+    canonical_names = {c.lower() for c in spec.columns}
+    mapped = {c: F.col(f"`{c}`") for c in bronze.columns if not c.startswith("_") and c.lower() not in canonical_names}
     for column, expression in spec.columns.items():
         try:
             bronze.select(F.expr(expression)).schema  # noqa: B018 - analyses the expression now
