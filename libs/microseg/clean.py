@@ -211,7 +211,8 @@ def clean_customers(df: DataFrame, key: bytes, aliases: dict[str, str | None], r
     )
     prepared = prepared.withColumns(
         {
-            "email_valid": is_valid_email(F.col("email_norm")),
+            # null when no email was given: "missing" is not "invalid"
+            "email_valid": F.when(F.col("email_norm").isNotNull(), is_valid_email(F.col("email_norm"))),
             "phone_e164": phone_e164(F.col("phone"), F.coalesce(F.col("country_code"), F.lit(region))),
             "_rank": F.when(F.col(CORRUPT).isNull() & F.col("customer_ref").isNotNull(), latest_first),
         }
@@ -237,7 +238,7 @@ def customers_table(good: DataFrame) -> DataFrame:
         "email_hash",
         "phone_hash",
         "email_valid",
-        F.col("phone_e164").isNotNull().alias("phone_valid"),
+        F.when(F.col("phone").isNotNull(), F.col("phone_e164").isNotNull()).alias("phone_valid"),
         F.col("country_code").alias("country"),
         "signup_date",
         "updated_at",
@@ -351,8 +352,8 @@ def line_customers_table(aliases: dict[str, str | None]) -> Callable[[DataFrame]
             "crm_id",
             F.lit(None).cast("string").alias("email_hash"),
             F.lit(None).cast("string").alias("phone_hash"),
-            F.lit(False).alias("email_valid"),
-            F.lit(False).alias("phone_valid"),
+            F.lit(None).cast("boolean").alias("email_valid"),
+            F.lit(None).cast("boolean").alias("phone_valid"),
             F.col("iso").alias("country"),
             "signup_date",
             "updated_at",
