@@ -20,15 +20,11 @@ from microseg import tables
 from microseg.config import Config
 from microseg.errors import ConfigError, ReconciliationError
 from microseg.identity import anonymous_links, customer_id_from_crm, write_identity_map
-from microseg.privacy import hash_key, hmac_sha256
 from microseg.runlog import Entry, RunContext, StageReport
 from microseg.sources import CORRUPT, SourceSpec, load_mapping
 from microseg.standardise import (
     clean_code,
     clean_text,
-    is_valid_email,
-    normalise_email,
-    phone_e164,
     rate_column,
     with_country_code,
 )
@@ -40,16 +36,17 @@ REQUIRED = {
     "orders": ["order_id", "customer_ref", "order_ts", "currency", "amount"],
     "order_items": ["order_id", "line_no", "product_id", "quantity", "unit_price"],
     "web_events": ["event_id", "event_ts", "event_type"],
-    "email_events": ["event_id", "email", "event_type", "event_ts"],
+    "email_events": ["event_id", "email_hash", "event_type", "event_ts"],
     "support_tickets": ["ticket_id", "customer_ref", "created_at"],
     "survey_responses": ["response_id", "customer_ref", "submitted_at"],
 }
 OPTIONAL = {
+    # Emails and phones arrive hashed from ingest (privacy.tokenise); names never leave the contact table.
     "customers": {
-        "first_name": "string",
-        "last_name": "string",
-        "email": "string",
-        "phone": "string",
+        "email_hash": "string",
+        "email_valid": "boolean",
+        "phone_hash": "string",
+        "phone_valid": "boolean",
         "country": "string",
         "signup_date": "date",
         "consent_email": "boolean",
@@ -198,37 +195,20 @@ def _customer_keys(customers: DataFrame) -> DataFrame:
 # -- customers (CRM) ---------------------------------------------------------------------------------
 
 
-def clean_customers(df: DataFrame, key: bytes, aliases: dict[str, str | None], region: str) -> DataFrame:
+def clean_customers(df: DataFrame, aliases: dict[str, str | None]) -> DataFrame:
     """Standardise CRM rows; of several rows per CRM id the latest updated_at wins, the rest are quarantined."""
     latest_first = F.row_number().over(
         Window.partitionBy("customer_ref").orderBy(F.col("updated_at").desc_nulls_last(), F.col("_source_file"))
     )
     prepared = with_country_code(
-        df.withColumns({"customer_ref": clean_code("customer_ref"), "email_norm": normalise_email("email")}),
-        "country",
-        "country_code",
-        aliases,
-    )
-    prepared = prepared.withColumns(
-        {
-            # null when no email was given: "missing" is not "invalid"
-            "email_valid": F.when(F.col("email_norm").isNotNull(), is_valid_email(F.col("email_norm"))),
-            "phone_e164": phone_e164(F.col("phone"), F.coalesce(F.col("country_code"), F.lit(region))),
-            "_rank": F.when(F.col(CORRUPT).isNull() & F.col("customer_ref").isNotNull(), latest_first),
-        }
-    )
+        df.withColumn("customer_ref", clean_code("customer_ref")), "country", "country_code", aliases
+    ).withColumn("_rank", F.when(F.col(CORRUPT).isNull() & F.col("customer_ref").isNotNull(), latest_first))
     rules = [
         malformed(),
         missing("customer_ref"),
         Rule("superseded_duplicate", "an older CRM row of a customer_ref with a newer updated_at", F.col("_rank") > 1),
     ]
-    return flag_rules(prepared, rules).withColumns(
-        {
-            "customer_id": customer_id_from_crm(F.col("customer_ref")),
-            "email_hash": hmac_sha256(F.when(F.col("email_valid"), F.col("email_norm")), key),
-            "phone_hash": hmac_sha256(F.col("phone_e164"), key),
-        }
-    )
+    return flag_rules(prepared, rules).withColumn("customer_id", customer_id_from_crm(F.col("customer_ref")))
 
 
 def customers_table(good: DataFrame) -> DataFrame:
@@ -238,24 +218,13 @@ def customers_table(good: DataFrame) -> DataFrame:
         "email_hash",
         "phone_hash",
         "email_valid",
-        F.when(F.col("phone").isNotNull(), F.col("phone_e164").isNotNull()).alias("phone_valid"),
+        "phone_valid",
         F.col("country_code").alias("country"),
         "signup_date",
         "updated_at",
         "consent_email",
         "consent_sms",
         "consent_profiling",
-    )
-
-
-def contact_table(good: DataFrame) -> DataFrame:
-    """The only silver table with raw identifiers (restricted access)."""
-    return good.select(
-        "customer_id",
-        clean_text("first_name").alias("first_name"),
-        clean_text("last_name").alias("last_name"),
-        F.when(F.col("email_valid"), F.col("email_norm")).alias("email"),
-        F.col("phone_e164").alias("phone"),
     )
 
 
@@ -462,17 +431,17 @@ def web_events_table(good: DataFrame) -> DataFrame:
     )
 
 
-def clean_email_events(df: DataFrame, customers: DataFrame, key: bytes) -> DataFrame:
+def clean_email_events(df: DataFrame, customers: DataFrame) -> DataFrame:
+    """Email events link to the one CRM customer with the same (hashed) address."""
     owners = (
         customers.where(F.col("email_hash").isNotNull())
         .groupBy("email_hash")
         .agg(F.count("*").alias("_owners"), F.min("customer_id").alias("customer_id"))
     )
-    hashed = df.withColumn("email_hash", hmac_sha256(normalise_email("email"), key))
-    joined = hashed.join(owners, on="email_hash", how="left")
+    joined = df.join(owners, on="email_hash", how="left")
     rules = [
         malformed(),
-        missing("email"),
+        missing("email_hash", "missing_email", "no valid email address"),
         Rule("ambiguous_identity", "email belongs to more than one CRM customer", F.col("_owners") > 1),
         orphan("customer_id", "customer (by email)"),
     ]
@@ -510,7 +479,6 @@ def surveys_table(good: DataFrame) -> DataFrame:
 
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Clean every source of the mapping into silver, in dependency order (customers first)."""
-    key = hash_key(cfg)
     specs = load_mapping(cfg)
     mapping_file = str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml"))
     by_entity = {spec.entity: spec for spec in specs.values()}
@@ -530,8 +498,8 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
         customers = silver("customers") if crm_needed else None
         match entity:
             case "customers":
-                flagged = clean_customers(df, key, aliases, cfg.sources.default_phone_region)
-                outputs: Outputs = {"silver.customers": customers_table, "silver.customer_contact": contact_table}
+                flagged = clean_customers(df, aliases)
+                outputs: Outputs = {"silver.customers": customers_table}
             case "order_lines":
                 flagged = clean_order_lines(df, customers, rates, spec.product_code_pattern)
                 outputs = {"silver.order_items": line_items_table, "silver.orders": line_orders_table}
@@ -547,7 +515,7 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
                 flagged = clean_web_events(df, customers)
                 outputs = {"silver.web_events": web_events_table}
             case "email_events":
-                flagged = clean_email_events(df, customers, key)
+                flagged = clean_email_events(df, customers)
                 outputs = {"silver.email_events": email_events_table}
             case "support_tickets":
                 flagged = clean_by_customer_ref(df, customers, "created_at")

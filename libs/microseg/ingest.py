@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from microseg import tables
 from microseg.config import Config
 from microseg.errors import SourceMissingError
+from microseg.privacy import contact_records, hash_key, tokenise
 from microseg.runlog import Entry, RunContext, StageReport
 from microseg.sources import SourceFile, SourceSpec, list_files, load_mapping, location, read_files
 
@@ -61,6 +62,8 @@ def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: Sourc
     raw, extra = read_files(spark, spec, [f.path for f in todo])
     if extra:
         details["extra_columns"] = extra
+    if spec.pii:
+        raw = _split_identifiers(cfg, spec, raw)
     bronze = raw.withColumns({"_ingested_at": F.lit(run.started_at).cast("timestamp"), "_batch_id": F.lit(batch)})
     name = f"bronze.{spec.name}"
     if changed and tables.exists(spark, cfg, name):
@@ -77,6 +80,24 @@ def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: Sourc
     _log_files(spark, cfg, spec.name, todo, counts, batch, run.started_at)
     rows = sum(counts.values())
     return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={**details, "batch_id": batch})
+
+
+def _split_identifiers(cfg: Config, spec: SourceSpec, raw: DataFrame) -> DataFrame:
+    """Send a feed's raw contact details to the restricted silver.customer_contact and return it tokenised.
+
+    The contact table keeps the latest record per customer (MERGE on customer_id, newer updated_at wins).
+    """
+    key, region = hash_key(cfg), cfg.sources.default_phone_region
+    if spec.entity == "customers":
+        contact = contact_records(
+            raw,
+            spec.pii,
+            spec.columns.get("customer_ref", "customer_ref"),
+            spec.columns.get("updated_at", "updated_at"),
+            region,
+        )
+        tables.merge(contact, cfg, "silver.customer_contact", keys=["customer_id"], newer_than="updated_at")
+    return tokenise(raw, spec.pii, key, region)
 
 
 def _drop_rows_of(spark: SparkSession, cfg: Config, name: str, bronze: DataFrame, batch: str) -> None:

@@ -43,6 +43,9 @@ class SourceSpec(BaseModel):
     )
     timezone: str | None = Field(None, description="time zone of naive timestamps; they are converted to UTC")
     product_code_pattern: str | None = Field(None, description="regex of product codes; other codes are charges")
+    pii: dict[str, Literal["email", "phone", "first_name", "last_name", "address"]] = Field(
+        default_factory=dict, description="source column -> kind of direct identifier; hashed or dropped at ingest"
+    )
 
     @property
     def captures_corrupt_records(self) -> bool:

@@ -62,8 +62,11 @@ def append(df: DataFrame, cfg: Config, name: str) -> None:
     df.write.format("delta").mode("append").option("mergeSchema", "true").save(table_path(cfg, name))
 
 
-def merge(df: DataFrame, cfg: Config, name: str, keys: list[str]) -> None:
-    """Upsert ``df`` into the table on ``keys``; creates the table on first write."""
+def merge(df: DataFrame, cfg: Config, name: str, keys: list[str], newer_than: str | None = None) -> None:
+    """Upsert ``df`` into the table on ``keys``; creates the table on first write.
+
+    With ``newer_than`` (a column), a matched row is replaced only by a row at least as new.
+    """
     spark = df.sparkSession
     path = table_path(cfg, name)
     if not DeltaTable.isDeltaTable(spark, path):
@@ -74,7 +77,7 @@ def merge(df: DataFrame, cfg: Config, name: str, keys: list[str]) -> None:
         DeltaTable.forPath(spark, path)
         .alias("t")
         .merge(df.alias("s"), condition)
-        .whenMatchedUpdateAll()
+        .whenMatchedUpdateAll(condition=f"s.`{newer_than}` >= t.`{newer_than}`" if newer_than else None)
         .whenNotMatchedInsertAll()
         .execute()
     )

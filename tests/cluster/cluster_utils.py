@@ -1,0 +1,130 @@
+"""A throwaway Spark standalone cluster (one master, one worker) on 127.0.0.1, run from the pyspark package."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pyspark
+
+SPARK_HOME = Path(pyspark.__file__).resolve().parent
+MASTER = "org.apache.spark.deploy.master.Master"
+WORKER = "org.apache.spark.deploy.worker.Worker"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spark_env(**extra: str) -> dict[str, str]:
+    """This process's environment for Spark's scripts, minus what would point them at another Spark or Python."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYSPARK_", "SPARK_"))}
+    return {**env, "SPARK_HOME": str(SPARK_HOME), "SPARK_LOCAL_IP": "127.0.0.1", **extra}
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else f"({path} missing)"
+
+
+def start_logged(cmd: list[str], log: Path, **kwargs: object) -> subprocess.Popen:
+    """Start ``cmd`` in a process group of its own, its output going to ``log``."""
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> int:
+    """Wait for ``proc``; past ``timeout`` kill its group (spark-submit and its Python driver) and return -9."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return -9
+
+
+def run_logged(cmd: list[str], log: Path, timeout: float, **kwargs: object) -> int:
+    return finish(start_logged(cmd, log, **kwargs), timeout)
+
+
+class StandaloneCluster:
+    """Master and worker started with ``$SPARK_HOME/sbin/spark-daemon.sh``; ``stop()`` is safe to call always."""
+
+    def __init__(self, root: Path, cores: int = 2, memory: str = "2g") -> None:
+        self.root, self.cores, self.memory = root, cores, memory
+        self.port, self.ui_port = free_port(), free_port()
+        self.url = f"spark://127.0.0.1:{self.port}"
+        self.logs, self.pids, self.work = root / "logs", root / "pids", root / "work"
+        self.env = spark_env(SPARK_LOG_DIR=str(self.logs), SPARK_PID_DIR=str(self.pids), SPARK_IDENT_STRING="test")
+        for name in ("PYTHONPATH", "VIRTUAL_ENV"):  # as on another machine: executors see only the shipped env
+            self.env.pop(name, None)
+        daemon = SPARK_HOME / "sbin" / "spark-daemon.sh"
+        assert os.access(daemon, os.X_OK), f"{daemon} is missing or not executable in this pyspark package"
+        self.daemon = str(daemon)
+
+    def start(self, timeout: float = 90) -> None:
+        self._daemon("start", MASTER, "--host", "127.0.0.1", "--port", self.port, "--webui-port", self.ui_port)
+        self._wait(lambda s: s.get("status") == "ALIVE", "master ALIVE", timeout)
+        self._daemon(
+            "start", WORKER, "--host", "127.0.0.1", "--port", free_port(), "--webui-port", free_port(),
+            "--cores", self.cores, "--memory", self.memory, "--work-dir", self.work, self.url,
+        )  # fmt: skip
+        self._wait(lambda s: any(w["state"] == "ALIVE" for w in s.get("workers", [])), "an ALIVE worker", timeout)
+
+    def stop(self) -> None:
+        """Stop the worker, then the master; SIGKILL by pid what has not exited after 20 s."""
+        for cls in (WORKER, MASTER):
+            pid_file = self.pids / f"spark-test-{cls}-1.pid"
+            if not pid_file.exists():
+                continue
+            pid = int(pid_file.read_text().strip())
+            subprocess.run([self.daemon, "stop", cls, "1"], env=self.env, capture_output=True, check=False)
+            deadline = time.monotonic() + 20
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+            pid_file.unlink(missing_ok=True)
+
+    def state(self) -> dict:
+        """The master's JSON status: workers, activeapps, completedapps, ..."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=5) as response:
+            return json.load(response)
+
+    def log_tails(self) -> str:
+        return "\n".join(f"--- {p.name}\n{tail(p, 20)}" for p in sorted(self.logs.glob("*.out")))
+
+    def _daemon(self, action: str, cls: str, *args: object) -> None:
+        cmd = [self.daemon, action, cls, "1", *map(str, args)]
+        done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, check=False)
+        if done.returncode != 0 or "failed to launch" in done.stdout:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stdout}{done.stderr}\n{self.log_tails()}")
+
+    def _wait(self, ready: object, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if ready(self.state()):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"no {what} at {self.url} after {timeout:.0f}s\n{self.log_tails()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie has exited; only its parent (spark-daemon's nohup, gone) would reap it
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
