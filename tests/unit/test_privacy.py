@@ -65,7 +65,7 @@ def test_contact_records_keep_latest_per_customer(spark):
         [
             ("C1", " Anna ", "ANNA@EXAMPLE.COM", "+44 20 7946 0001", dt.datetime(2024, 1, 1)),
             ("C1", "Anna", "anna.new@example.com", "+44 20 7946 0002", dt.datetime(2024, 6, 1)),
-            ("C2", "\uff22\uff45\uff4e",  # full-width "Ben" "bad email", None, dt.datetime(2024, 1, 1)),
+            ("C2", "\uff22\uff45\uff4e", "bad email", None, dt.datetime(2024, 1, 1)),  # full-width "Ben"
         ],
         "ref STRING, first STRING, mail STRING, tel STRING, changed TIMESTAMP",
     )
