@@ -10,7 +10,7 @@ DATA ?= data/synthetic
 KEY_FILE := .microseg_key
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: install demo test ui bench lint clean
+.PHONY: install demo test ui bench lint clean env-archive
 
 install: $(INSTALLED)
 
@@ -40,6 +40,10 @@ ui: install
 
 bench: install
 	MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-bench-key-not-secret-0123456789} $(BIN)/microseg bench --customers $(CUSTOMERS)
+
+# The Python environment for Spark executors (spark-submit --archives), see README.
+env-archive: install
+	scripts/pack_env.sh $(VENV)
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
