@@ -226,11 +226,11 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return nested
 
 
-def _interpolate(value: Any, where: str) -> Any:
+def interpolate(value: Any, where: str) -> Any:
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        return {k: interpolate(v, f"{where}.{k}" if where else k) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, where) for v in value]
+        return [interpolate(v, where) for v in value]
     if not isinstance(value, str):
         return value
 
@@ -270,7 +270,7 @@ def load_config(conf_file: str | Path = "conf/local.yaml", overrides: list[str] 
     for text in overrides or []:
         key, value = parse_override(text)
         merged = _merge(merged, _nest(key, value), f"--set {text}", origins)
-    merged = _interpolate(merged, "")
+    merged = interpolate(merged, "")
     merged["conf_dir"] = str(env_path.parent)
     try:
         return Config.model_validate(merged)

@@ -20,7 +20,7 @@ from microseg.config import Config
 from microseg.errors import SourceMissingError
 from microseg.privacy import contact_records, hash_key, tokenise
 from microseg.runlog import Entry, RunContext, StageReport
-from microseg.sources import SourceFile, SourceSpec, list_files, load_mapping, location, read_files
+from microseg.sources import SourceFile, SourceSpec, list_files, load_mapping, location, read_files, read_jdbc
 
 INGEST_LOG_SCHEMA = (
     "source STRING, path STRING, size BIGINT, modified_ms BIGINT, rows BIGINT, batch_id STRING, ingested_at TIMESTAMP"
@@ -47,7 +47,21 @@ def new_files(spark: SparkSession, cfg: Config, source: str, files: list[SourceF
     return fresh, changed
 
 
+def ingest_snapshot(spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec) -> Entry:
+    """A database table has no files: each run reads a full snapshot and replaces the bronze table."""
+    raw = read_jdbc(spark, spec)
+    if spec.pii:
+        raw = _split_identifiers(cfg, spec, raw)
+    batch = f"s-{run.run_id}"
+    bronze = raw.withColumns({"_ingested_at": F.lit(run.started_at).cast("timestamp"), "_batch_id": F.lit(batch)})
+    tables.overwrite(bronze, cfg, f"bronze.{spec.name}")
+    rows = tables.read(spark, cfg, f"bronze.{spec.name}").count()
+    return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={"snapshot": batch})
+
+
 def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec) -> Entry:
+    if spec.format == "jdbc":
+        return ingest_snapshot(spark, cfg, run, spec)
     files = list_files(spark, location(cfg, spec))
     if not files:
         raise SourceMissingError(

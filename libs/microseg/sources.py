@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from microseg.config import Config
+from microseg.config import Config, interpolate
 from microseg.errors import ConfigError, SchemaDriftError, SourceMissingError
 
 CORRUPT = "_corrupt_record"
@@ -33,8 +33,8 @@ class SourceSpec(BaseModel):
 
     name: str = ""
     entity: Literal[ENTITIES]  # type: ignore[valid-type]
-    format: Literal["csv", "json", "parquet"]
-    path: str
+    format: Literal["csv", "json", "parquet", "jdbc"]
+    path: str = Field("", description="file path or glob, relative to sources.root (files only)")
     schema_ddl: str = Field(alias="schema")
     options: dict[str, str] = Field(default_factory=dict)
     optional_columns: list[str] = Field(default_factory=list)
@@ -65,7 +65,7 @@ def load_mapping(cfg: Config) -> dict[str, SourceSpec]:
         available = sorted(p.stem for p in path.parent.glob("*.yaml"))
         raise ConfigError(f"source mapping {path} does not exist; sources.mapping must be one of {available}")
     try:
-        mapping = SourceMapping.model_validate(yaml.safe_load(path.read_text()))
+        mapping = SourceMapping.model_validate(interpolate(yaml.safe_load(path.read_text()), str(path)))
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"source mapping {path} is invalid: {problems}") from None
@@ -154,6 +154,26 @@ def read_files(spark: SparkSession, spec: SourceSpec, paths: list[str]) -> tuple
             df = df.withColumn(name, F.lit(None).cast(declared[name].dataType))
     columns = [*declared.fieldNames(), CORRUPT]
     return df.select(*columns, F.col("_metadata.file_path").alias("_source_file")), extra
+
+
+def read_jdbc(spark: SparkSession, spec: SourceSpec) -> DataFrame:
+    """A full snapshot of a database table (options: url, dbtable or query, user, password, driver)."""
+    if "url" not in spec.options:
+        raise ConfigError(f"source {spec.name}: a jdbc source needs options.url (and dbtable or query)")
+    declared = schema_of(spec)
+    df = spark.read.format("jdbc").options(**spec.options).load()
+    missing = [c for c in declared.fieldNames() if c not in df.columns and c not in spec.optional_columns]
+    if missing:
+        raise SchemaDriftError(f"source {spec.name}: column(s) {missing} missing from {spec.options.get('dbtable')}")
+    where = f"{spec.options['url'].split('?')[0]}#{spec.options.get('dbtable', 'query')}"
+    return df.select(
+        *[
+            (F.col(f.name).cast(f.dataType) if f.name in df.columns else F.lit(None).cast(f.dataType)).alias(f.name)
+            for f in declared.fields
+        ],
+        F.lit(None).cast("string").alias(CORRUPT),
+        F.lit(where).alias("_source_file"),
+    )
 
 
 def read_source(spark: SparkSession, cfg: Config, spec: SourceSpec) -> DataFrame:
