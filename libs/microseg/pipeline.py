@@ -100,6 +100,14 @@ def summary(result: PipelineResult, cfg: Config) -> str:
         for e in clean.entries:
             for rule, count in e.details.get("quarantined_by_rule", {}).items():
                 lines.append(f"  {e.source:<18} {rule:<22} {count:>8,}")
+    if clean:
+        coverage = {e.source: e.details["coverage"] for e in clean.entries if e.details.get("coverage") is not None}
+        lines.append(
+            "identity: share of rows linked to a customer: "
+            + ", ".join(f"{source} {share:.1%}" for source, share in coverage.items())
+        )
+        conflicts = clean.info.get("identity", {}).get("conflicts", {})
+        lines.append(f"identity conflicts (keys on several customers, see ops.identity_conflicts): {conflicts or 0}")
     quality = result.report("quality")
     if quality and quality.info.get("warnings"):
         lines.append("data-quality warnings (rule: failing rows):")
@@ -123,5 +131,7 @@ def summary(result: PipelineResult, cfg: Config) -> str:
         lines.append("segments (customers):")
         for segment, size in assign.info["segments"].items():
             lines.append(f"  {segment:<20} {size:>8,}")
+    if quality:
+        lines.append(f"data docs: {cfg.lake_root}/ops/data_docs/index.html")
     lines.append(f"tables: {cfg.lake_root}/<layer>/<table>; MLflow: {cfg.tracking_uri} (make ui)")
     return "\n".join(lines)

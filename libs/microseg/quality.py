@@ -26,6 +26,7 @@ from microseg.runlog import Entry, RunContext, StageReport
 # GX reports usage statistics over the network unless told not to; this machine has none.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
+DOCS_SITE = "microseg"
 DQ_SCHEMA = (
     "run_id STRING, as_of DATE, table STRING, rule STRING, expectation STRING, column STRING, severity STRING, "
     "success BOOLEAN, evaluated BIGINT, unexpected_count BIGINT, unexpected_percent DOUBLE"
@@ -83,13 +84,25 @@ def _expectation(rule: QualityRule):
     raise ConfigError(f"rule {rule.name}: unknown expectation {rule.expectation}")  # pragma: no cover
 
 
-def validate(frames: dict[str, DataFrame], suites: list[TableRules]) -> list[RuleResult]:
-    """Run each table's suite through an ephemeral GX context; return one result per rule."""
+def validate(frames: dict[str, DataFrame], suites: list[TableRules], docs_dir: str | None = None) -> list[RuleResult]:
+    """Run each table's suite through an ephemeral GX context; return one result per rule.
+
+    With ``docs_dir``, GX Data Docs (static HTML of the suites and their results) are built there.
+    """
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    actions = []
+    if docs_dir:
+        site = {
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
+        }
+        context.add_data_docs_site(site_name=DOCS_SITE, site_config=site)
+        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]
     datasource = context.data_sources.add_spark(name="microseg")
     results: list[RuleResult] = []
     for suite_cfg in suites:
@@ -110,7 +123,16 @@ def validate(frames: dict[str, DataFrame], suites: list[TableRules]) -> list[Rul
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name=f"{suite_cfg.table}:validation", data=batch, suite=suite)
         )
-        outcome = definition.run(batch_parameters={"dataframe": df}, result_format="SUMMARY")
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(
+                name=f"{suite_cfg.table}:checkpoint",
+                validation_definitions=[definition],
+                actions=actions,
+                result_format="SUMMARY",
+            )
+        )
+        run_result = checkpoint.run(batch_parameters={"dataframe": df})
+        outcome = next(iter(run_result.run_results.values()))
         by_name = {r.name: r for r in suite_cfg.rules}
         for item in outcome.results:
             rule = by_name[item.expectation_config.meta["rule"]]
@@ -203,7 +225,7 @@ def run_quality(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
     """Validate every silver table that has rules; record results; raise on a critical failure."""
     suites = [s for s in load_rules(cfg) if tables.exists(spark, cfg, s.table)]
     frames = {s.table: tables.read(spark, cfg, s.table) for s in suites}
-    results = validate(frames, suites)
+    results = validate(frames, suites, docs_dir=f"{cfg.lake_root}/ops/data_docs")
     tables.append(results_frame(spark, run, results), cfg, "ops.dq_results")
     report = StageReport("quality")
     critical = [r for r in results if not r.success and r.rule.severity == "critical"]

@@ -84,7 +84,12 @@ def pg_config(spark, postgres, make_config, tmp_path_factory):
     csv_spec = load_mapping(make_config(f"sources.root={data}"))["crm_customers"]
     rows = read_source(spark, make_config(f"sources.root={data}"), csv_spec).where(F.col("_corrupt_record").isNull())
     rows = rows.drop("_corrupt_record", "_source_file").cache()
-    rows.write.jdbc(postgres, "public.crm_customers", mode="overwrite", properties={"user": "microseg", "driver": "org.postgresql.Driver"})
+    rows.write.jdbc(
+        postgres,
+        "public.crm_customers",
+        mode="overwrite",
+        properties={"user": "microseg", "driver": "org.postgresql.Driver"},
+    )
     return cfg, rows
 
 

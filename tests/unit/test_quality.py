@@ -30,3 +30,14 @@ def test_rule_results_count_unexpected_rows(spark):
     assert results["channel_mostly"].success is True
     assert results["id_present"].evaluated == 4
     assert results["score_range"].unexpected_percent == pytest.approx(25.0)
+
+
+def test_data_docs_are_built(spark, tmp_path):
+    df = spark.createDataFrame([("a",), (None,)], "id STRING")
+    suite = TableRules(table="silver.t", rules=[QualityRule(name="id_present", expectation="not_null", column="id")])
+    validate({"silver.t": df}, [suite], docs_dir=str(tmp_path / "docs"))
+    index = tmp_path / "docs" / "index.html"
+    assert index.exists()
+    pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
+    assert len(pages) == 1 and "silver.t" in index.read_text()
+    assert "Unsuccessful" in pages[0].read_text()  # the one rule failed (one null id)

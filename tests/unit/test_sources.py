@@ -48,3 +48,35 @@ def test_synthetic_mapping_loads():
     cfg = load_config(Path(__file__).resolve().parents[2] / "conf" / "local.yaml")
     specs = load_mapping(cfg)
     assert specs["crm_customers"].entity == "customers" and specs["orders"].format == "parquet"
+
+
+def drift_spec():
+    return SourceSpec(
+        name="tickets",
+        entity="support_tickets",
+        format="csv",
+        path="t/*.csv",
+        schema="id STRING, n INT",
+        options={"header": "true"},
+    )
+
+
+def test_missing_required_column_names_source_and_column(spark, tmp_path):
+    from microseg.errors import SchemaDriftError
+    from microseg.sources import read_files
+
+    (tmp_path / "a.csv").write_text("id,other\nx1,7\n")
+    with pytest.raises(SchemaDriftError) as err:
+        read_files(spark, drift_spec(), [str(tmp_path / "a.csv")])
+    assert "tickets" in str(err.value) and "'n'" in str(err.value)
+
+
+def test_extra_column_is_recorded_and_columns_stay_aligned(spark, tmp_path):
+    from microseg.sources import read_files
+
+    (tmp_path / "a.csv").write_text("id,added_by_vendor,n\nx1,surprise,7\n")
+    df, extra = read_files(spark, drift_spec(), [str(tmp_path / "a.csv")])
+    assert extra == ["added_by_vendor"]
+    row = df.first()
+    assert (row["id"], row["n"], row["_corrupt_record"]) == ("x1", 7, None)
+    assert "added_by_vendor" not in df.columns

@@ -1,0 +1,31 @@
+"""Identity resolution: deterministic links, and ambiguous keys reported instead of guessed."""
+
+from microseg import tables
+from microseg.identity import anonymous_links, write_identity_map
+
+
+def test_shared_email_is_a_conflict_not_a_link(spark, make_config):
+    cfg = make_config()
+    customers = spark.createDataFrame(
+        [("cu_1", "C1", "e-shared", "p1"), ("cu_2", "C2", "e-shared", "p2"), ("cu_3", "C3", "e3", None)],
+        "customer_id STRING, crm_id STRING, email_hash STRING, phone_hash STRING",
+    )
+    tables.overwrite(customers, cfg, "silver.customers")
+    counts = write_identity_map(spark, cfg)
+    assert counts["conflicts"] == {"email_hash": 1}
+    assert counts["linked_keys"] == {"crm_id": 3, "email_hash": 1, "phone_hash": 2}
+    conflict = tables.read(spark, cfg, "ops.identity_conflicts").first()
+    assert (conflict["key_value"], conflict["customer_ids"]) == ("e-shared", ["cu_1", "cu_2"])
+    links = {
+        (r["key_type"], r["key_value"]): r["customer_id"]
+        for r in tables.read(spark, cfg, "silver.identity_map").collect()
+    }
+    assert links[("email_hash", "e3")] == "cu_3" and ("email_hash", "e-shared") not in links
+
+
+def test_anonymous_id_links_only_to_one_customer(spark):
+    events = spark.createDataFrame(
+        [("a1", "C1"), ("a1", None), ("a1", "C1"), ("a2", "C1"), ("a2", "C2"), ("a3", None)],
+        "anonymous_id STRING, customer_ref STRING",
+    )
+    assert sorted(map(tuple, anonymous_links(events).collect())) == [("a1", "C1")]
