@@ -85,10 +85,11 @@ def test_every_table_is_delta(spark, demo, first_run):
         + ["silver.customer_contact"]
         + [f"quarantine.{s}" for s in SOURCES]
         + ["gold.customer_features", "gold.segment_assignments", "gold.segment_profiles"]
-        + ["ops.run_log", "ops.dq_results"]
+        + ["ops.run_log", "ops.dq_results", "ops.ingest_log", "ops.identity_conflicts", "silver.identity_map"]
     )
     missing = [name for name in expected if not tables.exists(spark, demo["cfg"], name)]
     assert missing == []
+    assert Path(demo["cfg"].lake_root, "ops", "data_docs", "index.html").exists()
 
 
 def test_rows_reconcile_with_manifest_source_by_source(spark, demo, first_run):
