@@ -20,8 +20,9 @@ from microseg import tables
 from microseg.config import Config
 from microseg.errors import ConfigError, ReconciliationError
 from microseg.identity import anonymous_links, customer_id_from_crm, write_identity_map
+from microseg.privacy import tokenise
 from microseg.runlog import Entry, RunContext, StageReport
-from microseg.sources import CORRUPT, SourceSpec, load_mapping
+from microseg.sources import CORRUPT, SourceSpec, load_mapping, schema_of
 from microseg.standardise import (
     clean_code,
     clean_text,
@@ -146,6 +147,34 @@ def canonical(bronze: DataFrame, spec: SourceSpec, mapping_file: str) -> DataFra
         for column in TIME_COLUMNS.get(spec.entity, []):
             mapped[column] = F.to_utc_timestamp(mapped[column], spec.timezone)
     return bronze.select(*[expr.alias(name) for name, expr in mapped.items()], *metadata)
+
+
+def check_mapping(spark: SparkSession, cfg: Config) -> None:
+    """Validate every source of the mapping against its own schema before anything is read.
+
+    Raises:
+        ConfigError: naming the mapping file, the source and the column at fault.
+    """
+    mapping_file = str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml"))
+    for spec in load_mapping(cfg).values():
+        schema = schema_of(spec)
+        unknown = [c for c in [*spec.keys, *([spec.event_time] if spec.event_time else []), *spec.pii]
+                   if c not in schema.fieldNames()]  # fmt: skip
+        if unknown:
+            raise ConfigError(
+                f"source mapping {mapping_file}: source {spec.name} names column(s) {unknown} in keys, "
+                f"event_time or pii that its schema does not have"
+            )
+        empty = spark.createDataFrame([], schema).withColumns(
+            {
+                CORRUPT: F.lit(None).cast("string"),
+                "_source_file": F.lit(None).cast("string"),
+                "_ingested_at": F.lit(None).cast("timestamp"),
+            }
+        )
+        if spec.pii:
+            empty = tokenise(empty, spec.pii, b"mapping-check-only", cfg.sources.default_phone_region)
+        canonical(empty, spec, mapping_file)
 
 
 def publish(cfg: Config, source: str, bronze: DataFrame, flagged: DataFrame, outputs: Outputs) -> Entry:

@@ -16,6 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from microseg import tables
+from microseg.clean import check_mapping
 from microseg.config import Config
 from microseg.errors import SourceMissingError
 from microseg.privacy import contact_records, hash_key, tokenise
@@ -137,6 +138,7 @@ def _log_files(
 
 
 def run_ingest(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
+    check_mapping(spark, cfg)
     report = StageReport("ingest")
     for spec in load_mapping(cfg).values():
         report.entries.append(ingest_source(spark, cfg, run, spec))

@@ -38,6 +38,8 @@ class SourceSpec(BaseModel):
     schema_ddl: str = Field(alias="schema")
     options: dict[str, str] = Field(default_factory=dict)
     optional_columns: list[str] = Field(default_factory=list)
+    keys: list[str] = Field(default_factory=list, description="columns that identify a record of the source")
+    event_time: str | None = Field(None, description="the column that dates a record")
     columns: dict[str, str] = Field(
         default_factory=dict, description="canonical column -> Spark SQL expression over the source's columns"
     )

@@ -80,3 +80,23 @@ def test_extra_column_is_recorded_and_columns_stay_aligned(spark, tmp_path):
     row = df.first()
     assert (row["id"], row["n"], row["_corrupt_record"]) == ("x1", 7, None)
     assert "added_by_vendor" not in df.columns
+
+
+def test_bad_mapping_fails_at_start_naming_file_source_and_column(spark, make_config, tmp_path):
+    import shutil
+    from pathlib import Path
+
+    from microseg.clean import check_mapping
+
+    conf = tmp_path / "conf"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "conf", conf)
+    mapping = conf / "sources" / "synthetic.yaml"
+    mapping.write_text(
+        mapping.read_text().replace("keys: [order_id]", "keys: [order_id]\n    columns: {amount: amout}")
+    )
+    cfg = make_config().model_copy(update={"conf_dir": str(conf)})
+    with pytest.raises(ConfigError) as err:
+        check_mapping(spark, cfg)
+    message = str(err.value)
+    assert str(mapping) in message and "source orders" in message and "amount" in message and "amout" in message
+    check_mapping(spark, make_config())  # the shipped mappings are valid
