@@ -185,7 +185,12 @@ def publish(cfg: Config, source: str, bronze: DataFrame, flagged: DataFrame, out
     """
     rows_in = bronze.count()
     flagged = flagged.cache()
-    by_rule = {r["_rule"]: r["count"] for r in flagged.groupBy("_rule").count().collect()}
+    has_customer = "customer_id" in flagged.columns
+    linked = F.col("customer_id").isNotNull() if has_customer else F.lit(False)
+    counts = flagged.groupBy("_rule", linked.alias("_linked")).count().collect()
+    by_rule: dict[str | None, int] = {}
+    for row in counts:
+        by_rule[row["_rule"]] = by_rule.get(row["_rule"], 0) + row["count"]
     written = by_rule.pop(None, 0)
     quarantined = sum(by_rule.values())
     if rows_in != written + quarantined:
@@ -197,23 +202,29 @@ def publish(cfg: Config, source: str, bronze: DataFrame, flagged: DataFrame, out
     good = flagged.where(F.col("_rule").isNull())
     for name, transform in outputs.items():
         tables.overwrite(transform(good), cfg, name)
-    bronze_columns = [f"`{c}`" for c in bronze.columns if not c.startswith("_")]
-    quarantine = flagged.where(F.col("_rule").isNotNull()).select(
+    bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
+    tables.overwrite(quarantine_records(flagged, source, bronze_columns), cfg, f"quarantine.{source}")
+    flagged.unpersist()
+    details: dict = {"quarantined_by_rule": dict(sorted(by_rule.items()))}
+    if has_customer:
+        good_linked = sum(r["count"] for r in counts if r["_rule"] is None and r["_linked"])
+        details["coverage"] = round(good_linked / rows_in, 4) if rows_in else None
+    return Entry(source, rows_in, written, quarantined, details=details)
+
+
+def quarantine_records(flagged: DataFrame, source: str, record_columns: list[str]) -> DataFrame:
+    """The rows flagged with a rule, in the quarantine tables' shape: source, rule, reason, the record as JSON."""
+    return flagged.where(F.col("_rule").isNotNull()).select(
         F.lit(source).alias("source"),
         F.col("_rule").alias("rule"),
         F.col("_reason").alias("reason"),
-        F.to_json(F.struct(*[F.col(c) for c in bronze_columns])).alias("record"),
-        F.col(CORRUPT).alias("raw_line"),
-        "_source_file",
-        "_batch_id",
+        F.to_json(F.struct(*[F.col(f"`{c}`") for c in record_columns])).alias("record"),
+        (F.col(CORRUPT) if CORRUPT in flagged.columns else F.lit(None).cast("string")).alias("raw_line"),
+        (F.col("_source_file") if "_source_file" in flagged.columns else F.lit(None).cast("string")).alias(
+            "_source_file"
+        ),
+        (F.col("_batch_id") if "_batch_id" in flagged.columns else F.lit(None).cast("string")).alias("_batch_id"),
     )
-    tables.overwrite(quarantine, cfg, f"quarantine.{source}")
-    flagged.unpersist()
-    details: dict = {"quarantined_by_rule": dict(sorted(by_rule.items()))}
-    if "customer_id" in flagged.columns:
-        linked = good.where(F.col("customer_id").isNotNull()).count()
-        details["coverage"] = round(linked / rows_in, 4) if rows_in else None
-    return Entry(source, rows_in, written, quarantined, details=details)
 
 
 def _customer_keys(customers: DataFrame) -> DataFrame:

@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from microseg import tables
+from microseg.clean import Rule, flag_rules, quarantine_records
 from microseg.config import Config, QualityRule
 from microseg.errors import ConfigError, DataQualityError
 from microseg.runlog import Entry, RunContext, StageReport
@@ -166,37 +167,22 @@ def violation(rule: QualityRule) -> Column:
             broken = ~col.isin(list(rule.values or []))
         case "regex":
             broken = ~col.rlike(rule.pattern or "")
-    broken = F.coalesce(broken, F.lit(False))
     return broken & F.expr(rule.where) if rule.where else broken
 
 
 def quarantine_rows(spark: SparkSession, cfg: Config, table: str, rules: list[QualityRule]) -> dict[str, int]:
     """Move the rows of ``table`` that break quarantine rules to quarantine.<table>, each with its first rule."""
     df = tables.read(spark, cfg, table)
-    rule_col = F.lit(None).cast("string")
-    reason_col = F.lit(None).cast("string")
-    for rule in reversed(rules):
-        rule_col = F.when(violation(rule), F.lit(rule.name)).otherwise(rule_col)
-        reason_col = F.when(violation(rule), F.lit(rule.reason or f"{rule.expectation} on {rule.column}")).otherwise(
-            reason_col
-        )
-    flagged = df.withColumns({"_rule": rule_col, "_reason": reason_col}).cache()
+    row_rules = [Rule(r.name, r.reason or f"{r.expectation} on {r.column}", violation(r)) for r in rules]
+    flagged = flag_rules(df, row_rules).cache()
     counts = {
         r["_rule"]: r["count"] for r in flagged.where(F.col("_rule").isNotNull()).groupBy("_rule").count().collect()
     }
     if counts:
-        columns = [F.col(f"`{c}`") for c in df.columns]
-        moved = flagged.where(F.col("_rule").isNotNull()).select(
-            F.lit(table).alias("source"),
-            F.col("_rule").alias("rule"),
-            F.col("_reason").alias("reason"),
-            F.to_json(F.struct(*columns)).alias("record"),
-            F.lit(None).cast("string").alias("raw_line"),
-            F.lit(None).cast("string").alias("_source_file"),
-            F.lit(None).cast("string").alias("_batch_id"),
+        tables.append(quarantine_records(flagged, table, df.columns), cfg, f"quarantine.{table.split('.', 1)[1]}")
+        tables.overwrite(
+            flagged.where(F.col("_rule").isNull()).select(*[F.col(f"`{c}`") for c in df.columns]), cfg, table
         )
-        tables.append(moved, cfg, f"quarantine.{table.split('.', 1)[1]}")
-        tables.overwrite(flagged.where(F.col("_rule").isNull()).select(*columns), cfg, table)
     flagged.unpersist()
     return counts
 

@@ -41,3 +41,34 @@ def test_data_docs_are_built(spark, tmp_path):
     pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
     assert len(pages) == 1 and "silver.t" in index.read_text()
     assert "Unsuccessful" in pages[0].read_text()  # the one rule failed (one null id)
+
+
+def test_quarantine_rules_move_failing_rows(spark, make_config):
+    import json
+
+    from microseg import tables
+    from microseg.quality import quarantine_rows
+
+    cfg = make_config()
+    df = spark.createDataFrame(
+        [("o1", 5.0, False), ("o2", 500.0, False), ("o3", -7.0, True), ("o3", 1.0, False)],
+        "order_id STRING, amount DOUBLE, is_return BOOLEAN",
+    )
+    tables.overwrite(df, cfg, "silver.orders")
+    rules = [
+        QualityRule(name="unique_id", expectation="unique", column="order_id", severity="quarantine"),
+        QualityRule(name="plausible", expectation="between", column="amount", min=0, max=100,
+                    severity="quarantine", where="is_return = false", reason="too large"),
+    ]  # fmt: skip
+    assert quarantine_rows(spark, cfg, "silver.orders", rules) == {"unique_id": 2, "plausible": 1}
+    kept = [r["order_id"] for r in tables.read(spark, cfg, "silver.orders").collect()]
+    assert kept == ["o1"]
+    moved = {
+        (r["rule"], json.loads(r["record"])["amount"], r["reason"])
+        for r in tables.read(spark, cfg, "quarantine.orders").collect()
+    }
+    assert moved == {
+        ("unique_id", -7.0, "unique on order_id"),
+        ("unique_id", 1.0, "unique on order_id"),
+        ("plausible", 500.0, "too large"),
+    }
