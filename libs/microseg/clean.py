@@ -55,7 +55,7 @@ OPTIONAL = {
         "consent_profiling": "boolean",
     },
     "order_lines": {"description": "string", "country": "string", "channel": "string", "consent_profiling": "boolean"},
-    "orders": {"discount": "double", "channel": "string", "is_return": "boolean"},
+    "orders": {"discount": "double", "channel": "string", "is_return": "boolean", "offer_code": "string"},
     "order_items": {"category": "string", "description": "string"},
     "web_events": {"anonymous_id": "string", "customer_ref": "string", "session_id": "string", "channel": "string"},
     "email_events": {"campaign_id": "string"},
@@ -329,9 +329,10 @@ def line_orders_table(good: DataFrame) -> DataFrame:
         F.first(F.upper("currency"), ignorenulls=True).alias("currency"),
         F.round(F.sum(product_amount), 2).alias("amount"),
         F.round(F.sum(product_amount * F.col("_rate")), 2).alias("amount_base"),
-        F.lit(0.0).alias("discount_base"),
+        F.lit(None).cast("double").alias("discount_base"),  # invoice lines carry no discount
         F.coalesce(F.first(F.lower(clean_code("channel")), ignorenulls=True), F.lit("web")).alias("channel"),
         F.max("is_return").alias("is_return"),
+        F.lit(None).cast("string").alias("offer_code"),
     )
 
 
@@ -403,6 +404,7 @@ def orders_table(good: DataFrame) -> DataFrame:
         F.round(F.coalesce(F.col("discount"), F.lit(0.0)) * F.col("_rate"), 2).alias("discount_base"),
         F.lower(clean_code("channel")).alias("channel"),
         F.coalesce(F.col("is_return"), F.lit(False)).alias("is_return"),
+        F.upper(clean_code("offer_code")).alias("offer_code"),
     )
 
 

@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(bench)
     bench.add_argument("--customers", type=int, default=100_000)
     bench.add_argument("--workdir", default="./bench", help="where the data and lake go (wiped first)")
+
+    catalog = commands.add_parser("catalog", help="write the feature catalog as Markdown (docs/FEATURES.md)")
+    _common(catalog)
+    catalog.add_argument("--out", default="docs/FEATURES.md")
     return parser
 
 
@@ -96,7 +100,17 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "datagen": cmd_datagen, "bench": cmd_bench}
+def cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.catalog import load_catalog, markdown
+
+    catalog = load_catalog(cfg)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(markdown(catalog) + "\n")
+    print(f"wrote {len(catalog.features)} features (catalog version {catalog.version}) to {args.out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "datagen": cmd_datagen, "bench": cmd_bench, "catalog": cmd_catalog}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -103,8 +103,28 @@ class QualityConfig(_Strict):
     rules_dir: str = "quality"
 
 
+class LifecycleConfig(_Strict):
+    engaged_days: int = Field(90, ge=1)
+    new_days: int = Field(90, ge=1)
+    at_risk_days: int = Field(90, ge=1)
+    churned_days: int = Field(180, ge=1)
+    reactivated_days: int = Field(90, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LifecycleConfig:
+        if not self.at_risk_days < self.churned_days:
+            raise ValueError(
+                f"features.lifecycle: at_risk_days ({self.at_risk_days}) must be less than churned_days "
+                f"({self.churned_days})"
+            )
+        return self
+
+
 class FeaturesConfig(_Strict):
-    version: str = "1"
+    catalog: str = "features/catalog.yaml"
+    lifecycle: LifecycleConfig = Field(default_factory=LifecycleConfig)
+    cart_conversion_hours: int = Field(24, ge=1)
+    purchase_events: list[str] = Field(default_factory=lambda: ["purchase"])
 
 
 class TrainConfig(_Strict):

@@ -35,14 +35,65 @@ class Group:
     email_open: float
     email_click: float
     nps: tuple[int, int]
+    offer_rate: float  # share of orders placed with an offer code (only those carry a discount)
+    return_rate: float  # share of orders returned a week later
+    cart_conversion: float  # share of sessions that end in a purchase event
 
 
 GROUPS = (
-    Group("loyal_high_spender", 0.15, (14, 26), 160.0, (0.0, 0.05), (0, 14), None, (8, 14), 0.3, 0.6, 0.25, (8, 10)),
-    Group("bargain_hunter", 0.25, (8, 14), 28.0, (0.2, 0.4), (0, 40), None, (6, 10), 0.4, 0.45, 0.2, (5, 8)),
-    Group("lapsed", 0.20, (2, 5), 70.0, (0.0, 0.1), (240, 420), None, (0, 2), 0.2, 0.05, 0.01, (0, 5)),
-    Group("cart_abandoner", 0.20, (1, 2), 45.0, (0.0, 0.1), (20, 120), None, (12, 20), 0.8, 0.25, 0.05, (4, 8)),
-    Group("new_customer", 0.20, (1, 3), 55.0, (0.0, 0.1), (0, 20), 60, (3, 6), 0.4, 0.5, 0.15, (6, 10)),
+    Group(
+        "loyal_high_spender",
+        0.15,
+        (14, 26),
+        160.0,
+        (0.0, 0.05),
+        (0, 14),
+        None,
+        (8, 14),
+        0.3,
+        0.6,
+        0.25,
+        (8, 10),
+        0.1,
+        0.04,
+        0.7,
+    ),
+    Group(
+        "bargain_hunter",
+        0.25,
+        (8, 14),
+        28.0,
+        (0.2, 0.4),
+        (0, 40),
+        None,
+        (6, 10),
+        0.4,
+        0.45,
+        0.2,
+        (5, 8),
+        0.8,
+        0.12,
+        0.5,
+    ),
+    Group("lapsed", 0.20, (2, 5), 70.0, (0.0, 0.1), (240, 420), None, (0, 2), 0.2, 0.05, 0.01, (0, 5), 0.1, 0.04, 0.3),
+    Group(
+        "cart_abandoner",
+        0.20,
+        (1, 2),
+        45.0,
+        (0.0, 0.1),
+        (20, 120),
+        None,
+        (12, 20),
+        0.8,
+        0.25,
+        0.05,
+        (4, 8),
+        0.15,
+        0.04,
+        0.05,
+    ),
+    Group("new_customer", 0.20, (1, 3), 55.0, (0.0, 0.1), (0, 20), 60, (3, 6), 0.4, 0.5, 0.15, (6, 10), 0.2, 0.04, 0.5),
 )
 
 FIRST_NAMES = ["Anna", "Ben", "Chloe", "David", "Emma", "Felix", "Grace", "Hugo", "Isla", "Jonas", "Klara", "Liam"]
@@ -51,7 +102,7 @@ COUNTRIES = ["United Kingdom", "germany", "FR", "Netherlands", " Ireland", "ES",
 CATEGORIES = ["fashion", "home", "beauty", "electronics", "sports", "toys", "grocery", "books"]
 CHANNELS = ["web", "app", "store"]
 CURRENCIES = ["EUR", "EUR", "EUR", "GBP", "USD"]
-WEB_EVENT_TYPES = ["page_view", "product_view", "search", "add_to_cart", "checkout_start", "wishlist_add"]
+WEB_EVENT_TYPES = ["page_view", "product_view", "search", "add_to_cart", "checkout_start", "wishlist_add", "purchase"]
 FUTURE_YEAR = 2099
 
 SOURCES = (
@@ -141,6 +192,9 @@ def customers_frame(spark: SparkSession, cfg: DatagenConfig) -> DataFrame:
         .alias("n_sessions"),
         _by_group("order_value").alias("order_value"),
         _by_group("discount").alias("discount_range"),
+        _by_group("offer_rate").alias("offer_rate"),
+        _by_group("return_rate").alias("return_rate"),
+        _by_group("cart_conversion").alias("cart_conversion"),
         _by_group("cart_add_rate").alias("cart_add_rate"),
         _by_group("email_open").alias("email_open"),
         _by_group("email_click").alias("email_click"),
@@ -215,6 +269,8 @@ def orders_frames(customers: DataFrame, cfg: DatagenConfig) -> tuple[DataFrame, 
         "last_offset",
         "order_value",
         "discount_range",
+        "offer_rate",
+        "return_rate",
         F.explode(F.sequence(F.lit(1), F.col("n_orders"))).alias("seq"),
     ).withColumn("order_id", F.format_string("O%s-%03d", F.col("customer_ref"), F.col("seq")))
     # The last order falls on the last day of the active window; earlier ones spread across it.
@@ -226,8 +282,9 @@ def orders_frames(customers: DataFrame, cfg: DatagenConfig) -> tuple[DataFrame, 
     currency = _pick(_uniform(seed, "currency", "order_id"), CURRENCIES)
     rate = F.when(currency == "GBP", 0.85).when(currency == "USD", 1.08).otherwise(1.0)
     low, high = F.col("discount_range")[0], F.col("discount_range")[1]
-    discount_share = low + _uniform(seed, "discount", "order_id") * (high - low)
-    orders = exploded.select(
+    with_offer = _uniform(seed, "offer", "order_id") < F.col("offer_rate")
+    discount_share = F.when(with_offer, low + _uniform(seed, "discount", "order_id") * (high - low)).otherwise(0.0)
+    sales = exploded.select(
         "order_id",
         "customer_ref",
         _ts(day, start, _uniform(seed, "order_time", "order_id")).alias("order_ts"),
@@ -235,10 +292,26 @@ def orders_frames(customers: DataFrame, cfg: DatagenConfig) -> tuple[DataFrame, 
         F.round(F.col("order_value") * noise * rate, 2).alias("amount"),
         F.round(F.col("order_value") * noise * rate * discount_share, 2).alias("discount"),
         _pick(_uniform(seed, "channel", "order_id"), CHANNELS).alias("channel"),
+        F.lit("sale").alias("order_type"),
+        F.when(
+            with_offer, F.format_string("OFFER%02d", _int_between(_uniform(seed, "offer_code", "order_id"), 1, 12))
+        ).alias("offer_code"),
+        "return_rate",
         F.lit(None).cast("string").alias("_dirt"),
     )
-    items = _items_frame(orders, cfg)
-    orders = orders.unionByName(_dirty_orders(orders, cfg))
+    # A returned order comes back a week later as a return of the full amount (no items of its own).
+    returns = sales.where(_uniform(seed, "return", "order_id") < F.col("return_rate")).withColumns(
+        {
+            "order_id": F.concat(F.lit("RET-"), F.col("order_id")),
+            "order_ts": F.col("order_ts") + F.expr("INTERVAL 7 DAYS"),
+            "discount": F.lit(0.0),
+            "order_type": F.lit("return"),
+            "offer_code": F.lit(None).cast("string"),
+        }
+    )
+    sales, returns = sales.drop("return_rate"), returns.drop("return_rate")
+    items = _items_frame(sales, cfg)
+    orders = sales.unionByName(returns).unionByName(_dirty_orders(sales, cfg))
     return orders, items
 
 
@@ -297,7 +370,7 @@ def _dirty_orders(orders: DataFrame, cfg: DatagenConfig) -> DataFrame:
 
 
 def web_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
-    """Web sessions of 2 to 6 events; some sessions are anonymous (no customer_ref)."""
+    """Web sessions of 2 to 6 events, plus a purchase in converting ones; some are anonymous (no customer_ref)."""
     seed, start = cfg.seed, cfg.start_date
     sessions = customers.select(
         "customer_ref",
@@ -305,6 +378,7 @@ def web_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
         "signup_offset",
         "last_offset",
         "cart_add_rate",
+        "cart_conversion",
         F.explode(F.sequence(F.lit(1), F.col("n_sessions"))).alias("session_no"),
     ).where(F.col("session_no") > 0)
     sessions = sessions.withColumn(
@@ -320,14 +394,18 @@ def web_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
             "session_start": _ts(day, start, _uniform(seed, "session_time", "session_id") * 0.9),
             "logged_in": _uniform(seed, "logged_in", "session_id") < 0.7,
             "n_events": _int_between(_uniform(seed, "n_events", "session_id"), 2, 6),
+            "converts": _uniform(seed, "converts", "session_id") < F.col("cart_conversion"),
         }
     )
-    events = sessions.select("*", F.explode(F.sequence(F.lit(1), F.col("n_events"))).alias("event_no")).withColumn(
+    # A converting session ends with one more event: the purchase.
+    last_event = F.col("n_events") + F.col("converts").cast("int")
+    events = sessions.select("*", F.explode(F.sequence(F.lit(1), last_event)).alias("event_no")).withColumn(
         "event_id", F.format_string("E%s-%d", F.col("session_id"), F.col("event_no"))
     )
     u_type = _uniform(seed, "event_type", "event_id")
     event_type = (
         F.when(F.col("event_no") == 1, "page_view")
+        .when(F.col("event_no") > F.col("n_events"), "purchase")
         .when(u_type < F.col("cart_add_rate") * 0.5, "add_to_cart")
         .when(u_type < 0.55, "product_view")
         .when(u_type < 0.75, "search")

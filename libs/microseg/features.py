@@ -1,66 +1,323 @@
-"""Features stage: one row per customer as of a snapshot date, from events at or before it."""
+"""Features stage: one row per customer as of a snapshot date, from events at or before it.
+
+Every feature is defined in the catalog (conf/features/catalog.yaml) and computed here with
+built-in Spark functions, one aggregation per source. Nothing after the end of the as_of day
+(UTC) is read, so adding later events changes nothing. A feature the data cannot support (its
+source or column is absent) is null for everyone, and every null feature of a customer carries its
+reason in ``null_reasons``; counts are 0 only when the source exists and the customer had none.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass, fields
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.window import Window
 
 from microseg import tables
-from microseg.config import Config
+from microseg.catalog import Catalog, load_catalog
+from microseg.config import Config, FeaturesConfig, LifecycleConfig
+from microseg.migrations import transition_counts
 from microseg.runlog import Entry, RunContext, StageReport
 
-FEATURE_COLUMNS = [
-    "recency_days",
-    "frequency_30d",
-    "frequency_90d",
-    "frequency_365d",
-    "monetary_365d",
-    "avg_order_value",
-    "tenure_days",
-    "web_sessions_90d",
-    "email_open_rate",
+STAGES = ("prospect", "dormant", "new", "active", "at_risk", "churned", "reactivated")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The silver tables features are built from; None where the data set has no such source."""
+
+    customers: DataFrame
+    orders: DataFrame
+    order_items: DataFrame | None = None
+    web_events: DataFrame | None = None
+    email_events: DataFrame | None = None
+    support_tickets: DataFrame | None = None
+    survey_responses: DataFrame | None = None
+
+
+# Which source (and column) each feature needs; a prefix ending in "_" covers a family.
+REQUIREMENTS: list[tuple[str, str, str | None]] = [
+    ("discount_share", "orders", "discount_base"),
+    ("offer_redemption_rate", "orders", "offer_code"),
+    ("channel_share_", "orders", "channel"),
+    ("category_", "order_items", "category"),
+    ("web_sessions_90d", "web_events", None),
+    ("pages_per_session_90d", "web_events", None),
+    ("product_views_90d", "web_events", None),
+    ("searches_90d", "web_events", None),
+    ("cart_", "web_events", None),
+    ("wishlist_adds_90d", "web_events", None),
+    ("checkout_starts_90d", "web_events", None),
+    ("email_", "email_events", None),
+    ("support_tickets_365d", "support_tickets", None),
+    ("support_satisfaction_mean", "support_tickets", "satisfaction"),
+    ("nps_latest", "survey_responses", "nps"),
 ]
+# Counts that are 0 (not null) for a customer without events, when their source exists.
+COUNTS = [
+    "frequency_30d", "frequency_90d", "frequency_365d", "monetary_30d", "monetary_90d", "monetary_365d",
+    "web_sessions_90d", "product_views_90d", "searches_90d", "cart_adds_90d", "wishlist_adds_90d",
+    "checkout_starts_90d", "support_tickets_365d",
+]  # fmt: skip
 
 
-def _before_cutoff(column: str, as_of: dt.date) -> Column:
-    """True for events at or before the end of the as_of day (UTC)."""
-    return F.col(column) < F.lit(as_of + dt.timedelta(days=1)).cast("timestamp")
+# The latest event of each source, for days_since_activity.
+LAST_SEEN = ("_last_order_event", "_last_web_event", "_last_email_engagement", "_last_ticket", "_last_survey")
 
 
-def _within_days(column: str, as_of: dt.date, days: int) -> Column:
-    start = F.lit(as_of - dt.timedelta(days=days - 1)).cast("timestamp")
-    return (F.col(column) >= start) & _before_cutoff(column, as_of)
+def _cutoff(as_of: dt.date) -> Column:
+    """The first instant after the as_of day (UTC): events strictly before it are in."""
+    return F.lit(as_of + dt.timedelta(days=1)).cast("timestamp")
 
 
-def order_features(orders: DataFrame, as_of: dt.date) -> DataFrame:
-    """Recency, frequency, monetary value and average order value per customer, in one pass."""
-    past = orders.where(_before_cutoff("order_ts", as_of) & ~F.coalesce(F.col("is_return"), F.lit(False)))
-    return past.groupBy("customer_id").agg(
-        F.datediff(F.lit(as_of), F.to_date(F.max("order_ts"))).alias("recency_days"),
-        F.count_if(_within_days("order_ts", as_of, 30)).alias("frequency_30d"),
-        F.count_if(_within_days("order_ts", as_of, 90)).alias("frequency_90d"),
-        F.count_if(_within_days("order_ts", as_of, 365)).alias("frequency_365d"),
-        F.round(F.sum(F.when(_within_days("order_ts", as_of, 365), F.col("amount_base")).otherwise(0.0)), 2).alias(
-            "monetary_365d"
-        ),
-        F.round(F.avg("amount_base"), 2).alias("avg_order_value"),
+def _within_days(column: str, as_of: dt.date, days: int, ending_days_ago: int = 0) -> Column:
+    """Events in the ``days`` days that end ``ending_days_ago`` days before as_of (as_of inclusive)."""
+    end = as_of - dt.timedelta(days=ending_days_ago)
+    start = F.lit(end - dt.timedelta(days=days - 1)).cast("timestamp")
+    return (F.col(column) >= start) & (F.col(column) < _cutoff(end))
+
+
+def _days_since(ts: Column, as_of: dt.date) -> Column:
+    return F.datediff(F.lit(as_of), F.to_date(ts))
+
+
+def _with_optional(df: DataFrame, columns: dict[str, str]) -> DataFrame:
+    """``df`` with each optional column it lacks added as null of the given type."""
+    return df.withColumns({c: F.lit(None).cast(t) for c, t in columns.items() if c not in df.columns})
+
+
+def _rate(numerator: Column, denominator: Column) -> Column:
+    """numerator / denominator, null when the denominator is 0 or null."""
+    return F.when(denominator > 0, numerator / denominator)
+
+
+def unsupported_features(inputs: Inputs, catalog: Catalog) -> dict[str, str]:
+    """Features the data set cannot support, with why: a missing source, or a column that is always null."""
+    filled: dict[tuple[str, str], bool] = {}
+    for _prefix, source, column in REQUIREMENTS:
+        df = getattr(inputs, source)
+        if column and df is not None and (source, column) not in filled:
+            filled[(source, column)] = column in df.columns and df.where(F.col(column).isNotNull()).limit(1).count() > 0
+    reasons = {}
+    for name in catalog.names:
+        for prefix, source, column in REQUIREMENTS:
+            if name == prefix or (prefix.endswith("_") and name.startswith(prefix)):
+                if getattr(inputs, source) is None:
+                    reasons[name] = f"the data set has no {source} source"
+                elif column and not filled[(source, column)]:
+                    reasons[name] = f"{source} has no {column} values"
+                break
+    return reasons
+
+
+def order_features(orders: DataFrame, as_of: dt.date, channels: list[str], churned_days: int) -> DataFrame:
+    """Value features from orders up to as_of, in one shuffle: a window for the gaps, then one aggregation."""
+    orders = _with_optional(orders, {"discount_base": "double", "offer_code": "string", "channel": "string"})
+    past = orders.where(F.col("order_ts") < _cutoff(as_of)).withColumn(
+        "_sale", ~F.coalesce(F.col("is_return"), F.lit(False))
+    )
+    # Sales sort before returns, so lag() over sales rows gives the previous sale.
+    by_customer = Window.partitionBy("customer_id").orderBy(F.col("_sale").desc(), "order_ts")
+    gaps = past.withColumn(
+        "_gap",
+        F.when(F.col("_sale"), F.datediff(F.to_date("order_ts"), F.to_date(F.lag("order_ts").over(by_customer)))),
+    )
+    sale = F.col("_sale")
+    sale_in = {days: sale & _within_days("order_ts", as_of, days) for days in (30, 90, 365)}
+    previous_90 = sale & _within_days("order_ts", as_of, 90, ending_days_ago=90)
+    year = sale_in[365]
+    agg = gaps.groupBy("customer_id").agg(
+        F.max(F.when(sale, F.col("order_ts"))).alias("_last_sale"),
+        F.min(F.when(sale, F.col("order_ts"))).alias("_first_sale"),
+        F.max("order_ts").alias("_last_order_event"),
+        *[F.count_if(sale_in[d]).alias(f"frequency_{d}d") for d in (30, 90, 365)],
+        *[
+            F.sum(F.when(sale_in[d], F.col("amount_base")).otherwise(0.0)).alias(f"monetary_{d}d")
+            for d in (30, 90, 365)
+        ],
+        F.avg(F.when(sale, F.col("amount_base"))).alias("avg_order_value"),
+        F.avg("_gap").alias("interpurchase_days_mean"),
+        F.stddev_samp("_gap").alias("interpurchase_days_std"),
+        F.max(F.when(F.col("_gap") > churned_days, F.col("order_ts"))).alias("_reactivated_at"),
+        F.sum(F.when(previous_90, F.col("amount_base")).otherwise(0.0)).alias("_spend_previous_90d"),
+        F.sum(F.when(year, F.col("discount_base"))).alias("_discount_365d"),
+        F.sum(F.when(year, F.col("amount_base") + F.col("discount_base"))).alias("_gross_365d"),
+        F.count_if(~sale & _within_days("order_ts", as_of, 365)).alias("_returns_365d"),
+        F.count_if(year & F.col("offer_code").isNotNull()).alias("_offers_365d"),
+        *[F.count_if(year & (F.col("channel") == c)).alias(f"_channel_{c}") for c in channels],
+    )
+    year_orders = F.col("frequency_365d")
+    recent, previous = F.col("monetary_90d"), F.col("_spend_previous_90d")
+    return agg.select(
+        "customer_id",
+        _days_since(F.col("_last_sale"), as_of).alias("recency_days"),
+        "frequency_30d",
+        "frequency_90d",
+        "frequency_365d",
+        *[F.round(f"monetary_{d}d", 2).alias(f"monetary_{d}d") for d in (30, 90, 365)],
+        F.round("avg_order_value", 2).alias("avg_order_value"),
+        _days_since(F.col("_first_sale"), as_of).alias("days_since_first_purchase"),
+        F.round("interpurchase_days_mean", 3).alias("interpurchase_days_mean"),
+        F.round("interpurchase_days_std", 3).alias("interpurchase_days_std"),
+        F.round(_rate(recent - previous, recent + previous), 4).alias("spend_trend_90d"),
+        F.round(_rate(F.col("_discount_365d"), F.col("_gross_365d")), 4).alias("discount_share"),
+        F.round(_rate(F.col("_returns_365d"), year_orders), 4).alias("return_rate"),
+        F.round(_rate(F.col("_offers_365d"), year_orders), 4).alias("offer_redemption_rate"),
+        *[F.round(_rate(F.col(f"_channel_{c}"), year_orders), 4).alias(f"channel_share_{c}") for c in channels],
+        _days_since(F.col("_reactivated_at"), as_of).alias("_days_since_reactivation"),
+        "_last_order_event",
     )
 
 
-def web_features(web_events: DataFrame, as_of: dt.date) -> DataFrame:
-    recent = web_events.where(F.col("customer_id").isNotNull() & _within_days("event_ts", as_of, 90))
-    return recent.groupBy("customer_id").agg(F.countDistinct("session_id").alias("web_sessions_90d"))
+def category_features(items: DataFrame, orders: DataFrame, as_of: dt.date, categories: list[str]) -> DataFrame:
+    """Shares of item spend per top category, and the entropy of spend over all categories (365 days)."""
+    sale_times = orders.where(~F.coalesce(F.col("is_return"), F.lit(False))).select("order_id", "order_ts")
+    spend = (
+        items.where(F.col("category").isNotNull() & (F.col("line_amount_base") > 0))
+        .join(sale_times, "order_id")
+        .where(_within_days("order_ts", as_of, 365))
+        .groupBy("customer_id", "category")
+        .agg(F.sum("line_amount_base").alias("a"))
+    )
+    per_customer = spend.groupBy("customer_id").agg(
+        F.sum("a").alias("_total"),
+        F.sum(F.col("a") * F.log2("a")).alias("_a_log_a"),
+        *[F.sum(F.when(F.col("category") == c, F.col("a")).otherwise(0.0)).alias(f"_cat_{c}") for c in categories],
+    )
+    total = F.col("_total")
+    # H = -sum(p log2 p) with p = a / T, rearranged so one pass suffices: log2 T - sum(a log2 a) / T.
+    return per_customer.select(
+        "customer_id",
+        *[F.round(F.col(f"_cat_{c}") / total, 4).alias(f"category_share_{c}") for c in categories],
+        F.round(F.greatest(F.lit(0.0), F.log2(total) - F.col("_a_log_a") / total), 4).alias("category_entropy"),
+    )
 
 
-def email_features(email_events: DataFrame, as_of: dt.date) -> DataFrame:
-    """Open rate over the last 365 days: opened sends / sends (null for a customer never emailed)."""
-    recent = email_events.where(_within_days("event_ts", as_of, 365))
-    return recent.groupBy("customer_id").agg(
-        F.try_divide(F.count_if(F.col("event_type") == "open"), F.count_if(F.col("event_type") == "sent")).alias(
-            "email_open_rate"
+def web_features(web: DataFrame, orders: DataFrame, as_of: dt.date, cfg: FeaturesConfig) -> DataFrame:
+    """Browsing over 90 days, cart abandonment, and the last web event of any age."""
+    past = web.where(F.col("customer_id").isNotNull() & (F.col("event_ts") < _cutoff(as_of)))
+    recent = _within_days("event_ts", as_of, 90)
+
+    def count(event_type: str) -> Column:
+        return F.count_if(recent & (F.col("event_type") == event_type))
+
+    browsing = past.groupBy("customer_id").agg(
+        F.count_distinct(F.when(recent, F.col("session_id"))).alias("web_sessions_90d"),
+        count("page_view").alias("_page_views"),
+        count("product_view").alias("product_views_90d"),
+        count("search").alias("searches_90d"),
+        count("add_to_cart").alias("cart_adds_90d"),
+        count("wishlist_add").alias("wishlist_adds_90d"),
+        count("checkout_start").alias("checkout_starts_90d"),
+        F.max("event_ts").alias("_last_web_event"),
+    )
+    browsing = browsing.withColumn(
+        "pages_per_session_90d", F.round(_rate(F.col("_page_views"), F.col("web_sessions_90d")), 3)
+    ).drop("_page_views")
+    return browsing.join(cart_abandonment(past, orders, as_of, cfg), "customer_id", "left")
+
+
+def cart_abandonment(web: DataFrame, orders: DataFrame, as_of: dt.date, cfg: FeaturesConfig) -> DataFrame:
+    """Share of add-to-carts (90 days) with no purchase event in their session and no order within N hours.
+
+    Only orders up to as_of count, so an add-to-cart late on as_of cannot see the future.
+    """
+    adds = web.where(_within_days("event_ts", as_of, 90) & (F.col("event_type") == "add_to_cart"))
+    purchase_sessions = (
+        web.where(F.col("event_type").isin(cfg.purchase_events))
+        .select("session_id")
+        .distinct()
+        .withColumn("_bought", F.lit(True))
+    )
+    sales = orders.where(~F.coalesce(F.col("is_return"), F.lit(False)) & (F.col("order_ts") < _cutoff(as_of)))
+    timeline = (
+        adds.join(purchase_sessions, "session_id", "left")
+        .select(
+            "customer_id",
+            F.col("event_ts").alias("ts"),
+            F.lit(0).alias("_kind"),
+            F.coalesce("_bought", F.lit(False)).alias("_bought"),
         )
+        .unionByName(
+            sales.select(
+                "customer_id", F.col("order_ts").alias("ts"), F.lit(1).alias("_kind"), F.lit(False).alias("_bought")
+            )
+        )
+    )
+    # An order at the same instant as the add sorts after it (kind 1 > 0), so it counts as following.
+    following = (
+        Window.partitionBy("customer_id")
+        .orderBy("ts", "_kind")
+        .rowsBetween(Window.currentRow, Window.unboundedFollowing)
+    )
+    next_order = F.min(F.when(F.col("_kind") == 1, F.col("ts"))).over(following)
+    horizon = F.col("ts") + F.make_interval(hours=F.lit(cfg.cart_conversion_hours))
+    flagged = timeline.withColumn("_next_order", next_order).where(F.col("_kind") == 0)
+    converted = F.col("_bought") | (F.col("_next_order") <= horizon)
+    return flagged.groupBy("customer_id").agg(
+        F.round(F.count_if(~F.coalesce(converted, F.lit(False))) / F.count("*"), 4).alias("cart_abandonment_rate")
+    )
+
+
+def email_features(email: DataFrame, as_of: dt.date) -> DataFrame:
+    """Unique open, click and unsubscribe rates per email sent (365 days), and the last open or click."""
+    past = email.where(F.col("event_ts") < _cutoff(as_of))
+    year = _within_days("event_ts", as_of, 365)
+    message = (
+        F.coalesce(F.col("campaign_id"), F.col("event_id")) if "campaign_id" in email.columns else F.col("event_id")
+    )
+
+    def messages(event_type: str) -> Column:
+        return F.count_distinct(F.when(year & (F.col("event_type") == event_type), message))
+
+    agg = past.groupBy("customer_id").agg(
+        messages("sent").alias("_sent"),
+        messages("open").alias("_opened"),
+        messages("click").alias("_clicked"),
+        messages("unsubscribe").alias("_unsubscribed"),
+        F.max(F.when(F.col("event_type").isin("open", "click"), F.col("event_ts"))).alias("_last_email_engagement"),
+    )
+    sent = F.col("_sent")
+    return agg.select(
+        "customer_id",
+        F.round(_rate(F.least(F.col("_opened"), sent), sent), 4).alias("email_open_rate"),
+        F.round(_rate(F.least(F.col("_clicked"), sent), sent), 4).alias("email_click_rate"),
+        F.round(_rate(F.least(F.col("_unsubscribed"), sent), sent), 4).alias("email_unsubscribe_rate"),
+        "_last_email_engagement",
+    )
+
+
+def support_features(tickets: DataFrame, as_of: dt.date) -> DataFrame:
+    past = tickets.where(F.col("created_at") < _cutoff(as_of))
+    year = _within_days("created_at", as_of, 365)
+    return past.groupBy("customer_id").agg(
+        F.count_if(year).alias("support_tickets_365d"),
+        F.round(F.avg(F.when(year, F.col("satisfaction"))), 3).alias("support_satisfaction_mean"),
+        F.max("created_at").alias("_last_ticket"),
+    )
+
+
+def survey_features(surveys: DataFrame, as_of: dt.date) -> DataFrame:
+    answered = surveys.where((F.col("submitted_at") < _cutoff(as_of)) & F.col("nps").isNotNull())
+    return answered.groupBy("customer_id").agg(
+        F.max_by("nps", "submitted_at").alias("nps_latest"), F.max("submitted_at").alias("_last_survey")
+    )
+
+
+def lifecycle_stage(rules: LifecycleConfig) -> Column:
+    """The macro segment from the computed features; the rules are documented in conf/base.yaml."""
+    recency, first = F.col("recency_days"), F.col("days_since_first_purchase")
+    return (
+        F.when(recency.isNull() & (F.col("days_since_activity") <= rules.engaged_days), "prospect")
+        .when(recency.isNull(), "dormant")
+        .when(recency > rules.churned_days, "churned")
+        .when(recency > rules.at_risk_days, "at_risk")
+        .when(first <= rules.new_days, "new")
+        .when(F.col("_days_since_reactivation") <= rules.reactivated_days, "reactivated")
+        .otherwise("active")
     )
 
 
@@ -72,73 +329,122 @@ def eligible_customers(customers: DataFrame, as_of: dt.date) -> DataFrame:
 
 
 def build_features(
-    customers: DataFrame,
-    orders: DataFrame,
-    web_events: DataFrame | None,
-    email_events: DataFrame | None,
-    as_of: dt.date,
-    version: str,
+    inputs: Inputs, as_of: dt.date, catalog: Catalog, cfg: FeaturesConfig, unsupported: dict[str, str] | None = None
 ) -> DataFrame:
-    """gold.customer_features rows for one as_of: one per eligible customer.
-
-    Sales only (returns excluded). A customer who never ordered has null order features and 0
-    orders in each window; a source the data set lacks (None) gives null features, not zeros.
-    """
-    base = eligible_customers(customers, as_of)
-    joined = base.join(order_features(orders, as_of), on="customer_id", how="left")
-    if web_events is not None:
-        joined = joined.join(web_features(web_events, as_of), on="customer_id", how="left").withColumn(
-            "web_sessions_90d", F.coalesce(F.col("web_sessions_90d"), F.lit(0))
-        )
-    else:
-        joined = joined.withColumn("web_sessions_90d", F.lit(None))
-    if email_events is not None:
-        joined = joined.join(email_features(email_events, as_of), on="customer_id", how="left")
-    else:
-        joined = joined.withColumn("email_open_rate", F.lit(None).cast("double"))
-    return joined.select(
+    """gold.customer_features rows for one as_of: one per eligible customer, the catalog's columns in order."""
+    unsupported = unsupported_features(inputs, catalog) if unsupported is None else unsupported
+    lifecycle = cfg.lifecycle
+    joined = eligible_customers(inputs.customers, as_of).join(
+        order_features(inputs.orders, as_of, catalog.channels, lifecycle.churned_days), "customer_id", "left"
+    )
+    parts = {
+        "order_items": lambda df: category_features(df, inputs.orders, as_of, catalog.top_categories),
+        "web_events": lambda df: web_features(df, inputs.orders, as_of, cfg),
+        "email_events": lambda df: email_features(df, as_of),
+        "support_tickets": lambda df: support_features(df, as_of),
+        "survey_responses": lambda df: survey_features(df, as_of),
+    }
+    for source, build in parts.items():
+        df = getattr(inputs, source)
+        if df is not None:
+            joined = joined.join(build(df), "customer_id", "left")
+    last_seen = [c for c in LAST_SEEN if c in joined.columns]
+    joined = joined.withColumns(
+        {
+            "tenure_days": F.datediff(F.lit(as_of), F.col("signup_date")),
+            "days_since_activity": _days_since(F.greatest(*[F.col(c) for c in last_seen], F.lit(None)), as_of),
+        }
+    )
+    columns = {}
+    for name in catalog.names:
+        if name in unsupported or name not in joined.columns:
+            columns[name] = F.lit(None).cast("double")
+        elif name in COUNTS:
+            columns[name] = F.coalesce(F.col(name), F.lit(0))
+        else:
+            columns[name] = F.col(name)
+    for name in COUNTS:
+        if name in columns and name not in unsupported:
+            columns[name] = columns[name].cast("double" if name.startswith("monetary") else "int")
+    reasons = F.array(
+        *[
+            F.struct(
+                F.lit(f.name).alias("key"),
+                F.when(F.col(f.name).isNull(), F.lit(unsupported.get(f.name, f.null_when or "no data"))).alias("value"),
+            )
+            for f in catalog.features
+        ]
+    )
+    featured = joined.withColumns(columns).withColumn("macro_segment", lifecycle_stage(lifecycle))
+    return featured.select(
         "customer_id",
         F.lit(as_of).alias("as_of"),
-        "recency_days",
-        *[
-            F.coalesce(F.col(c), F.lit(0)).cast("int").alias(c)
-            for c in ("frequency_30d", "frequency_90d", "frequency_365d")
-        ],
-        F.coalesce(F.col("monetary_365d"), F.lit(0.0)).alias("monetary_365d"),
-        "avg_order_value",
-        F.datediff(F.lit(as_of), F.col("signup_date")).alias("tenure_days"),
-        F.col("web_sessions_90d").cast("int").alias("web_sessions_90d"),
-        "email_open_rate",
-        F.lit(version).alias("feature_version"),
+        "macro_segment",
+        *catalog.names,
+        F.map_from_entries(F.filter(reasons, lambda r: r["value"].isNotNull())).alias("null_reasons"),
+        F.lit(catalog.version).alias("feature_version"),
     )
+
+
+def _silver_inputs(spark: SparkSession, cfg: Config) -> Inputs:
+    def read(name: str) -> DataFrame | None:
+        return tables.read(spark, cfg, f"silver.{name}") if tables.exists(spark, cfg, f"silver.{name}") else None
+
+    return Inputs(**{f.name: read(f.name) for f in fields(Inputs)})
+
+
+def previous_as_of(spark: SparkSession, cfg: Config, as_of: dt.date) -> dt.date | None:
+    """The latest snapshot in gold.customer_features before as_of, if any."""
+    if not tables.exists(spark, cfg, "gold.customer_features"):
+        return None
+    row = (
+        tables.read(spark, cfg, "gold.customer_features")
+        .where(F.col("as_of") < F.lit(as_of))
+        .agg(F.max("as_of"))
+        .first()
+    )
+    return row[0]
 
 
 def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """Write gold.customer_features for run.as_of, replacing that snapshot only."""
-
-    def silver(name: str) -> DataFrame | None:
-        return tables.read(spark, cfg, f"silver.{name}") if tables.exists(spark, cfg, f"silver.{name}") else None
-
-    customers = tables.read(spark, cfg, "silver.customers")
-    web, email = silver("web_events"), silver("email_events")
-    features = build_features(
-        customers, tables.read(spark, cfg, "silver.orders"), web, email, run.as_of, cfg.features.version
-    )
+    """Write gold.customer_features for run.as_of (replacing that snapshot only) and the lifecycle transitions."""
+    catalog = load_catalog(cfg)
+    inputs = _silver_inputs(spark, cfg)
+    unsupported = unsupported_features(inputs, catalog)
+    features = build_features(inputs, run.as_of, catalog, cfg.features, unsupported)
     tables.replace_where(features, cfg, "gold.customer_features", f"as_of = '{run.as_of}'", partition_by="as_of")
-    written = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(run.as_of)).count()
-    known = customers.where(F.col("signup_date") <= F.lit(run.as_of))
+    written = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(run.as_of)).cache()
+    counts = {r["macro_segment"]: r["count"] for r in written.groupBy("macro_segment").count().collect()}
+    n_written = sum(counts.values())
+    previous = previous_as_of(spark, cfg, run.as_of)
+    transitions = None
+    if previous is not None:
+        before = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(previous))
+        moves = transition_counts(before, written, "macro_segment").select(
+            F.lit(run.as_of).alias("as_of"), F.lit(previous).alias("previous_as_of"), "*"
+        )
+        tables.replace_where(moves, cfg, "gold.lifecycle_transitions", f"as_of = '{run.as_of}'")
+        transitions = {f"{r['from_segment']} -> {r['to_segment']}": r["customers"] for r in moves.collect()}
+    written.unpersist()
+    known = inputs.customers.where(F.col("signup_date") <= F.lit(run.as_of))
     refused = known.where(~F.coalesce(F.col("consent_profiling"), F.lit(False))).count()
     report = StageReport("features")
     report.entries.append(
         Entry(
             "gold.customer_features",
-            rows_in=written + refused,
-            rows_written=written,
+            rows_in=n_written + refused,
+            rows_written=n_written,
             rows_quarantined=0,
             details={
                 "excluded_no_profiling_consent": refused,
-                "sources_missing": [n for n, df in (("web_events", web), ("email_events", email)) if df is None],
+                "feature_version": catalog.version,
+                "macro_segments": dict(sorted(counts.items())),
+                "features_unsupported": unsupported,
+                "previous_as_of": previous.isoformat() if previous else None,
+                "lifecycle_transitions": transitions,
             },
         )
     )
+    report.info["features_unsupported"] = unsupported
+    report.info["macro_segments"] = dict(sorted(counts.items()))
     return report

@@ -119,6 +119,10 @@ def summary(result: PipelineResult, cfg: Config) -> str:
         lines.append(
             f"features: {features.entries[0].rows_written:,} customers; {excluded:,} excluded (no profiling consent)"
         )
+        macro = features.info.get("macro_segments", {})
+        lines.append("lifecycle macro segments: " + ", ".join(f"{k} {v:,}" for k, v in macro.items()))
+        for name, reason in features.info.get("features_unsupported", {}).items():
+            lines.append(f"  feature {name} is null for everyone: {reason}")
     train = result.report("train")
     if train:
         info = train.info

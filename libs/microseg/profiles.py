@@ -7,8 +7,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from microseg import tables
+from microseg.catalog import load_catalog
 from microseg.config import Config
-from microseg.features import FEATURE_COLUMNS
 from microseg.runlog import Entry, RunContext, StageReport
 
 
@@ -20,7 +20,7 @@ def run_profile(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
     joined = assignments.join(features, on="customer_id", how="inner")
     profiles = (
         joined.groupBy("as_of", "layer", "segment_id")
-        .agg(F.count("*").alias("size"), *[F.round(F.avg(c), 3).alias(f"mean_{c}") for c in FEATURE_COLUMNS])
+        .agg(F.count("*").alias("size"), *[F.round(F.avg(c), 3).alias(f"mean_{c}") for c in load_catalog(cfg).names])
         .withColumn("share", F.round(F.col("size") / F.sum("size").over(Window.partitionBy("layer")), 4))
     )
     tables.replace_where(profiles, cfg, "gold.segment_profiles", f"as_of = '{run.as_of}'", partition_by="as_of")

@@ -76,3 +76,39 @@ def test_lines_without_customer_are_quarantined_and_cancellations_are_returns(sp
     items = tables.read(spark, cfg, "silver.order_items")
     assert items.where(F.col("product_id") == "POST").where(F.col("is_product")).count() == 0
     assert items.where(F.col("product_id") == "85123A").where(~F.col("is_product")).count() == 0
+
+
+def test_features_the_data_supports_and_the_rest_null_with_reason(spark, retail):
+    """Order features from the invoices; web, email, service, discount and category features null, and said so."""
+    import re
+
+    from microseg.pipeline import summary
+
+    cfg, _ = retail
+    result = run_pipeline(spark, cfg, stages=["features"], progress=lambda _: None)
+    unsupported = result.report("features").info["features_unsupported"]
+    for name in ("web_sessions_90d", "email_open_rate", "support_tickets_365d", "nps_latest", "discount_share",
+                 "offer_redemption_rate", "category_entropy", "category_share_home"):  # fmt: skip
+        assert name in unsupported, name
+    for name in ("recency_days", "frequency_365d", "monetary_365d", "return_rate", "channel_share_web"):
+        assert name not in unsupported, name
+    assert "feature nps_latest is null for everyone: the data set has no survey_responses source" in summary(
+        result, cfg
+    )
+
+    # Independently from the CSV files: sale invoices and product spend of customers with a key.
+    product = re.compile(r"^[0-9]{5}[A-Za-z]{0,2}$")
+    invoices, spend = set(), 0.0
+    for path in DAYS:
+        with path.open(newline="") as handle:
+            for r in csv.DictReader(handle):
+                if r["CustomerID"].strip() and not r["InvoiceNo"].startswith("C") and float(r["UnitPrice"]) >= 0:
+                    invoices.add(r["InvoiceNo"])
+                    if product.match(r["StockCode"]):
+                        spend += int(r["Quantity"]) * float(r["UnitPrice"]) * cfg.sources.currency_rates["GBP"]
+    features = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == "2010-12-31")
+    totals = features.agg(F.sum("frequency_365d").alias("n"), F.sum("monetary_365d").alias("m")).first()
+    assert totals["n"] == len(invoices)
+    assert totals["m"] == pytest.approx(spend, abs=1.0)
+    row = features.where(F.col("web_sessions_90d").isNull()).select("null_reasons").first()
+    assert row["null_reasons"]["web_sessions_90d"] == "the data set has no web_events source"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,13 @@ from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
 from microseg import tables
+from microseg.catalog import load_catalog
 from microseg.cli import main
 from microseg.config import DatagenConfig
 from microseg.datagen import SOURCES, generate
+from microseg.features import Inputs, build_features
+from microseg.identity import customer_id_from_crm
+from microseg.migrations import ENTERED, LEFT
 
 pytestmark = pytest.mark.integration
 
@@ -193,3 +198,82 @@ def test_critical_quality_failure_stops_before_gold(spark, demo, first_run, tmp_
     assert {name: tables.version(spark, cfg, name) for name in gold} == versions
     failed = tables.read(spark, cfg, "ops.run_log").where((F.col("status") == "failed") & (F.col("stage") == "quality"))
     assert failed.count() == 1
+
+
+# Each planted group against every other, on group means: (feature, "highest" or "lowest").
+DEFINING_FEATURES = {
+    "loyal_high_spender": [("monetary_365d", "highest"), ("frequency_365d", "highest"), ("avg_order_value", "highest")],
+    "bargain_hunter": [("discount_share", "highest"), ("offer_redemption_rate", "highest"), ("return_rate", "highest")],
+    "lapsed": [("recency_days", "highest"), ("days_since_activity", "highest"), ("email_open_rate", "lowest")],
+    "cart_abandoner": [("cart_abandonment_rate", "highest")],
+    "new_customer": [("tenure_days", "lowest"), ("days_since_first_purchase", "lowest")],
+}
+
+
+def test_planted_groups_differ_in_their_defining_features(spark, demo, first_run):
+    cfg = demo["cfg"]
+    truth = spark.read.parquet(str(Path(cfg.sources.root, "_ground_truth"))).select(
+        customer_id_from_crm(F.col("customer_ref")).alias("customer_id"), "group"
+    )
+    features = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == "2025-12-31")
+    columns = sorted({f for pairs in DEFINING_FEATURES.values() for f, _ in pairs})
+    means = {r["group"]: r for r in features.join(truth, "customer_id").groupBy("group").agg(
+        *[F.avg(c).alias(c) for c in columns]).collect()}  # fmt: skip
+    assert set(means) == set(DEFINING_FEATURES)
+    for group, pairs in DEFINING_FEATURES.items():
+        for feature, direction in pairs:
+            # A group with no value at all (lapsed customers add nothing to carts) cannot compete.
+            others = [means[g][feature] for g in means if g != group and means[g][feature] is not None]
+            if direction == "highest":
+                assert means[group][feature] > max(others), (group, feature, means[group][feature], others)
+            else:
+                assert means[group][feature] < min(others), (group, feature, means[group][feature], others)
+
+
+def test_features_ignore_events_after_as_of_on_generated_data(spark, demo, first_run):
+    """Leakage: features as of mid-2025 are the same from all of silver and from silver cut at as_of."""
+    import datetime as dt
+
+    cfg, as_of = demo["cfg"], dt.date(2025, 6, 30)
+    cutoff = F.lit("2025-07-01").cast("timestamp")
+    silver = {f.name: tables.read(spark, cfg, f"silver.{f.name}") for f in fields(Inputs)}
+    orders_cut = silver["orders"].where(F.col("order_ts") < cutoff)
+    cut = Inputs(
+        silver["customers"],
+        orders_cut,
+        silver["order_items"].join(orders_cut.select("order_id"), "order_id", "left_semi"),
+        silver["web_events"].where(F.col("event_ts") < cutoff),
+        silver["email_events"].where(F.col("event_ts") < cutoff),
+        silver["support_tickets"].where(F.col("created_at") < cutoff),
+        silver["survey_responses"].where(F.col("submitted_at") < cutoff),
+    )
+    later = silver["orders"].where(F.col("order_ts") >= cutoff).count()
+    assert later > 0  # there are later events to leak
+    catalog = load_catalog(cfg)
+
+    def snapshot(inputs):
+        return build_features(inputs, as_of, catalog, cfg.features).withColumn(
+            "null_reasons", F.to_json("null_reasons")
+        )
+
+    full, truncated = snapshot(Inputs(**silver)), snapshot(cut)
+    assert full.count() == truncated.count() > 0
+    assert full.exceptAll(truncated).count() == 0
+
+
+def test_lifecycle_transitions_between_snapshots(spark, demo, first_run):
+    """A later snapshot records how many customers moved between lifecycle stages, matching a direct count."""
+    cfg = demo["cfg"]
+    assert main(["run", *demo["args"], "--stage", "features", "--as-of", "2026-03-31"]) == 0
+    features = tables.read(spark, cfg, "gold.customer_features")
+    before = features.where(F.col("as_of") == "2025-12-31").select("customer_id", F.col("macro_segment").alias("b"))
+    after = features.where(F.col("as_of") == "2026-03-31").select("customer_id", F.col("macro_segment").alias("a"))
+    expected = {
+        (r["b"] or ENTERED, r["a"] or LEFT): r["count"]
+        for r in before.join(after, "customer_id", "full_outer").groupBy("b", "a").count().collect()
+    }
+    recorded = tables.read(spark, cfg, "gold.lifecycle_transitions").where(F.col("as_of") == "2026-03-31")
+    got = {(r["from_segment"], r["to_segment"]): r["customers"] for r in recorded.collect()}
+    assert got == expected
+    assert got.get(("active", "at_risk"), 0) > 0  # three months without data: active customers lapse
+    assert {r["previous_as_of"].isoformat() for r in recorded.collect()} == {"2025-12-31"}

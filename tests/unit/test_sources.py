@@ -92,7 +92,9 @@ def test_bad_mapping_fails_at_start_naming_file_source_and_column(spark, make_co
     shutil.copytree(Path(__file__).resolve().parents[2] / "conf", conf)
     mapping = conf / "sources" / "synthetic.yaml"
     mapping.write_text(
-        mapping.read_text().replace("keys: [order_id]", "keys: [order_id]\n    columns: {amount: amout}")
+        mapping.read_text().replace(
+            "is_return: order_type = 'return'", "is_return: order_type = 'return'\n      amount: amout"
+        )
     )
     cfg = make_config().model_copy(update={"conf_dir": str(conf)})
     with pytest.raises(ConfigError) as err:
