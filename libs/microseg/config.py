@@ -239,9 +239,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+# Maps whose keys themselves hold dots (Spark settings): the rest of an override's key is one key.
+_DOTTED_KEY_MAPS = ("spark.settings.",)
+
+
 def _nest(key: str, value: Any) -> dict[str, Any]:
     nested: dict[str, Any] = value
-    for part in reversed(key.split(".")):
+    parts = key.split(".")
+    for prefix in _DOTTED_KEY_MAPS:
+        if key.startswith(prefix) and len(key) > len(prefix):
+            parts = [*prefix.rstrip(".").split("."), key[len(prefix) :]]
+    for part in reversed(parts):
         nested = {part: nested}
     return nested
 

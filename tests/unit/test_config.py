@@ -94,3 +94,9 @@ def test_shipped_environments_load():
     for name in ("local.yaml", "cluster.yaml"):
         cfg = load_config(REPO / "conf" / name)
         assert cfg.lake.root
+
+
+def test_set_spark_setting_with_dots_in_its_name(tmp_path):
+    cfg = load_config(write_env(tmp_path, "{}\n"), ["spark.settings.spark.driver.memory=8g"])
+    assert cfg.spark.settings["spark.driver.memory"] == "8g"
+    assert cfg.spark.settings["spark.ui.enabled"] == "false"  # the base file's settings stay
