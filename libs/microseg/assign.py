@@ -1,36 +1,208 @@
-"""Assign stage: score gold.customer_features with the champion model into gold.segment_assignments."""
+"""Assign stage: score each customer with its (layer, macro) champion, write assignments and their history.
+
+gold.segment_assignments: one row per (customer_id, as_of, layer) with the stable segment id, its
+label, the distance to the centroid (KMeans, BisectingKMeans) or the membership probability and
+every membership above ``assign.membership_threshold`` (GaussianMixture), and the model version and
+training run. MERGEd on its key, with Delta's change data feed on. gold.segment_history is a
+type-2 slowly changing dimension of (customer_id, layer): a change of segment or macro segment
+closes the current row and opens a new one.
+"""
 
 from __future__ import annotations
 
-from pyspark.sql import SparkSession
+from functools import reduce
+
+from pyspark.ml.functions import vector_to_array
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from microseg import tables
+from microseg.catalog import load_catalog
 from microseg.config import Config
-from microseg.models import load_champion, model_inputs
+from microseg.errors import MicrosegError
+from microseg.models import CLUSTER, PROBABILITY, clustering_column, segment_id
+from microseg.profiles import build_profiles, snapshot_features
 from microseg.runlog import Entry, RunContext, StageReport
+from microseg.training import load_champion, macros_of, rows_of, snapshot
+
+ASSIGNMENTS, HISTORY = "gold.segment_assignments", "gold.segment_history"
+MEMBERSHIP = "array<struct<segment_id:string,probability:double>>"
+
+
+def _literal_map(pairs: dict) -> Column:
+    return F.create_map(*[x for key, value in sorted(pairs.items()) for x in (F.lit(key), F.lit(value))])
+
+
+def score_layer(model: object, rows: DataFrame, layer: str, macro: str, info: dict, threshold: float) -> DataFrame:
+    """The champion's clusters as stable segment ids, with distance or membership probabilities."""
+    ids = {c: segment_id(layer, macro, i) for c, i in info["cluster_to_id"].items()}
+    scored = model.transform(rows)
+    clusterer = model.stages[-1]
+    distance = F.lit(None).cast("double")
+    probability = F.lit(None).cast("double")
+    memberships = F.lit(None).cast(MEMBERSHIP)
+    if hasattr(clusterer, "clusterCenters"):
+        centers = F.create_map(
+            *[
+                x
+                for i, c in enumerate(clusterer.clusterCenters())
+                for x in (F.lit(i), F.array(*[F.lit(float(v)) for v in c]))
+            ]
+        )
+        vector, center = vector_to_array(F.col(clustering_column(model))), centers[F.col(CLUSTER)]
+        squares = F.zip_with(vector, center, lambda a, b: (a - b) * (a - b))
+        distance = F.sqrt(F.aggregate(squares, F.lit(0.0), lambda acc, x: acc + x))
+    elif PROBABILITY in scored.columns:
+        p = vector_to_array(F.col(PROBABILITY))
+        probability = F.array_max(p)
+        all_memberships = F.transform(
+            p, lambda v, i: F.struct(_literal_map(ids)[i].alias("segment_id"), v.alias("probability"))
+        )
+        memberships = F.array_sort(
+            F.filter(all_memberships, lambda m: m["probability"] >= threshold),
+            lambda a, b: (
+                F.when(a["probability"] > b["probability"], -1)
+                .when(a["probability"] < b["probability"], 1)
+                .otherwise(0)
+            ),
+        )
+    return scored.select(
+        "customer_id",
+        "macro_segment",
+        F.lit(layer).alias("layer"),
+        _literal_map(ids)[F.col(CLUSTER)].alias("segment_id"),
+        F.round(distance, 6).alias("distance_to_centroid"),
+        F.round(probability, 6).alias("membership_probability"),
+        memberships.alias("memberships"),
+        F.lit(info["model"]).alias("model_name"),
+        F.lit(info["version"]).alias("model_version"),
+        F.lit(info["run_id"]).alias("training_run_id"),
+    )
+
+
+def score(features: DataFrame, cfg: Config) -> tuple[DataFrame, list[dict]]:
+    """Every customer's segment per layer, from the champion of its macro segment."""
+    present = sorted(r[0] for r in features.select("macro_segment").distinct().collect())
+    parts, facts = [], []
+    for layer in cfg.train.active_layers:
+        for macro in macros_of(layer, cfg, present):
+            model, info = load_champion(cfg, layer, macro)
+            parts.append(
+                score_layer(model, rows_of(features, macro), layer, macro, info, cfg.assign.membership_threshold)
+            )
+            facts.append({k: v for k, v in info.items() if k != "cluster_to_id"})
+    return reduce(DataFrame.unionByName, parts), facts
+
+
+def with_labels(scored: DataFrame, spark: SparkSession, cfg: Config, as_of: object) -> DataFrame:
+    """Add each segment's label (the one gold.segment_profiles shows) to the scored rows."""
+    catalog = load_catalog(cfg)
+    profiles = build_profiles(scored, snapshot_features(spark, cfg, as_of, catalog), catalog, cfg, as_of)
+    labels = profiles.select("layer", "segment_id", F.col("label").alias("segment_label"))
+    return scored.join(F.broadcast(labels), ["layer", "segment_id"], "left")
+
+
+def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of: object) -> dict:
+    """Apply one snapshot's assignments to the type-2 history of (customer_id, layer).
+
+    Rerunning the latest snapshot first undoes it (its opened rows deleted, the rows it closed
+    reopened), so a rerun gives the same history. A snapshot older than the history's latest is refused.
+
+    Raises:
+        MicrosegError: as_of is before the latest valid_from in gold.segment_history.
+    """
+    from delta.tables import DeltaTable
+
+    incoming = assigned.select("customer_id", "layer", "segment_id", "macro_segment")
+    if not tables.exists(spark, cfg, HISTORY):
+        opened = incoming.select(
+            "*",
+            F.lit(as_of).alias("valid_from"),
+            F.lit(None).cast("date").alias("valid_to"),
+            F.lit(True).alias("is_current"),
+        )
+        tables.overwrite(opened, cfg, HISTORY)
+        return {"opened": opened.count(), "closed": 0}
+    history = DeltaTable.forPath(spark, tables.table_path(cfg, HISTORY))
+    latest = history.toDF().agg(F.max("valid_from")).first()[0]
+    if latest is not None and str(latest) > str(as_of):
+        raise MicrosegError(
+            f"{HISTORY} already holds snapshots up to {latest}; assigning {as_of} would rewrite later history. "
+            f"Run assign for snapshots in date order (or rebuild the history from {ASSIGNMENTS})."
+        )
+    if latest is not None and str(latest) == str(as_of):
+        history.delete(F.col("valid_from") == F.lit(as_of))
+        history.update(
+            F.col("valid_to") == F.lit(as_of), {"valid_to": F.lit(None).cast("date"), "is_current": F.lit(True)}
+        )
+    current = (
+        history.toDF()
+        .where("is_current")
+        .select("customer_id", "layer", F.col("segment_id").alias("_old"), F.col("macro_segment").alias("_old_macro"))
+    )
+    joined = incoming.join(current, ["customer_id", "layer"], "left")
+    moved = (
+        F.col("_old").isNull()
+        | (F.col("_old") != F.col("segment_id"))
+        | (F.col("_old_macro") != F.col("macro_segment"))
+    )
+    changed = joined.where(moved).cache()
+    # Customers no longer in the snapshot (consent withdrawn, say) leave their segment: close only.
+    left = current.join(incoming, ["customer_id", "layer"], "left_anti").select(
+        "customer_id",
+        "layer",
+        F.lit(None).cast("string").alias("segment_id"),
+        F.lit(None).cast("string").alias("macro_segment"),
+    )
+    opened = changed.drop("_old", "_old_macro")
+    # A changed row goes in twice: keyed, to close the current row; unkeyed, to insert the new one.
+    staged = (
+        opened.select(F.col("customer_id").alias("_key"), "*")
+        .unionByName(left.select(F.col("customer_id").alias("_key"), "*"))
+        .unionByName(opened.select(F.lit(None).cast("string").alias("_key"), "*"))
+    )
+    (
+        history.alias("t")
+        .merge(staged.alias("s"), "t.customer_id = s._key AND t.layer = s.layer AND t.is_current")
+        .whenMatchedUpdate(set={"is_current": F.lit(False), "valid_to": F.lit(as_of)})
+        .whenNotMatchedInsert(
+            condition="s._key IS NULL",
+            values={
+                "customer_id": "s.customer_id",
+                "layer": "s.layer",
+                "segment_id": "s.segment_id",
+                "macro_segment": "s.macro_segment",
+                "valid_from": F.lit(as_of),
+                "valid_to": F.lit(None).cast("date"),
+                "is_current": F.lit(True),
+            },
+        )
+        .execute()
+    )
+    counts = {"opened": changed.count(), "closed": changed.where(F.col("_old").isNotNull()).count() + left.count()}
+    changed.unpersist()
+    return counts
 
 
 def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """MERGE one row per (customer_id, as_of) with the customer's segment of the champion model."""
-    layer = cfg.train.layer
-    model, facts = load_champion(cfg, layer)
-    features = model_inputs(spark, cfg, run)
-    scored = model.transform(features).select(
-        "customer_id",
-        F.lit(run.as_of).alias("as_of"),
-        F.lit(layer).alias("layer"),
-        F.concat(F.lit(f"{layer}-all-"), F.col("cluster").cast("string")).alias("segment_id"),
-        F.lit(facts["model"]).alias("model_name"),
-        F.lit(facts["version"]).alias("model_version"),
-        F.lit(facts["run_id"]).alias("training_run_id"),
+    """MERGE one row per (customer_id, as_of, layer), then update the segment history."""
+    features = snapshot(spark, cfg, run.as_of)
+    scored, facts = score(features, cfg)
+    scored = scored.cache()
+    assigned = with_labels(scored, spark, cfg, run.as_of).select(
+        "customer_id", F.lit(run.as_of).alias("as_of"), "macro_segment", "layer", "segment_id", "segment_label",
+        "distance_to_centroid", "membership_probability", "memberships",
+        "model_name", "model_version", "training_run_id",
+    )  # fmt: skip
+    tables.merge(assigned, cfg, ASSIGNMENTS, keys=["customer_id", "as_of", "layer"], change_data_feed=True)
+    written = tables.read(spark, cfg, ASSIGNMENTS).where(F.col("as_of") == F.lit(run.as_of))
+    history = update_history(spark, cfg, written, run.as_of)
+    sizes = {r["segment_id"]: r["count"] for r in written.groupBy("segment_id").count().collect()}
+    scored.unpersist()
+    report = StageReport(
+        "assign", info={"segments": dict(sorted(sizes.items(), key=str)), "models": facts, "history": history}
     )
-    tables.merge(scored, cfg, "gold.segment_assignments", keys=["customer_id", "as_of"])
-    assigned = tables.read(spark, cfg, "gold.segment_assignments").where(F.col("as_of") == F.lit(run.as_of))
-    sizes = {r["segment_id"]: r["count"] for r in assigned.groupBy("segment_id").count().collect()}
-    total = sum(sizes.values())
-    report = StageReport("assign", info={"segments": dict(sorted(sizes.items())), **facts})
     report.entries.append(
-        Entry("gold.segment_assignments", rows_in=features.count(), rows_written=total, rows_quarantined=0)
+        Entry(ASSIGNMENTS, rows_in=sum(sizes.values()), rows_written=sum(sizes.values()), details={"history": history})
     )
     return report

@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--as-of", type=_as_of, help="snapshot date (default: run.as_of in config)")
     run.add_argument("--stage", action="append", choices=STAGES, help="run only this stage (repeatable)")
 
+    train = commands.add_parser("train", help="train, choose and register the segmentation models for one as_of")
+    _common(train)
+    train.add_argument("--as-of", type=_as_of, help="snapshot date (default: run.as_of in config)")
+    train.add_argument("--force", action="store_true", help="make the new models champions whatever their metrics")
+
     gen = commands.add_parser("datagen", help="generate synthetic multi-source data")
     _common(gen)
     gen.add_argument("--customers", type=int, help="number of customers (default: datagen.customers)")
@@ -77,6 +82,11 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
+    args.stage = ["train"]
+    return cmd_run(cfg, args)
+
+
 def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
     from microseg.datagen import generate
     from microseg.session import build_spark
@@ -110,7 +120,7 @@ def cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "datagen": cmd_datagen, "bench": cmd_bench, "catalog": cmd_catalog}
+COMMANDS = {"run": cmd_run, "train": cmd_train, "datagen": cmd_datagen, "bench": cmd_bench, "catalog": cmd_catalog}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.command == "datagen":
         overrides += _datagen_overrides(args)
+    if args.command == "train" and args.force:
+        overrides.append("train.force_promote=true")
     try:
         cfg = load_config(args.conf, overrides)
         return COMMANDS[args.command](cfg, args)

@@ -72,6 +72,10 @@ class DatagenConfig(_Strict):
     end_date: dt.date = dt.date(2025, 12, 31)
     partitions: int | None = None
     dirt: DirtRates = Field(default_factory=DirtRates)
+    movers: float = Field(
+        0.0, ge=0, le=1, description="share of lapsed customers who come back with a burst of big orders after end_date"
+    )
+    mover_days: int = Field(7, ge=1, description="the burst falls in the days after end_date, up to this many")
 
 
 class SourcesConfig(_Strict):
@@ -127,14 +131,57 @@ class FeaturesConfig(_Strict):
     purchase_events: list[str] = Field(default_factory=lambda: ["purchase"])
 
 
+class LayerConfig(_Strict):
+    features: list[str] = Field(min_length=1, description="catalog features the layer clusters on")
+    algorithms: list[Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"]] = Field(
+        default_factory=lambda: ["kmeans"], min_length=1
+    )
+    macros: list[str] | None = Field(None, description="macro segments the layer applies to; None: all")
+
+
 class TrainConfig(_Strict):
-    layer: str = "value"
-    features: list[str]
-    k: int = Field(5, ge=2)
-    max_iter: int = 40
+    by_macro: bool = Field(True, description="one model per layer and macro segment; False: one per layer ('all')")
+    layers: dict[str, LayerConfig | None] = Field(description="a layer set to null is switched off")
+    k_min: int = Field(2, ge=2)
+    k_max: int = Field(6, ge=2)
+    min_macro_size: int = Field(500, ge=2, description="a smaller macro segment gets one segment, not a clustering")
+    sweep_sample: int = Field(5000, ge=100, description="rows per macro segment the sweep fits on")
+    fit_sample: int | None = Field(None, ge=100, description="rows for the final fit; None: all rows")
+    silhouette_sample: int = Field(5000, ge=100)
+    stability_fraction: float = Field(0.8, gt=0, le=1, description="share of the sweep sample of the second fit")
+    min_smallest_share: float = Field(0.02, ge=0, lt=1)
+    min_stability: float = Field(0.7, ge=-1, le=1)
+    promotion_tolerance: float = Field(0.0, ge=0, description="the champion moves if silhouette >= its own - this")
+    force_promote: bool = Field(False, description="make the new models champions whatever their metrics")
+    gmm_pca_variance: float | None = Field(0.95, gt=0, le=1, description="None: GaussianMixture without PCA")
+    max_iter: int = Field(40, ge=1)
     seed: int = 42
-    silhouette_sample: int = Field(20_000, ge=100)
     register_model: bool = True
+
+    @property
+    def active_layers(self) -> dict[str, LayerConfig]:
+        return {name: layer for name, layer in self.layers.items() if layer is not None}
+
+    @model_validator(mode="after")
+    def _k_range(self) -> TrainConfig:
+        if not self.active_layers:
+            raise ValueError("train.layers has no layer switched on")
+        if self.k_max < self.k_min:
+            raise ValueError(f"train.k_max ({self.k_max}) is less than train.k_min ({self.k_min})")
+        return self
+
+
+class AssignConfig(_Strict):
+    membership_threshold: float = Field(
+        0.2, gt=0, le=1, description="GaussianMixture: every segment with at least this probability is a membership"
+    )
+
+
+class ProfileConfig(_Strict):
+    k_anonymity: int = Field(50, ge=1, description="a smaller segment shows its size only")
+    top_features: int = Field(3, ge=1, description="features named in a segment's label")
+    label_min_z: float = Field(0.5, ge=0, description="a feature enters the label only with |z| at least this")
+    report_sample: int = Field(3000, ge=100, description="customers per layer in the report's 2-D projection")
 
 
 class RunConfig(_Strict):
@@ -156,6 +203,8 @@ class Config(_Strict):
     quality: QualityConfig = Field(default_factory=QualityConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     train: TrainConfig
+    assign: AssignConfig = Field(default_factory=AssignConfig)
+    profile: ProfileConfig = Field(default_factory=ProfileConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")

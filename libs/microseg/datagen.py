@@ -2,7 +2,8 @@
 
 Every random draw is a hash of (seed, purpose, row key), so the output is the
 same for the same seed whatever the partitioning. Customers come from planted
-behavioural groups; the true group goes to ``_ground_truth/`` (the pipeline
+behavioural groups; the true group (and whether the customer is a planted mover, see
+``_mover_burst``) goes to ``_ground_truth/`` (the pipeline
 never reads it). Known dirt is injected as extra or altered rows, each dirty
 row carrying exactly one dirt kind, and ``_manifest.json`` counts both rows
 per source and injected rows per dirt kind.
@@ -75,7 +76,8 @@ GROUPS = (
         0.12,
         0.5,
     ),
-    Group("lapsed", 0.20, (2, 5), 70.0, (0.0, 0.1), (240, 420), None, (0, 2), 0.2, 0.05, 0.01, (0, 5), 0.1, 0.04, 0.3),
+    # Lapsed: no order for more than a year before end_date.
+    Group("lapsed", 0.20, (2, 5), 70.0, (0.0, 0.1), (380, 560), None, (0, 2), 0.2, 0.05, 0.01, (0, 5), 0.1, 0.04, 0.3),
     Group(
         "cart_abandoner",
         0.20,
@@ -203,6 +205,7 @@ def customers_frame(spark: SparkSession, cfg: DatagenConfig) -> DataFrame:
         (_uniform(seed, "consent_email", "id") < 0.85).alias("consent_email"),
         (_uniform(seed, "consent_sms", "id") < 0.5).alias("consent_sms"),
         (_uniform(seed, "invalid_email", "id") < cfg.dirt.invalid_email).alias("dirty_email"),
+        ((F.col("group") == "lapsed") & (_uniform(seed, "mover", "id") < cfg.movers)).alias("mover"),
     )
 
 
@@ -310,9 +313,42 @@ def orders_frames(customers: DataFrame, cfg: DatagenConfig) -> tuple[DataFrame, 
         }
     )
     sales, returns = sales.drop("return_rate"), returns.drop("return_rate")
+    sales = sales.unionByName(_mover_burst(customers, cfg))
     items = _items_frame(sales, cfg)
     orders = sales.unionByName(returns).unionByName(_dirty_orders(sales, cfg))
     return orders, items
+
+
+MOVER_ORDERS, MOVER_ORDER_VALUE = 12, 160.0
+
+
+def _mover_burst(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
+    """Planted movers (lapsed customers) place a dozen big orders in the days after end_date.
+
+    Snapshots at end_date and mover_days later then differ, for these customers only, in their value
+    behaviour: they move from the lapsed profile to a loyal, high-spending one.
+    """
+    seed = cfg.seed
+    burst = customers.where(F.col("mover")).select(
+        "customer_ref", F.explode(F.sequence(F.lit(1), F.lit(MOVER_ORDERS))).alias("seq")
+    )
+    burst = burst.withColumn("order_id", F.format_string("B%s-%03d", F.col("customer_ref"), F.col("seq")))
+    horizon = (cfg.end_date - cfg.start_date).days
+    day = F.lit(horizon + 1) + F.floor(_uniform(seed, "burst_day", "order_id") * cfg.mover_days)
+    return burst.select(
+        "order_id",
+        "customer_ref",
+        _ts(day, cfg.start_date, _uniform(seed, "order_time", "order_id")).alias("order_ts"),
+        F.lit("EUR").alias("currency"),
+        F.round(F.lit(MOVER_ORDER_VALUE) * F.exp((_uniform(seed, "order_value", "order_id") - 0.5) * 0.4), 2).alias(
+            "amount"
+        ),
+        F.lit(0.0).alias("discount"),
+        _pick(_uniform(seed, "channel", "order_id"), CHANNELS).alias("channel"),
+        F.lit("sale").alias("order_type"),
+        F.lit(None).cast("string").alias("offer_code"),
+        F.lit(None).cast("string").alias("_dirt"),
+    )
 
 
 def _items_frame(orders: DataFrame, cfg: DatagenConfig) -> DataFrame:
@@ -593,7 +629,9 @@ def generate(spark: SparkSession, cfg: DatagenConfig, out: str) -> dict:
         frame.unpersist()
         manifest["rows"][source] = rows
         manifest["dirt"][source] = dirt
-    customers.select("customer_ref", "group").coalesce(1).write.mode("overwrite").parquet(f"{out}/_ground_truth")
+    customers.select("customer_ref", "group", "mover").coalesce(1).write.mode("overwrite").parquet(
+        f"{out}/_ground_truth"
+    )
     customers.unpersist()
     Path(out).mkdir(parents=True, exist_ok=True)
     Path(out, "_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))

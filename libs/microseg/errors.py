@@ -31,3 +31,7 @@ class SourceMissingError(MicrosegError):
 
 class SchemaDriftError(MicrosegError):
     """A source's files lack a column that its mapping requires."""
+
+
+class ModelMissingError(MicrosegError):
+    """A registered model has no champion to score with."""

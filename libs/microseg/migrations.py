@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
+
+from microseg import tables
+from microseg.config import Config
 
 ENTERED = "(entered)"  # not in the earlier snapshot
 LEFT = "(left)"  # not in the later snapshot
@@ -33,3 +36,32 @@ def transition_counts(
     return moves.withColumn("share", F.round(F.col("customers") / row_total, 4)).orderBy(
         *by, "from_segment", "to_segment"
     )
+
+
+MACRO = "macro_segment"  # the pseudo-layer of lifecycle macro segments in migration tables
+
+
+def migration_matrix(assignments: DataFrame, from_as_of: object, to_as_of: object) -> DataFrame:
+    """Transitions between two snapshots of gold.segment_assignments: per layer, and for macro segments.
+
+    Columns: layer (a layer, or "macro_segment"), from_segment, to_segment, customers, share.
+    """
+    before = assignments.where(F.col("as_of") == F.lit(from_as_of))
+    after = assignments.where(F.col("as_of") == F.lit(to_as_of))
+    by_layer = transition_counts(before, after, "segment_id", by=("layer",))
+
+    def macros(df: DataFrame) -> DataFrame:
+        return df.select("customer_id", MACRO).distinct().withColumn("layer", F.lit(MACRO))
+
+    by_macro = transition_counts(macros(before), macros(after), MACRO, by=("layer",))
+    return by_layer.unionByName(by_macro)
+
+
+def snapshot_migrations(spark: SparkSession, cfg: Config, as_of: object) -> tuple[DataFrame | None, object]:
+    """The migrations into ``as_of`` from the snapshot before it in gold.segment_assignments (None if none)."""
+    assignments = tables.read(spark, cfg, "gold.segment_assignments")
+    previous = assignments.where(F.col("as_of") < F.lit(as_of)).agg(F.max("as_of")).first()[0]
+    if previous is None:
+        return None, None
+    matrix = migration_matrix(assignments, previous, as_of)
+    return matrix.select(F.lit(as_of).alias("as_of"), F.lit(previous).alias("previous_as_of"), "*"), previous

@@ -1,163 +1,304 @@
-"""Train stage: an MLlib clustering pipeline per layer, tracked and registered in MLflow."""
+"""Clustering models: the MLlib pipeline of a layer, the candidate metrics, the selection rule and stable ids.
+
+A layer's model is one PipelineModel that scores raw feature rows: the catalog's transforms
+(log1p, clipping at a fitted 99th percentile) in SQL, a median imputer, a standard scaler, for
+GaussianMixture an optional PCA, then the clusterer. The train stage (``training.py``) sweeps
+algorithms and k on a sample, chooses by the rule in ``choose``, refits on all rows and keeps
+segment ids stable across retrains by ``match_segment_ids``.
+"""
 
 from __future__ import annotations
 
-import mlflow
-import mlflow.spark
-from mlflow.models import infer_signature
-from pyspark.ml import Pipeline, PipelineModel
-from pyspark.ml.clustering import KMeans
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
+from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.ml.feature import Imputer, StandardScaler, VectorAssembler
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.ml.feature import PCA, Imputer, SQLTransformer, StandardScaler, StandardScalerModel, VectorAssembler
+from pyspark.ml.stat import Summarizer
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from scipy.optimize import linear_sum_assignment
 
-from microseg import tables, tracking
-from microseg.config import Config, TrainConfig
-from microseg.runlog import Entry, RunContext, StageReport
+from microseg.catalog import Catalog
+from microseg.config import TrainConfig
 
-CHAMPION = "champion"
-PREVIOUS = "previous"
-
-
-def model_name(layer: str, macro: str = "all") -> str:
-    return f"microseg-{layer}-{macro}"
+RAW, SCALED, PCA_COL, CLUSTER, PROBABILITY = "features_raw", "features_scaled", "features_pca", "cluster", "probability"
 
 
-def clustering_pipeline(train: TrainConfig) -> Pipeline:
-    """Imputer -> assembler -> scaler -> KMeans, so the fitted model scores raw feature rows."""
-    imputed = [f"{c}__imputed" for c in train.features]
-    return Pipeline(
-        stages=[
-            Imputer(inputCols=train.features, outputCols=imputed, strategy="median"),
-            VectorAssembler(inputCols=imputed, outputCol="features_raw"),
-            StandardScaler(inputCol="features_raw", outputCol="features_scaled", withMean=True, withStd=True),
-            KMeans(
-                k=train.k,
-                seed=train.seed,
-                maxIter=train.max_iter,
-                featuresCol="features_scaled",
-                predictionCol="cluster",
-            ),
-        ]
-    )
+def model_name(layer: str, macro: str) -> str:
+    return f"microseg-{layer}-{macro.replace('_', '-')}"
 
 
-def silhouette(predictions: DataFrame, sample: int, seed: int) -> float:
-    """Silhouette on a sample of at most ``sample`` rows (the full metric is quadratic in cost)."""
+def segment_id(layer: str, macro: str, stable_id: int) -> str:
+    return f"{layer}-{macro}-{stable_id}"
+
+
+# -- the pipeline ---------------------------------------------------------------------------------------
+
+
+def clip_limits(df: DataFrame, features: list[str], catalog: Catalog) -> dict[str, float]:
+    """The 99th percentile of each clip_p99 feature in ``df`` (one approxQuantile pass)."""
+    clipped = [f for f in features if catalog.feature(f).transform == "clip_p99"]
+    if not clipped:
+        return {}
+    limits = df.approxQuantile(clipped, [0.99], 0.001)
+    return {f: (q[0] if q else None) for f, q in zip(clipped, limits, strict=True) if q}
+
+
+def transform_stage(features: list[str], catalog: Catalog, limits: dict[str, float]) -> SQLTransformer:
+    """The catalog's per-feature transforms, as SQL over the raw columns (doubles, nulls kept)."""
+    expressions = []
+    for name in features:
+        x = f"CAST(`{name}` AS DOUBLE)"
+        transform = catalog.feature(name).transform
+        if transform == "log1p":
+            x = f"LOG1P(GREATEST({x}, 0D))"
+        elif transform == "clip_p99" and limits.get(name) is not None:
+            x = f"LEAST({x}, {float(limits[name])!r}D)"
+        expressions.append(f"{x} AS `{name}__t`")
+    return SQLTransformer(statement=f"SELECT *, {', '.join(expressions)} FROM __THIS__")
+
+
+def preprocessing(features: list[str], catalog: Catalog, limits: dict[str, float]) -> list[Transformer | Estimator]:
+    """Transform -> median imputer -> assembler -> standard scaler: raw rows to the scaled vector."""
+    transformed = [f"{f}__t" for f in features]
+    imputed = [f"{f}__i" for f in features]
+    return [
+        transform_stage(features, catalog, limits),
+        Imputer(inputCols=transformed, outputCols=imputed, strategy="median"),
+        VectorAssembler(inputCols=imputed, outputCol=RAW),
+        StandardScaler(inputCol=RAW, outputCol=SCALED, withMean=True, withStd=True),
+    ]
+
+
+def clusterer(
+    algorithm: str, k: int, seed: int, max_iter: int, features_col: str = SCALED, suffix: str = ""
+) -> Estimator:
+    prediction = CLUSTER + suffix
+    if algorithm == "kmeans":
+        return KMeans(k=k, seed=seed, maxIter=max_iter, featuresCol=features_col, predictionCol=prediction)
+    if algorithm == "bisecting_kmeans":
+        return BisectingKMeans(k=k, seed=seed, maxIter=max_iter, featuresCol=features_col, predictionCol=prediction)
+    if algorithm == "gaussian_mixture":
+        return GaussianMixture(
+            k=k,
+            seed=seed,
+            maxIter=max_iter,
+            featuresCol=features_col,
+            predictionCol=prediction,
+            probabilityCol=PROBABILITY + suffix,
+        )
+    raise ValueError(f"unknown algorithm {algorithm!r}; use kmeans, bisecting_kmeans or gaussian_mixture")
+
+
+def pca_components(prepared: DataFrame, dimensions: int, variance: float) -> int:
+    """The fewest principal components of the scaled features that keep ``variance`` of it."""
+    model = PCA(k=dimensions, inputCol=SCALED, outputCol=PCA_COL).fit(prepared)
+    explained = np.cumsum(model.explainedVariance.toArray())
+    return int(min(dimensions, np.searchsorted(explained, variance - 1e-9) + 1))
+
+
+def pca_stage(k: int) -> PCA:
+    return PCA(k=k, inputCol=SCALED, outputCol=PCA_COL)
+
+
+def single_segment_pipeline(features: list[str], catalog: Catalog, limits: dict[str, float]) -> Pipeline:
+    """For a macro segment too small to cluster: the same preprocessing, then everyone in cluster 0."""
+    stages = preprocessing(features, catalog, limits) if features else []
+    return Pipeline(stages=[*stages, SQLTransformer(statement=f"SELECT *, 0 AS {CLUSTER} FROM __THIS__")])
+
+
+def full_pipeline(
+    features: list[str], catalog: Catalog, limits: dict[str, float], algorithm: str, k: int, train: TrainConfig,
+    pca_k: int | None,
+) -> Pipeline:  # fmt: skip
+    stages = preprocessing(features, catalog, limits)
+    features_col = SCALED
+    if algorithm == "gaussian_mixture" and pca_k is not None:
+        stages.append(pca_stage(pca_k))
+        features_col = PCA_COL
+    stages.append(clusterer(algorithm, k, train.seed, train.max_iter, features_col))
+    return Pipeline(stages=stages)
+
+
+def scaler_of(model: PipelineModel) -> StandardScalerModel | None:
+    return next((s for s in model.stages if isinstance(s, StandardScalerModel)), None)
+
+
+def clustering_column(model: PipelineModel) -> str:
+    """The vector column the model's clusterer reads (the scaled features, or their PCA)."""
+    last = model.stages[-1]
+    return last.getFeaturesCol() if last.hasParam("featuresCol") else SCALED
+
+
+# -- metrics ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Candidate:
+    algorithm: str
+    k: int
+    silhouette: float
+    smallest_share: float
+    stability: float
+    sizes: dict[int, int]
+    wssse: float | None = None
+    log_likelihood: float | None = None
+    bic: float | None = None
+    run_id: str | None = None
+
+    def metrics(self) -> dict[str, float]:
+        values = {
+            "silhouette": self.silhouette,
+            "smallest_share": self.smallest_share,
+            "stability_ari": self.stability,
+            "wssse": self.wssse,
+            "log_likelihood": self.log_likelihood,
+            "bic": self.bic,
+        }
+        return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
+def silhouette(predictions: DataFrame, features_col: str, sample: int, seed: int) -> float:
+    """Silhouette (squared Euclidean) on at most ``sample`` rows; -1 when there is a single cluster."""
     total = predictions.count()
     fraction = min(1.0, sample / max(total, 1))
     sampled = predictions.sample(fraction=fraction, seed=seed) if fraction < 1 else predictions
-    evaluator = ClusteringEvaluator(featuresCol="features_scaled", predictionCol="cluster")
-    return float(evaluator.evaluate(sampled))
+    if sampled.select(CLUSTER).distinct().count() < 2:
+        return -1.0
+    return float(ClusteringEvaluator(featuresCol=features_col, predictionCol=CLUSTER).evaluate(sampled))
 
 
-def model_inputs(spark: SparkSession, cfg: Config, run: RunContext) -> DataFrame:
-    """customer_id and the layer's features (as doubles) of one snapshot."""
-    features = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(run.as_of))
-    return features.select("customer_id", *[F.col(c).cast("double") for c in cfg.train.features])
+def adjusted_rand_index(contingency: Iterable[tuple[object, object, int]]) -> float:
+    """Hubert and Arabie's adjusted Rand index from (label_a, label_b, count) cells."""
+    cells = [(a, b, int(n)) for a, b, n in contingency]
+    total = sum(n for _, _, n in cells)
+    if total < 2:
+        return 1.0
+    rows: dict[object, int] = {}
+    cols: dict[object, int] = {}
+    for a, b, n in cells:
+        rows[a] = rows.get(a, 0) + n
+        cols[b] = cols.get(b, 0) + n
+    index = sum(math.comb(n, 2) for _, _, n in cells)
+    sum_rows = sum(math.comb(n, 2) for n in rows.values())
+    sum_cols = sum(math.comb(n, 2) for n in cols.values())
+    expected = sum_rows * sum_cols / math.comb(total, 2)
+    maximum = (sum_rows + sum_cols) / 2
+    if maximum == expected:
+        return 1.0
+    return (index - expected) / (maximum - expected)
 
 
-def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """Fit the layer's clustering on one snapshot, log it to MLflow and make it the champion."""
-    train = cfg.train
-    tracking.configure(cfg)
-    # A fixed layout (hash partitions, sorted within) so that a rerun on the same rows fits the
-    # same model: k-means|| initialisation depends on which rows sit in which partition.
-    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))
-    data = (
-        model_inputs(spark, cfg, run).repartition(partitions, "customer_id").sortWithinPartitions("customer_id").cache()
+def ari_between(df: DataFrame, a: str, b: str) -> float:
+    return adjusted_rand_index((r[a], r[b], r["count"]) for r in df.groupBy(a, b).count().collect())
+
+
+def gmm_bic(log_likelihood: float, k: int, dimensions: int, rows: int) -> float:
+    """BIC of a full-covariance Gaussian mixture: parameters k*d means, k*d(d+1)/2 covariances, k-1 weights."""
+    parameters = k * dimensions + k * dimensions * (dimensions + 1) / 2 + (k - 1)
+    return parameters * math.log(rows) - 2 * log_likelihood
+
+
+def evaluate_candidate(
+    prepared: DataFrame, algorithm: str, k: int, features_col: str, dimensions: int, train: TrainConfig
+) -> tuple[Candidate, object]:
+    """Fit one candidate on the prepared sample and measure it; returns it and the fitted clusterer."""
+    model = clusterer(algorithm, k, train.seed, train.max_iter, features_col).fit(prepared)
+    predicted = model.transform(prepared)
+    # Stability: a second fit with another seed on a subsample, both scoring the whole sample.
+    subsample = prepared.sample(fraction=train.stability_fraction, seed=train.seed + 1)
+    other = clusterer(algorithm, k, train.seed + 1, train.max_iter, features_col, suffix="_b").fit(subsample)
+    both = other.transform(predicted).select(CLUSTER, CLUSTER + "_b", features_col).cache()
+    rows = both.count()
+    sizes = {int(r[CLUSTER]): int(r["count"]) for r in both.groupBy(CLUSTER).count().collect()}
+    candidate = Candidate(
+        algorithm=algorithm,
+        k=k,
+        silhouette=silhouette(both, features_col, train.silhouette_sample, train.seed),
+        smallest_share=(min(sizes.values()) / rows) if len(sizes) == k else 0.0,
+        stability=ari_between(both, CLUSTER, CLUSTER + "_b"),
+        sizes=dict(sorted(sizes.items())),
     )
-    rows = data.count()
-    if rows < train.k:
-        raise ValueError(f"train: {rows} customers in gold.customer_features for {run.as_of}, fewer than k={train.k}")
-    name = model_name(train.layer)
-    tags = {
-        "git_commit": tracking.git_commit(),
-        "config_hash": tracking.config_hash(cfg),
-        "as_of": str(run.as_of),
-        "pipeline_run_id": run.run_id,
-        "layer": train.layer,
-        **tracking.input_versions(spark, cfg, ["gold.customer_features"]),
-    }
-    with mlflow.start_run(run_name=f"{train.layer}-all-{run.as_of}", tags=tags) as active:
-        mlflow.log_params(
-            {
-                "layer": train.layer,
-                "algorithm": "kmeans",
-                "k": train.k,
-                "seed": train.seed,
-                "max_iter": train.max_iter,
-                "features": ",".join(train.features),
-                "rows": rows,
-            }
-        )
-        model = clustering_pipeline(train).fit(data)
-        predictions = model.transform(data).cache()
-        sizes = {int(r["cluster"]): int(r["count"]) for r in predictions.groupBy("cluster").count().collect()}
-        metrics = {
-            "silhouette": silhouette(predictions, train.silhouette_sample, train.seed),
-            "wssse": float(model.stages[-1].summary.trainingCost),
-            "smallest_share": min(sizes.values()) / rows,
-        }
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict({str(k): v for k, v in sorted(sizes.items())}, "segment_sizes.json")
-        centers = [list(map(float, c)) for c in model.stages[-1].clusterCenters()]
-        mlflow.log_dict({"features": train.features, "scaled_centroids": centers}, "centroids.json")
-        example = data.drop("customer_id").limit(5).toPandas()
-        info = mlflow.spark.log_model(
-            model,
-            artifact_path="model",
-            pip_requirements=cfg.mlflow.pip_requirements,
-            signature=infer_signature(example, predictions.select("cluster").limit(5).toPandas()),
-        )
-        predictions.unpersist()
-        mlflow_run_id = active.info.run_id
-        version = register(cfg, name, info.model_uri, centers) if train.register_model else None
-        mlflow.set_tag("registered_version", str(version))
-    data.unpersist()
-    report = StageReport(
-        "train", info={"mlflow_run_id": mlflow_run_id, "model": name, "version": version, **metrics, "sizes": sizes}
-    )
-    report.entries.append(Entry(name, rows_in=rows, details={"mlflow_run_id": mlflow_run_id, **metrics}))
-    return report
+    both.unpersist()
+    if algorithm == "gaussian_mixture":
+        candidate.log_likelihood = float(model.summary.logLikelihood)
+        candidate.bic = gmm_bic(candidate.log_likelihood, k, dimensions, rows)
+    else:
+        candidate.wssse = float(model.summary.trainingCost)
+    return candidate, model
 
 
-def register(cfg: Config, name: str, model_uri: str, centers: list[list[float]]) -> str:
-    """Register the model and make it the champion, the old champion keeping the alias ``previous``.
+def passes(candidate: Candidate, train: TrainConfig) -> bool:
+    return candidate.smallest_share >= train.min_smallest_share and candidate.stability >= train.min_stability
 
-    A rerun on the same data, config and code fits the same centroids; it then keeps
-    the current champion instead of registering a copy, so reruns leave assignments as they were.
+
+def choose(candidates: list[Candidate], train: TrainConfig) -> tuple[Candidate, str]:
+    """The selection rule: the best silhouette among candidates that pass (smallest share and stability).
+
+    Ties go to the smaller k, then to the algorithm listed first. If none passes, the best silhouette
+    among those with a large enough smallest segment; if none has that either, the best silhouette.
+    Returns the choice and which tier of the rule made it.
     """
-    client = tracking.client(cfg)
-    try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
-    except mlflow.exceptions.MlflowException:
-        current = None
-    if current is not None and _same_centroids(current.run_id, centers):
-        return str(current.version)
-    version = mlflow.register_model(model_uri, name).version
-    if current is not None:
-        client.set_registered_model_alias(name, PREVIOUS, current.version)
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    return str(version)
+    order = {c.algorithm: i for i, c in reversed(list(enumerate(candidates)))}
+
+    def best(pool: list[Candidate]) -> Candidate:
+        return max(pool, key=lambda c: (round(c.silhouette, 6), -c.k, -order[c.algorithm]))
+
+    passing = [c for c in candidates if passes(c, train)]
+    if passing:
+        return best(passing), "passed thresholds"
+    sized = [c for c in candidates if c.smallest_share >= train.min_smallest_share]
+    if sized:
+        return best(sized), "no candidate stable enough: best silhouette with large enough segments"
+    return best(candidates), "no candidate passed: best silhouette"
 
 
-def _same_centroids(run_id: str, centers: list[list[float]], tolerance: float = 1e-9) -> bool:
-    try:
-        previous = mlflow.artifacts.load_dict(f"runs:/{run_id}/centroids.json")["scaled_centroids"]
-    except (mlflow.exceptions.MlflowException, OSError, KeyError):
-        return False
-    return len(previous) == len(centers) and all(
-        len(p) == len(c) and all(abs(a - b) <= tolerance for a, b in zip(p, c, strict=True))
-        for p, c in zip(previous, centers, strict=True)
-    )
+# -- centroids and stable ids -------------------------------------------------------------------------------
 
 
-def load_champion(cfg: Config, layer: str, macro: str = "all") -> tuple[PipelineModel, dict]:
-    """The champion model of a layer and its registry facts (name, version, training run id)."""
-    tracking.configure(cfg)
-    name = model_name(layer, macro)
-    version = tracking.client(cfg).get_model_version_by_alias(name, CHAMPION)
-    model = mlflow.spark.load_model(f"models:/{name}@{CHAMPION}")
-    return model, {"model": name, "version": str(version.version), "run_id": version.run_id}
+def centroids(predictions: DataFrame) -> dict[int, list[float]]:
+    """Mean of the imputed, transformed (unscaled) feature vector per cluster: comparable across models."""
+    rows = predictions.groupBy(CLUSTER).agg(Summarizer.mean(F.col(RAW)).alias("mean")).collect()
+    return {int(r[CLUSTER]): [float(v) for v in r["mean"].toArray()] for r in rows}
+
+
+def match_segment_ids(
+    new: dict[int, list[float]],
+    previous: dict[int, list[float]] | None,
+    next_id: int,
+    mean: list[float],
+    std: list[float],
+) -> dict:
+    """Give the new clusters the stable ids of the previous champion's nearest clusters.
+
+    Both sets of centroids are scaled with the new model's scaler (the shared space) and paired by
+    the optimal assignment of Euclidean distances (scipy's linear_sum_assignment). Matched clusters
+    keep their ids; unmatched new clusters get fresh ids from ``next_id``; unmatched previous ids are
+    recorded as vanished.
+
+    Returns: {"cluster_to_id": {cluster: id}, "vanished": [ids], "distances": {id: d}, "next_id": n}.
+    """
+    scale = np.array([s if s > 0 else 1.0 for s in std])
+    shift = np.array(mean)
+    new_clusters = sorted(new)
+    result: dict = {"cluster_to_id": {}, "vanished": [], "distances": {}, "next_id": next_id}
+    if previous:
+        old_ids = sorted(previous)
+        a = (np.array([new[c] for c in new_clusters]) - shift) / scale
+        b = (np.array([previous[i] for i in old_ids]) - shift) / scale
+        cost = np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2)
+        rows, cols = linear_sum_assignment(cost)
+        for r, c in zip(rows, cols, strict=True):
+            result["cluster_to_id"][new_clusters[r]] = old_ids[c]
+            result["distances"][old_ids[c]] = round(float(cost[r, c]), 6)
+        result["vanished"] = [i for i in old_ids if i not in set(result["cluster_to_id"].values())]
+    for cluster in new_clusters:
+        if cluster not in result["cluster_to_id"]:
+            result["cluster_to_id"][cluster] = result["next_id"]
+            result["next_id"] += 1
+    return result

@@ -14,10 +14,10 @@ from microseg.clean import run_clean
 from microseg.config import STAGES, Config
 from microseg.features import run_features
 from microseg.ingest import run_ingest
-from microseg.models import run_train
 from microseg.profiles import run_profile
 from microseg.quality import run_quality
 from microseg.runlog import Entry, RunContext, StageReport, log_stage
+from microseg.training import run_train, summary_lines
 
 STAGE_FUNCTIONS: dict[str, Callable[[SparkSession, Config, RunContext], StageReport]] = {
     "ingest": run_ingest,
@@ -125,16 +125,13 @@ def summary(result: PipelineResult, cfg: Config) -> str:
             lines.append(f"  feature {name} is null for everyone: {reason}")
     train = result.report("train")
     if train:
-        info = train.info
-        lines.append(
-            f"model: {info['model']} version {info['version']} (alias champion), MLflow run {info['mlflow_run_id']}, "
-            f"silhouette {info['silhouette']:.3f}"
-        )
+        lines.append(f"training: MLflow parent run {train.info['mlflow_run_id']}")
+        lines += summary_lines(train.info)
     assign = result.report("assign")
     if assign:
         lines.append("segments (customers):")
         for segment, size in assign.info["segments"].items():
-            lines.append(f"  {segment:<20} {size:>8,}")
+            lines.append(f"  {segment:<32} {size:>8,}")
     if quality:
         lines.append(f"data docs: {cfg.lake_root}/ops/data_docs/index.html")
     lines.append(f"tables: {cfg.lake_root}/<layer>/<table>; MLflow: {cfg.tracking_uri} (make ui)")

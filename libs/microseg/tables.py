@@ -62,15 +62,26 @@ def append(df: DataFrame, cfg: Config, name: str) -> None:
     df.write.format("delta").mode("append").option("mergeSchema", "true").save(table_path(cfg, name))
 
 
-def merge(df: DataFrame, cfg: Config, name: str, keys: list[str], newer_than: str | None = None) -> None:
+def merge(
+    df: DataFrame,
+    cfg: Config,
+    name: str,
+    keys: list[str],
+    newer_than: str | None = None,
+    change_data_feed: bool = False,
+) -> None:
     """Upsert ``df`` into the table on ``keys``; creates the table on first write.
 
-    With ``newer_than`` (a column), a matched row is replaced only by a row at least as new.
+    With ``newer_than`` (a column), a matched row is replaced only by a row at least as new. With
+    ``change_data_feed``, the table records its changes for consumers (Delta's change data feed).
     """
     spark = df.sparkSession
     path = table_path(cfg, name)
     if not DeltaTable.isDeltaTable(spark, path):
-        df.write.format("delta").mode("overwrite").save(path)
+        writer = df.write.format("delta").mode("overwrite")
+        if change_data_feed:
+            writer = writer.option("delta.enableChangeDataFeed", "true")
+        writer.save(path)
         return
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     (

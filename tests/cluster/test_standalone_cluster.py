@@ -134,6 +134,11 @@ def pipeline_run(cluster: StandaloneCluster, env_archive: Path, source_data: Pat
         "--set", f"sources.root={source_data}",
         "--set", f"mlflow.tracking_uri={tracking_uri}",
         "--set", "spark.shuffle_partitions=4",
+        # One small model over everyone keeps the cluster run short; training itself is tested elsewhere.
+        "--set", "train.by_macro=false",
+        "--set", "train.layers.engagement=null",
+        "--set", "train.layers.value.algorithms=[kmeans]",
+        "--set", "train.k_max=4",
     )  # fmt: skip
     assert code == 0, f"spark-submit jobs/pipeline.py exited {code}:\n{tail(log, 80)}\n{cluster.log_tails()}"
     return {"lake": lake, "data": source_data, "tracking_uri": tracking_uri, "log": log}

@@ -21,6 +21,15 @@ from microseg.migrations import ENTERED, LEFT
 pytestmark = pytest.mark.integration
 
 CUSTOMERS = 1500
+SETTINGS = (
+    "spark.master=local[2]",
+    "spark.shuffle_partitions=2",
+    "spark.log_level=ERROR",
+    # Per-macro training with a short sweep; the sweep itself is tested in test_training.
+    "train.layers.value.algorithms=[kmeans, gaussian_mixture]",
+    "train.k_max=4",
+    "train.min_macro_size=300",
+)
 SILVER_OF = {
     "crm_customers": "customers",
     "orders": "orders",
@@ -40,19 +49,8 @@ def demo(spark, tmp_path_factory, make_config):
     root = tmp_path_factory.mktemp("e2e")
     data, lake = root / "data", root / "lake"
     manifest = generate(spark, DatagenConfig(customers=CUSTOMERS, seed=11, partitions=2), str(data))
-    args = [
-        "--set",
-        f"lake.root={lake}",
-        "--set",
-        f"sources.root={data}",
-        "--set",
-        "spark.master=local[2]",
-        "--set",
-        "spark.shuffle_partitions=2",
-        "--set",
-        "spark.log_level=ERROR",
-    ]
-    cfg = make_config(f"sources.root={data}", lake=lake)
+    args = [f"--set={s}" for s in (f"lake.root={lake}", f"sources.root={data}", *SETTINGS)]
+    cfg = make_config(f"sources.root={data}", *SETTINGS, lake=lake)
     return {"args": args, "cfg": cfg, "manifest": manifest}
 
 
@@ -79,7 +77,7 @@ def test_run_succeeds_and_prints_summary(first_run):
     code, out = first_run
     assert code == 0
     assert "segments (customers):" in out
-    assert "model: microseg-value-all version 1 (alias champion)" in out
+    assert "models (layer / macro" in out and "value       active" in out
     assert "[7/7] profile done" in out
 
 
@@ -139,28 +137,38 @@ def test_no_raw_email_or_phone_outside_contact_table(spark, demo, first_run):
     )
 
 
-def test_mlflow_run_and_champion(demo, first_run):
+def test_mlflow_models_per_layer_and_macro(demo, first_run):
     cfg = demo["cfg"]
     client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
-    champion = client.get_model_version_by_alias("microseg-value-all", "champion")
+    names = {m.name for m in client.search_registered_models()}
+    assert {"microseg-value-active", "microseg-engagement-active", "microseg-engagement-churned"} <= names
+    champion = client.get_model_version_by_alias("microseg-value-active", "champion")
     run = client.get_run(champion.run_id)
-    assert 0.0 < run.data.metrics["silhouette"] <= 1.0
-    assert run.data.params["k"] == "5"
-    assert run.data.tags["as_of"] == "2025-12-31"
+    assert 2 <= int(run.data.params["k"]) <= 4 and 0.0 < run.data.metrics["silhouette"] <= 1.0
+    assert run.data.tags["as_of"] == "2025-12-31" and run.data.tags["macro"] == "active"
     artifacts = {a.path for a in client.list_artifacts(champion.run_id)}
-    assert {"model", "centroids.json", "segment_sizes.json"} <= artifacts
+    assert {"model", "centroids.json", "segment_sizes.json", "segment_ids.json", "k_selection.png"} <= artifacts
 
 
-def test_every_eligible_customer_assigned_once(spark, demo, first_run):
+def test_every_eligible_customer_assigned_once_per_layer(spark, demo, first_run):
     cfg = demo["cfg"]
     customers = tables.read(spark, cfg, "silver.customers")
     eligible = customers.where((F.col("signup_date") <= "2025-12-31") & F.col("consent_profiling"))
     assignments = tables.read(spark, cfg, "gold.segment_assignments").where(F.col("as_of") == "2025-12-31")
-    assert assignments.count() == assignments.select("customer_id").distinct().count()
-    ids = assignments.select("customer_id")
-    assert ids.exceptAll(eligible.select("customer_id")).count() == 0
-    assert eligible.select("customer_id").exceptAll(ids).count() == 0
-    assert assignments.select("segment_id").distinct().count() == 5
+    assert assignments.where(F.col("segment_id").isNull()).count() == 0
+    for layer in ("engagement", "value"):
+        rows = assignments.where(F.col("layer") == layer)
+        assert rows.count() == rows.select("customer_id").distinct().count() > 0
+    engagement = assignments.where(F.col("layer") == "engagement").select("customer_id")
+    assert engagement.exceptAll(eligible.select("customer_id")).count() == 0
+    assert eligible.select("customer_id").exceptAll(engagement).count() == 0
+    value_macros = {
+        r[0] for r in assignments.where(F.col("layer") == "value").select("macro_segment").distinct().collect()
+    }
+    assert value_macros <= {"new", "active", "at_risk", "churned", "reactivated"}
+    # segment ids name their layer and macro segment
+    bad = assignments.where(~F.col("segment_id").startswith(F.concat_ws("-", "layer", "macro_segment")))
+    assert bad.count() == 0
 
 
 def test_run_log_has_every_stage(spark, demo, first_run):
@@ -174,11 +182,15 @@ def test_rerun_same_as_of_keeps_assignments_and_adds_one_run(spark, demo, first_
     before = tables.read(spark, cfg, "gold.segment_assignments").collect()
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
-    runs_before = len(client.search_runs([experiment.experiment_id]))
+    parents = "tags.kind = 'training'"
+    runs_before = len(client.search_runs([experiment.experiment_id], filter_string=parents))
+    versions_before = {m.name: m.latest_versions for m in client.search_registered_models()}
     assert main(["run", *demo["args"]]) == 0
     after = tables.read(spark, cfg, "gold.segment_assignments").collect()
     assert sorted(map(tuple, after)) == sorted(map(tuple, before))
-    assert len(client.search_runs([experiment.experiment_id])) == runs_before + 1
+    assert len(client.search_runs([experiment.experiment_id], filter_string=parents)) == runs_before + 1
+    # the same data fits the same models: no new registered versions
+    assert {m.name: m.latest_versions for m in client.search_registered_models()} == versions_before
 
 
 def test_critical_quality_failure_stops_before_gold(spark, demo, first_run, tmp_path, capsys):

@@ -16,10 +16,10 @@ def write_env(tmp_path: Path, text: str) -> Path:
 
 
 def test_defaults_and_overlay(tmp_path):
-    cfg = load_config(write_env(tmp_path, "env: test\ntrain:\n  k: 7\n"))
+    cfg = load_config(write_env(tmp_path, "env: test\ntrain:\n  k_max: 7\n"))
     assert cfg.env == "test"
-    assert cfg.train.k == 7
-    assert cfg.train.features[0] == "recency_days"  # from base.yaml
+    assert cfg.train.k_max == 7
+    assert cfg.train.layers["value"].features[0] == "recency_days"  # from base.yaml
     assert cfg.conf_dir == str(tmp_path)
 
 
@@ -34,20 +34,20 @@ def test_unknown_key_names_file_and_key(tmp_path):
 
 
 def test_wrong_type_names_key_and_expected_type(tmp_path):
-    env = write_env(tmp_path, "train:\n  k: many\n")
+    env = write_env(tmp_path, "train:\n  k_max: many\n")
     with pytest.raises(ConfigError) as err:
         load_config(env)
     message = str(err.value)
-    assert "train.k" in message and str(env) in message
+    assert "train.k_max" in message and str(env) in message
     assert "integer" in message and "'many'" in message
 
 
 def test_set_overrides_win_and_are_typed(tmp_path):
     env = write_env(tmp_path, "lake:\n  root: /from-file\n")
-    cfg = load_config(env, ["lake.root=/from-set", "mlflow.tracking_uri=sqlite:////tmp/x.db", "train.k=3"])
+    cfg = load_config(env, ["lake.root=/from-set", "mlflow.tracking_uri=sqlite:////tmp/x.db", "train.k_max=3"])
     assert cfg.lake.root == "/from-set"
     assert cfg.tracking_uri == "sqlite:////tmp/x.db"
-    assert cfg.train.k == 3
+    assert cfg.train.k_max == 3
 
 
 def test_bad_override_type_names_set(tmp_path):
@@ -100,3 +100,10 @@ def test_set_spark_setting_with_dots_in_its_name(tmp_path):
     cfg = load_config(write_env(tmp_path, "{}\n"), ["spark.settings.spark.driver.memory=8g"])
     assert cfg.spark.settings["spark.driver.memory"] == "8g"
     assert cfg.spark.settings["spark.ui.enabled"] == "false"  # the base file's settings stay
+
+
+def test_a_layer_can_be_switched_off_and_k_range_is_checked(tmp_path):
+    cfg = load_config(write_env(tmp_path, "{}\n"), ["train.layers.engagement=null"])
+    assert list(cfg.train.active_layers) == ["value"]
+    with pytest.raises(ConfigError, match="k_max"):
+        load_config(write_env(tmp_path, "{}\n"), ["train.k_min=5", "train.k_max=3"])
