@@ -146,14 +146,20 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
         | (F.col("_old") != F.col("segment_id"))
         | (F.col("_old_macro") != F.col("macro_segment"))
     )
-    changed = joined.where(moved).cache()
+    # Materialised before the MERGE: afterwards the same query would find nothing changed.
+    changed = joined.where(moved).localCheckpoint()
     # Customers no longer in the snapshot (consent withdrawn, say) leave their segment: close only.
-    left = current.join(incoming, ["customer_id", "layer"], "left_anti").select(
-        "customer_id",
-        "layer",
-        F.lit(None).cast("string").alias("segment_id"),
-        F.lit(None).cast("string").alias("macro_segment"),
+    left = (
+        current.join(incoming, ["customer_id", "layer"], "left_anti")
+        .select(
+            "customer_id",
+            "layer",
+            F.lit(None).cast("string").alias("segment_id"),
+            F.lit(None).cast("string").alias("macro_segment"),
+        )
+        .localCheckpoint()
     )
+    counts = {"opened": changed.count(), "closed": changed.where(F.col("_old").isNotNull()).count() + left.count()}
     opened = changed.drop("_old", "_old_macro")
     # A changed row goes in twice: keyed, to close the current row; unkeyed, to insert the new one.
     staged = (
@@ -179,8 +185,6 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
         )
         .execute()
     )
-    counts = {"opened": changed.count(), "closed": changed.where(F.col("_old").isNotNull()).count() + left.count()}
-    changed.unpersist()
     return counts
 
 
@@ -197,12 +201,13 @@ def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
     tables.merge(assigned, cfg, ASSIGNMENTS, keys=["customer_id", "as_of", "layer"], change_data_feed=True)
     written = tables.read(spark, cfg, ASSIGNMENTS).where(F.col("as_of") == F.lit(run.as_of))
     history = update_history(spark, cfg, written, run.as_of)
-    sizes = {r["segment_id"]: r["count"] for r in written.groupBy("segment_id").count().collect()}
+    segments = written.groupBy("segment_id", "segment_label").count().collect()
+    sizes = {r["segment_id"]: {"customers": r["count"], "label": r["segment_label"]} for r in segments}
+    rows_in = scored.count()
     scored.unpersist()
     report = StageReport(
         "assign", info={"segments": dict(sorted(sizes.items(), key=str)), "models": facts, "history": history}
     )
-    report.entries.append(
-        Entry(ASSIGNMENTS, rows_in=sum(sizes.values()), rows_written=sum(sizes.values()), details={"history": history})
-    )
+    total = sum(v["customers"] for v in sizes.values())
+    report.entries.append(Entry(ASSIGNMENTS, rows_in=rows_in, rows_written=total, details={"history": history}))
     return report

@@ -26,6 +26,7 @@ from scipy.optimize import linear_sum_assignment
 from microseg.catalog import Catalog
 from microseg.config import TrainConfig
 
+ALL = "all"  # the macro segment of models trained over every customer (train.by_macro: false)
 RAW, SCALED, PCA_COL, CLUSTER, PROBABILITY = "features_raw", "features_scaled", "features_pca", "cluster", "probability"
 
 

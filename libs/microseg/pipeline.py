@@ -129,9 +129,14 @@ def summary(result: PipelineResult, cfg: Config) -> str:
         lines += summary_lines(train.info)
     assign = result.report("assign")
     if assign:
-        lines.append("segments (customers):")
-        for segment, size in assign.info["segments"].items():
-            lines.append(f"  {segment:<32} {size:>8,}")
+        lines.append("segments (customers, label):")
+        for segment, facts in assign.info["segments"].items():
+            lines.append(f"  {segment:<28} {facts['customers']:>8,}  {facts['label'] or '(small: size only)'}")
+        history = assign.info.get("history", {})
+        lines.append(f"segment history: {history.get('opened', 0):,} rows opened, {history.get('closed', 0):,} closed")
+    profile = result.report("profile")
+    if profile:
+        lines.append(f"segment report: {profile.info['report']}")
     if quality:
         lines.append(f"data docs: {cfg.lake_root}/ops/data_docs/index.html")
     lines.append(f"tables: {cfg.lake_root}/<layer>/<table>; MLflow: {cfg.tracking_uri} (make ui)")

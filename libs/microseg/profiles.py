@@ -19,6 +19,7 @@ from microseg import tables
 from microseg.catalog import Catalog, load_catalog
 from microseg.config import Config
 from microseg.migrations import snapshot_migrations
+from microseg.models import ALL
 from microseg.runlog import Entry, RunContext, StageReport
 
 KEYS = ["layer", "macro_segment", "segment_id"]
@@ -46,7 +47,10 @@ def build_profiles(assigned: DataFrame, features: DataFrame, catalog: Catalog, c
         *[F.avg(f).alias(f"m_{f}") for f in names], *[F.stddev_pop(f).alias(f"s_{f}") for f in names]
     ).first()
     joined = assigned.select(*KEYS, "customer_id").join(features.select("customer_id", *names), "customer_id")
-    stats = joined.groupBy(*KEYS).agg(
+    # A segment belongs to one macro segment, or to all of them when models span them (by_macro: false).
+    macro = F.first("macro_segment") if cfg.train.by_macro else F.lit(ALL)
+    stats = joined.groupBy("layer", "segment_id").agg(
+        macro.alias("macro_segment"),
         F.count("*").alias("size"),
         *[F.avg(f).alias(f"mean_{f}") for f in names],
         *[F.percentile_approx(f, 0.5, 10_000).cast("double").alias(f"median_{f}") for f in names],

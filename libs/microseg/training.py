@@ -28,6 +28,7 @@ from microseg.catalog import Catalog, load_catalog
 from microseg.config import Config, TrainConfig
 from microseg.errors import ConfigError, ModelMissingError
 from microseg.models import (
+    ALL,
     CLUSTER,
     PCA_COL,
     SCALED,
@@ -51,7 +52,6 @@ from microseg.models import (
 from microseg.runlog import Entry, RunContext, StageReport
 
 CHAMPION, PREVIOUS = "champion", "previous"
-ALL = "all"
 
 
 def snapshot(spark: SparkSession, cfg: Config, as_of: object) -> DataFrame:

@@ -76,7 +76,7 @@ def capsys_module():
 def test_run_succeeds_and_prints_summary(first_run):
     code, out = first_run
     assert code == 0
-    assert "segments (customers):" in out
+    assert "segments (customers, label):" in out and "segment report:" in out
     assert "models (layer / macro" in out and "value       active" in out
     assert "[7/7] profile done" in out
 
@@ -87,7 +87,7 @@ def test_every_table_is_delta(spark, demo, first_run):
         + [f"silver.{t}" for t in SILVER_OF.values()]
         + ["silver.customer_contact"]
         + [f"quarantine.{s}" for s in SOURCES]
-        + ["gold.customer_features", "gold.segment_assignments", "gold.segment_profiles"]
+        + ["gold.customer_features", "gold.segment_assignments", "gold.segment_profiles", "gold.segment_history"]
         + ["ops.run_log", "ops.dq_results", "ops.ingest_log", "ops.identity_conflicts", "silver.identity_map"]
     )
     missing = [name for name in expected if not tables.exists(spark, demo["cfg"], name)]
