@@ -4,8 +4,8 @@ gold.segment_assignments: one row per (customer_id, as_of, layer) with the stabl
 label, the distance to the centroid (KMeans, BisectingKMeans) or the membership probability and
 every membership above ``assign.membership_threshold`` (GaussianMixture), and the model version and
 training run. MERGEd on its key, with Delta's change data feed on. gold.segment_history is a
-type-2 slowly changing dimension of (customer_id, layer): a change of segment or macro segment
-closes the current row and opens a new one.
+type-2 slowly changing dimension of (customer_id, layer): a change of segment closes the current
+row and opens a new one (the row keeps the macro segment the customer had when it opened).
 """
 
 from __future__ import annotations
@@ -135,17 +135,9 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
         history.update(
             F.col("valid_to") == F.lit(as_of), {"valid_to": F.lit(None).cast("date"), "is_current": F.lit(True)}
         )
-    current = (
-        history.toDF()
-        .where("is_current")
-        .select("customer_id", "layer", F.col("segment_id").alias("_old"), F.col("macro_segment").alias("_old_macro"))
-    )
+    current = history.toDF().where("is_current").select("customer_id", "layer", F.col("segment_id").alias("_old"))
     joined = incoming.join(current, ["customer_id", "layer"], "left")
-    moved = (
-        F.col("_old").isNull()
-        | (F.col("_old") != F.col("segment_id"))
-        | (F.col("_old_macro") != F.col("macro_segment"))
-    )
+    moved = F.col("_old").isNull() | (F.col("_old") != F.col("segment_id"))
     # Materialised before the MERGE: afterwards the same query would find nothing changed.
     changed = joined.where(moved).localCheckpoint()
     # Customers no longer in the snapshot (consent withdrawn, say) leave their segment: close only.
@@ -160,7 +152,7 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
         .localCheckpoint()
     )
     counts = {"opened": changed.count(), "closed": changed.where(F.col("_old").isNotNull()).count() + left.count()}
-    opened = changed.drop("_old", "_old_macro")
+    opened = changed.drop("_old")
     # A changed row goes in twice: keyed, to close the current row; unkeyed, to insert the new one.
     staged = (
         opened.select(F.col("customer_id").alias("_key"), "*")

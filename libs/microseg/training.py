@@ -447,6 +447,8 @@ def summary_lines(info: dict) -> list[str]:
         score = f"{m['silhouette']:.3f}" if m["silhouette"] is not None else "—"
         lines.append(
             f"  {m['layer']:<11} {m['macro']:<12} {m['algorithm']:<17} k={m['k']:<2} silhouette {score:<6} "
-            f"sizes {json.dumps(m['sizes'])}  v{m['version']} ({m['promotion']})"
+            f"sizes {json.dumps(m['sizes'])}  v{m['version']} ({m['promotion']}); "
+            f"sweep {m['sweep_seconds']:.1f}s on {m['sweep_rows']:,} rows, "
+            f"final fit {m['fit_seconds']:.1f}s on {m['rows']:,}"
         )
     return lines

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.integration
 
 CUSTOMERS = 3000
 ALGORITHMS = ["kmeans", "bisecting_kmeans", "gaussian_mixture"]
-FIRST, MOVED, LATER = dt.date(2025, 12, 31), dt.date(2026, 1, 7), dt.date(2026, 1, 15)
+# The movers' burst falls on the day after FIRST; a one-day step keeps everyone else in place.
+FIRST, MOVED, LATER = dt.date(2025, 12, 31), dt.date(2026, 1, 1), dt.date(2026, 1, 15)
 REPO = Path(__file__).resolve().parents[2]
 SETTINGS = [
     "train.by_macro=false",
@@ -46,7 +47,7 @@ MODEL = "microseg-value-all"
 def trained(spark, tmp_path_factory, make_config):
     root = tmp_path_factory.mktemp("training")
     data, lake = root / "data", root / "lake"
-    generate(spark, DatagenConfig(customers=CUSTOMERS, seed=5, partitions=2, movers=0.1, mover_days=7), str(data))
+    generate(spark, DatagenConfig(customers=CUSTOMERS, seed=5, partitions=2, movers=0.1, mover_days=1), str(data))
     cfg = make_config(f"sources.root={data}", *SETTINGS, lake=lake)
     quiet = {"progress": lambda _: None}
     stages = ["ingest", "clean", "quality", "features", "train", "assign", "profile"]
