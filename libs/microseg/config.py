@@ -152,6 +152,12 @@ class TrainConfig(_Strict):
     min_smallest_share: float = Field(0.02, ge=0, lt=1)
     min_stability: float = Field(0.7, ge=-1, le=1)
     promotion_tolerance: float = Field(0.0, ge=0, description="the champion moves if silhouette >= its own - this")
+    refit_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="a refit on all rows must keep the sweep's silhouette within this, or the next one is tried",
+    )
+    max_refits: int = Field(3, ge=1, description="candidates refitted at most, in the order of the selection rule")
     force_promote: bool = Field(False, description="make the new models champions whatever their metrics")
     gmm_pca_variance: float | None = Field(0.95, gt=0, le=1, description="None: GaussianMixture without PCA")
     max_iter: int = Field(40, ge=1)

@@ -238,25 +238,29 @@ def passes(candidate: Candidate, train: TrainConfig) -> bool:
     return candidate.smallest_share >= train.min_smallest_share and candidate.stability >= train.min_stability
 
 
-def choose(candidates: list[Candidate], train: TrainConfig) -> tuple[Candidate, str]:
-    """The selection rule: the best silhouette among candidates that pass (smallest share and stability).
+def rank(candidates: list[Candidate], train: TrainConfig) -> list[tuple[Candidate, str]]:
+    """The candidates in the order of the selection rule, each with the tier of the rule it falls in.
 
-    Ties go to the smaller k, then to the algorithm listed first. If none passes, the best silhouette
-    among those with a large enough smallest segment; if none has that either, the best silhouette.
-    Returns the choice and which tier of the rule made it.
+    First the candidates that pass (smallest share and stability thresholds), then those with a
+    large enough smallest segment only, then the rest; within a tier, the best silhouette first,
+    ties to the smaller k, then to the algorithm listed first.
     """
     order = {c.algorithm: i for i, c in reversed(list(enumerate(candidates)))}
 
-    def best(pool: list[Candidate]) -> Candidate:
-        return max(pool, key=lambda c: (round(c.silhouette, 6), -c.k, -order[c.algorithm]))
+    def tier(c: Candidate) -> tuple[int, str]:
+        if passes(c, train):
+            return 0, "passed thresholds"
+        if c.smallest_share >= train.min_smallest_share:
+            return 1, "no candidate stable enough: best silhouette with large enough segments"
+        return 2, "no candidate passed: best silhouette"
 
-    passing = [c for c in candidates if passes(c, train)]
-    if passing:
-        return best(passing), "passed thresholds"
-    sized = [c for c in candidates if c.smallest_share >= train.min_smallest_share]
-    if sized:
-        return best(sized), "no candidate stable enough: best silhouette with large enough segments"
-    return best(candidates), "no candidate passed: best silhouette"
+    ranked = sorted(candidates, key=lambda c: (tier(c)[0], -round(c.silhouette, 6), c.k, order[c.algorithm]))
+    return [(c, tier(c)[1]) for c in ranked]
+
+
+def choose(candidates: list[Candidate], train: TrainConfig) -> tuple[Candidate, str]:
+    """The selection rule's choice (the first of ``rank``) and the tier of the rule that made it."""
+    return rank(candidates, train)[0]
 
 
 # -- centroids and stable ids -------------------------------------------------------------------------------

@@ -179,7 +179,7 @@ def build_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Cat
         heatmap = heatmap_plot(rows, spec.features, layer)
         if heatmap:
             parts.append(_img(heatmap, f"{layer} z-score heatmap"))
-        fraction = min(1.0, cfg.profile.report_sample / max(1, len(rows) and sum(p["size"] for p in rows)))
+        fraction = min(1.0, cfg.profile.report_sample / max(1, sum(p["size"] for p in rows)))
         sample = (
             assignments.where(F.col("layer") == layer)
             .sample(fraction=fraction, seed=7)

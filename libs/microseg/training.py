@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -45,6 +46,7 @@ from microseg.models import (
     pca_components,
     pca_stage,
     preprocessing,
+    rank,
     scaler_of,
     silhouette,
     single_segment_pipeline,
@@ -128,237 +130,306 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     return report
 
 
+@dataclass
+class Sweep:
+    """The outcome of a sweep: every candidate measured, the one chosen (None: a single segment) and why."""
+
+    candidates: list[Candidate]
+    chosen: Candidate | None
+    rule: str
+    pca_k: int | None
+    rows: int
+    seconds: float
+    refits: list[str] = field(default_factory=list)  # candidates whose refit fell short, and by how much
+
+
+@dataclass
+class Final:
+    """The chosen candidate refitted, with its predictions' facts."""
+
+    model: PipelineModel
+    algorithm: str
+    k: int
+    sizes: dict[int, int]
+    silhouette: float | None
+    centroids: dict[int, list[float]]
+    scaler_mean: list[float]
+    scaler_std: list[float]
+    fit_rows: int
+    seconds: float
+
+
 def train_one(
     rows: DataFrame, n: int, filled: dict, layer: str, macro: str, catalog: Catalog, cfg: Config, tags: dict
 ) -> dict:
-    """Sweep, choose, refit and register the model of one (layer, macro)."""
-    train = cfg.train
-    wanted = train.active_layers[layer].features
-    features = [f for f in wanted if filled.get(f, 0) > 0]  # a feature nobody in the macro has cannot help
+    """Sweep, choose, refit, give stable ids, log and register the model of one (layer, macro)."""
+    features = [f for f in cfg.train.active_layers[layer].features if filled.get(f, 0) > 0]  # nobody has: no help
     name = model_name(layer, macro)
+    tags = {**tags, "layer": layer, "macro": macro}
+    swept = sweep(rows, n, features, layer, macro, catalog, cfg.train, tags)
+    final = fit_final(rows, n, features, catalog, cfg.train, swept)
+    champion = _champion(cfg, name)
+    mapping, same_as_champion = stable_ids(champion, final, features)
+    run_id, model_uri = log_final(final, swept, mapping, features, n, f"{layer} / {macro}", cfg, tags)
+    champion_score = None
+    if champion is not None and not same_as_champion and final.k > 1:
+        champion_score = _champion_score(champion, rows, cfg.train)
+    version, decision = promote(cfg, name, model_uri, champion, same_as_champion, swept, final, champion_score)
+    client = tracking.client(cfg)
+    client.set_tag(run_id, "promotion", decision)
+    if champion_score is not None:
+        client.log_metric(run_id, "champion_silhouette_today", champion_score)
+    summary = {
+        "model": name,
+        "layer": layer,
+        "macro": macro,
+        "algorithm": final.algorithm,
+        "k": final.k,
+        "silhouette": final.silhouette,
+        "rows": n,
+        "sizes": {str(mapping["cluster_to_id"][c]): s for c, s in sorted(final.sizes.items())},
+        "version": version,
+        "promotion": decision,
+        "run_id": run_id,
+        "sweep_seconds": round(swept.seconds, 2),
+        "fit_seconds": round(final.seconds, 2),
+        "sweep_rows": swept.rows,
+        "vanished_ids": mapping["vanished"],
+        "refits_fell_short": swept.refits,
+    }
+    return {"summary": summary}
+
+
+def sweep(
+    rows: DataFrame, n: int, features: list[str], layer: str, macro: str, catalog: Catalog, train: TrainConfig,
+    tags: dict,
+) -> Sweep:  # fmt: skip
+    """Every algorithm for every k on one cached, preprocessed sample; each candidate a nested MLflow run."""
     started = time.perf_counter()
-    candidates: list[Candidate] = []
-    pca_k = None
-    sweep_rows = n
     if n < train.min_macro_size or not features:
         rule = f"one segment: {n} rows < min_macro_size {train.min_macro_size}" if features else "no features"
-        chosen = None
-    else:
-        sample = (
-            rows.sample(fraction=min(1.0, train.sweep_sample / n), seed=train.seed) if n > train.sweep_sample else rows
-        )
-        limits = clip_limits(sample, features, catalog)
-        prep = Pipeline(stages=preprocessing(features, catalog, limits)).fit(sample)
-        prepared = prep.transform(sample).select(SCALED).cache()
-        sweep_rows = prepared.count()
-        if "gaussian_mixture" in train.active_layers[layer].algorithms and train.gmm_pca_variance:
-            pca_k = pca_components(prepared, len(features), train.gmm_pca_variance)
-            scaled_only = prepared
-            prepared = pca_stage(pca_k).fit(prepared).transform(prepared).select(SCALED, PCA_COL).cache()
-            scaled_only.unpersist()
-        for algorithm in train.active_layers[layer].algorithms:
-            column = PCA_COL if algorithm == "gaussian_mixture" and pca_k else SCALED
-            dims = pca_k if column == PCA_COL else len(features)
-            for k in range(train.k_min, min(train.k_max, sweep_rows - 1) + 1):
-                with mlflow.start_run(
-                    run_name=f"{layer}-{macro}-{algorithm}-k{k}",
-                    nested=True,
-                    tags={**tags, "kind": "candidate", "layer": layer, "macro": macro},
-                ) as child:
-                    candidate, _ = evaluate_candidate(prepared, algorithm, k, column, dims, train)
-                    candidate.run_id = child.info.run_id
-                    mlflow.log_params(
-                        {
-                            "algorithm": algorithm,
-                            "k": k,
-                            "features": ",".join(features),
-                            "sample_rows": sweep_rows,
-                            "pca_components": pca_k if column == PCA_COL else "none",
-                        }
-                    )
-                    mlflow.log_metrics(candidate.metrics())
-                    mlflow.log_dict({str(c): s for c, s in candidate.sizes.items()}, "segment_sizes.json")
-                candidates.append(candidate)
-        prepared.unpersist()
-        chosen, rule = choose(candidates, train)
-    sweep_seconds = time.perf_counter() - started
-    return _final_fit(
-        rows,
-        n,
-        layer,
-        macro,
-        name,
-        features,
-        catalog,
-        cfg,
-        tags,
-        candidates,
-        chosen,
-        rule,
-        pca_k,
-        sweep_seconds,
-        sweep_rows,
-    )
+        return Sweep([], None, rule, None, n, time.perf_counter() - started)
+    sample = rows.sample(fraction=train.sweep_sample / n, seed=train.seed) if n > train.sweep_sample else rows
+    limits = clip_limits(sample, features, catalog)
+    prep = Pipeline(stages=preprocessing(features, catalog, limits)).fit(sample)
+    prepared = prep.transform(sample).select(SCALED).cache()
+    sample_rows = prepared.count()
+    algorithms = train.active_layers[layer].algorithms
+    pca_k = None
+    if "gaussian_mixture" in algorithms and train.gmm_pca_variance:
+        pca_k = pca_components(prepared, len(features), train.gmm_pca_variance)
+        scaled_only = prepared
+        prepared = pca_stage(pca_k).fit(prepared).transform(prepared).select(SCALED, PCA_COL).cache()
+        scaled_only.unpersist()
+    candidates = []
+    for algorithm in algorithms:
+        column = PCA_COL if algorithm == "gaussian_mixture" and pca_k else SCALED
+        dims = pca_k if column == PCA_COL else len(features)
+        for k in range(train.k_min, min(train.k_max, sample_rows - 1) + 1):
+            run_name = f"{layer}-{macro}-{algorithm}-k{k}"
+            with mlflow.start_run(run_name=run_name, nested=True, tags={**tags, "kind": "candidate"}) as child:
+                candidate, _ = evaluate_candidate(prepared, algorithm, k, column, dims, train)
+                candidate.run_id = child.info.run_id
+                mlflow.log_params(
+                    {
+                        "algorithm": algorithm,
+                        "k": k,
+                        "features": ",".join(features),
+                        "sample_rows": sample_rows,
+                        "pca_components": pca_k if column == PCA_COL else "none",
+                    }
+                )
+                mlflow.log_metrics(candidate.metrics())
+                mlflow.log_dict({str(c): s for c, s in candidate.sizes.items()}, "segment_sizes.json")
+            candidates.append(candidate)
+    prepared.unpersist()
+    chosen, rule = choose(candidates, train)
+    return Sweep(candidates, chosen, rule, pca_k, sample_rows, time.perf_counter() - started)
 
 
-def _final_fit(
-    rows: DataFrame,
-    n: int,
-    layer: str,
-    macro: str,
-    name: str,
-    features: list[str],
-    catalog: Catalog,
-    cfg: Config,
-    tags: dict,
-    candidates: list[Candidate],
-    chosen: Candidate | None,
-    rule: str,
-    pca_k: int | None,
-    sweep_seconds: float,
-    sweep_rows: int,
-) -> dict:
-    train = cfg.train
+def fit_final(
+    rows: DataFrame, n: int, features: list[str], catalog: Catalog, train: TrainConfig, swept: Sweep
+) -> Final:
+    """The chosen candidate (or one segment) refitted on all rows, or on fit_sample of them.
+
+    A refit whose silhouette falls more than ``refit_tolerance`` below its sweep's gives way to the
+    next candidate in the rule's order (at most ``max_refits``); ``swept`` records the choice made.
+    """
     started = time.perf_counter()
     fit_rows = (
-        rows.sample(fraction=min(1.0, train.fit_sample / n), seed=train.seed)
+        rows.sample(fraction=train.fit_sample / n, seed=train.seed)
         if train.fit_sample and n > train.fit_sample
         else rows
     )
     limits = clip_limits(fit_rows, features, catalog)
-    if chosen is None:
-        algorithm, k = "single_segment", 1
-        pipeline = single_segment_pipeline(features, catalog, limits)
+    if swept.chosen is None:
+        final = _refit(
+            rows, fit_rows, single_segment_pipeline(features, catalog, limits), "single_segment", 1, features, train
+        )
     else:
-        algorithm, k = chosen.algorithm, chosen.k
-        pipeline = full_pipeline(features, catalog, limits, algorithm, k, train, pca_k)
+        for candidate, rule in rank(swept.candidates, train)[: train.max_refits]:
+            pipeline = full_pipeline(features, catalog, limits, candidate.algorithm, candidate.k, train, swept.pca_k)
+            final = _refit(rows, fit_rows, pipeline, candidate.algorithm, candidate.k, features, train)
+            swept.chosen, swept.rule = candidate, rule
+            if final.silhouette is not None and final.silhouette >= candidate.silhouette - train.refit_tolerance:
+                break
+            swept.refits.append(
+                f"{candidate.algorithm} k={candidate.k}: silhouette {candidate.silhouette:.3f} in the sweep, "
+                f"{final.silhouette:.3f} refitted"
+            )
+        if swept.refits:
+            swept.rule += f"; refits that fell short: {'; '.join(swept.refits)}"
+    final.fit_rows = fit_rows.count() if fit_rows is not rows else n
+    final.seconds = time.perf_counter() - started
+    return final
+
+
+def _refit(
+    rows: DataFrame, fit_rows: DataFrame, pipeline: Pipeline, algorithm: str, k: int, features: list[str],
+    train: TrainConfig,
+) -> Final:  # fmt: skip
     model = pipeline.fit(fit_rows)
     predictions = model.transform(rows).cache()
     sizes = {int(r[CLUSTER]): int(r["count"]) for r in predictions.groupBy(CLUSTER).count().collect()}
-    column = clustering_column(model)
-    score = silhouette(predictions, column, train.silhouette_sample, train.seed) if k > 1 else None
-    fit_seconds = time.perf_counter() - started
-    centres = centroids(predictions) if features else {0: []}
+    score = silhouette(predictions, clustering_column(model), train.silhouette_sample, train.seed) if k > 1 else None
     scaler = scaler_of(model)
-    mean = list(map(float, scaler.mean.toArray())) if scaler else []
-    std = list(map(float, scaler.std.toArray())) if scaler else []
-    champion = _champion(cfg, name)
+    final = Final(
+        model=model,
+        algorithm=algorithm,
+        k=k,
+        sizes=sizes,
+        silhouette=score,
+        centroids=centroids(predictions) if features else {0: []},
+        scaler_mean=list(map(float, scaler.mean.toArray())) if scaler else [],
+        scaler_std=list(map(float, scaler.std.toArray())) if scaler else [],
+        fit_rows=0,
+        seconds=0.0,
+    )
+    predictions.unpersist()
+    return final
+
+
+def stable_ids(champion: object | None, final: Final, features: list[str]) -> tuple[dict, bool]:
+    """The cluster -> stable id mapping against the champion, and whether the model equals the champion."""
     previous = _load_json(champion.run_id, "centroids.json") if champion else None
     previous_ids = _load_json(champion.run_id, "segment_ids.json") if champion else None
-    comparable = previous and previous.get("features") == features
+    comparable = bool(previous) and previous.get("features") == features
     mapping = match_segment_ids(
-        centres,
+        final.centroids,
         {int(i): c for i, c in previous["centroids"].items()} if comparable else None,
         previous_ids["next_id"] if previous_ids else 0,
-        mean,
-        std,
+        final.scaler_mean,
+        final.scaler_std,
     )
-    if champion is not None and not comparable:
-        mapping["vanished"] = sorted(int(i) for i in previous_ids["cluster_to_id"].values()) if previous_ids else []
-    stable_centroids = {str(mapping["cluster_to_id"][c]): v for c, v in sorted(centres.items())}
-    same_as_champion = comparable and _same(previous["centroids"], stable_centroids)
-    champion_score = _champion_score(champion, rows, train) if champion and not same_as_champion and k > 1 else None
+    if champion is not None and not comparable and previous_ids:
+        # Other features: no shared space to match in, so every old id vanishes.
+        mapping["vanished"] = sorted(int(i) for i in previous_ids["cluster_to_id"].values())
+    mapping["centroids"] = {str(mapping["cluster_to_id"][c]): v for c, v in sorted(final.centroids.items())}
+    same = comparable and _same(previous["centroids"], mapping["centroids"])
+    return mapping, same
+
+
+def log_final(
+    final: Final, swept: Sweep, mapping: dict, features: list[str], n: int, title: str, cfg: Config, tags: dict
+) -> tuple[str, str]:
+    """The final model's nested MLflow run: params, metrics, artifacts and the model. Returns (run id, model URI)."""
+    train = cfg.train
     with mlflow.start_run(
-        run_name=f"{layer}-{macro}-final", nested=True, tags={**tags, "kind": "final", "layer": layer, "macro": macro}
-    ) as final:
+        run_name=f"{title.replace(' / ', '-')}-final", nested=True, tags={**tags, "kind": "final"}
+    ) as run:
         mlflow.log_params(
             {
-                "algorithm": algorithm,
-                "k": k,
+                "algorithm": final.algorithm,
+                "k": final.k,
                 "features": ",".join(features),
                 "rows": n,
-                "fit_rows": fit_rows.count() if fit_rows is not rows else n,
-                "sweep_rows": sweep_rows,
-                "selection": rule,
-                "pca_components": pca_k if algorithm == "gaussian_mixture" else "none",
+                "fit_rows": final.fit_rows,
+                "sweep_rows": swept.rows,
+                "selection": swept.rule,
+                "pca_components": swept.pca_k if final.algorithm == "gaussian_mixture" else "none",
                 "seed": train.seed,
             }
         )
-        metrics = {"sweep_seconds": sweep_seconds, "fit_seconds": fit_seconds}
-        if score is not None:
-            metrics["silhouette"] = score
-        if chosen is not None:
-            metrics.update({f"sweep_{k_}": v for k_, v in chosen.metrics().items()})
-        metrics["smallest_share"] = min(sizes.values()) / n
+        metrics = {
+            "sweep_seconds": swept.seconds,
+            "fit_seconds": final.seconds,
+            "smallest_share": min(final.sizes.values()) / n,
+        }
+        metrics["refits_fell_short"] = len(swept.refits)
+        if final.silhouette is not None:
+            metrics["silhouette"] = final.silhouette
+        if swept.chosen is not None:
+            metrics.update({f"sweep_{name}": v for name, v in swept.chosen.metrics().items()})
         mlflow.log_metrics(metrics)
-        mlflow.log_dict({str(mapping["cluster_to_id"][c]): s for c, s in sorted(sizes.items())}, "segment_sizes.json")
+        ids = mapping["cluster_to_id"]
+        mlflow.log_dict({str(ids[c]): s for c, s in sorted(final.sizes.items())}, "segment_sizes.json")
         mlflow.log_dict(
             {
                 "features": features,
                 "space": "transformed, imputed, unscaled",
-                "centroids": stable_centroids,
-                "scaler_mean": mean,
-                "scaler_std": std,
+                "centroids": mapping["centroids"],
+                "scaler_mean": final.scaler_mean,
+                "scaler_std": final.scaler_std,
             },
             "centroids.json",
         )
         mlflow.log_dict(
-            {**mapping, "cluster_to_id": {str(c): i for c, i in mapping["cluster_to_id"].items()}}, "segment_ids.json"
+            {
+                "cluster_to_id": {str(c): i for c, i in ids.items()},
+                "vanished": mapping["vanished"],
+                "distances": mapping["distances"],
+                "next_id": mapping["next_id"],
+            },
+            "segment_ids.json",
         )
         mlflow.log_dict(
             {
                 "candidates": [
                     {"algorithm": c.algorithm, "k": c.k, "run_id": c.run_id, "passes": passes(c, train), **c.metrics()}
-                    for c in candidates
+                    for c in swept.candidates
                 ],
-                "chosen": {"algorithm": algorithm, "k": k},
-                "rule": rule,
+                "chosen": {"algorithm": final.algorithm, "k": final.k},
+                "rule": swept.rule,
             },
             "k_selection.json",
         )
-        if candidates:
-            _log_curves(candidates, f"{layer} / {macro}")
+        if swept.candidates:
+            _log_curves(swept.candidates, title)
         # Declared, not inferred: every feature is a nullable double, the output an integer cluster.
-        signature = (
-            ModelSignature(
+        signature = None
+        if features:
+            signature = ModelSignature(
                 inputs=Schema([ColSpec("double", f, required=False) for f in features]),
                 outputs=Schema([ColSpec("integer", CLUSTER)]),
             )
-            if features
-            else None
-        )
         info = mlflow.spark.log_model(
-            model, artifact_path="model", pip_requirements=cfg.mlflow.pip_requirements, signature=signature
+            final.model, artifact_path="model", pip_requirements=cfg.mlflow.pip_requirements, signature=signature
         )
-        final_run = final.info.run_id
-    predictions.unpersist()
-    version, promoted = None, False
+        return run.info.run_id, info.model_uri
+
+
+def promote(
+    cfg: Config, name: str, model_uri: str, champion: object | None, same_as_champion: bool, swept: Sweep,
+    final: Final, champion_score: float | None,
+) -> tuple[str | None, str]:  # fmt: skip
+    """Register the model and move the aliases by the promotion rule; returns (version, decision)."""
+    train = cfg.train
     if same_as_champion:
-        version, promoted, decision = str(champion.version), True, "same centroids as the champion: kept"
-    elif train.register_model:
-        version = str(mlflow.register_model(info.model_uri, name).version)
-        new_passes = chosen is None or passes(chosen, train)
-        better = champion_score is None or (score is not None and score >= champion_score - train.promotion_tolerance)
-        promoted = champion is None or train.force_promote or (new_passes and better)
-        decision = "forced" if train.force_promote else ("promoted" if promoted else "kept the champion")
+        return str(champion.version), "same centroids as the champion: kept"
+    if not train.register_model:
+        return None, "not registered"
+    version = str(mlflow.register_model(model_uri, name).version)
+    passes_rule = swept.chosen is None or passes(swept.chosen, train)
+    at_least_as_good = champion_score is None or (
+        final.silhouette is not None and final.silhouette >= champion_score - train.promotion_tolerance
+    )
+    promoted = champion is None or train.force_promote or (passes_rule and at_least_as_good)
+    if promoted:
         client = tracking.client(cfg)
-        if promoted:
-            if champion is not None:
-                client.set_registered_model_alias(name, PREVIOUS, champion.version)
-            client.set_registered_model_alias(name, CHAMPION, version)
-    else:
-        decision = "not registered"
-    tracking.client(cfg).set_tag(final_run, "promotion", decision)
-    if champion_score is not None:
-        tracking.client(cfg).log_metric(final_run, "champion_silhouette_today", champion_score)
-    summary = {
-        "model": name,
-        "layer": layer,
-        "macro": macro,
-        "algorithm": algorithm,
-        "k": k,
-        "silhouette": score,
-        "rows": n,
-        "sizes": {str(mapping["cluster_to_id"][c]): s for c, s in sorted(sizes.items())},
-        "version": version,
-        "promotion": decision,
-        "run_id": final_run,
-        "sweep_seconds": round(sweep_seconds, 2),
-        "fit_seconds": round(fit_seconds, 2),
-        "sweep_rows": sweep_rows,
-        "vanished_ids": mapping["vanished"],
-    }
-    return {"summary": summary}
+        if champion is not None:
+            client.set_registered_model_alias(name, PREVIOUS, champion.version)
+        client.set_registered_model_alias(name, CHAMPION, version)
+    return version, "forced" if train.force_promote else ("promoted" if promoted else "kept the champion")
 
 
 def _champion(cfg: Config, name: str) -> object | None:

@@ -18,6 +18,7 @@ from microseg.models import (
     full_pipeline,
     gmm_bic,
     match_segment_ids,
+    rank,
     single_segment_pipeline,
     transform_stage,
 )
@@ -73,6 +74,17 @@ def test_choose_falls_back_and_says_so():
     assert chosen.k == 2 and "no candidate stable enough" in rule
     chosen, rule = choose([candidate("kmeans", 3, 0.7, 0.01, 0.1)], TRAIN)
     assert chosen.k == 3 and rule == "no candidate passed: best silhouette"
+
+
+def test_rank_orders_by_tier_then_silhouette():
+    pool = [
+        candidate("kmeans", 2, 0.70, 0.40, 0.95),
+        candidate("kmeans", 3, 0.90, 0.01, 0.95),  # tier 3: tiny segment
+        candidate("kmeans", 4, 0.85, 0.10, 0.50),  # tier 2: unstable
+        candidate("gaussian_mixture", 3, 0.80, 0.20, 0.90),
+    ]
+    order = [(c.algorithm, c.k) for c, _ in rank(pool, TRAIN)]
+    assert order == [("gaussian_mixture", 3), ("kmeans", 2), ("kmeans", 4), ("kmeans", 3)]
 
 
 def test_gmm_bic_counts_parameters():
