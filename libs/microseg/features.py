@@ -363,8 +363,8 @@ def build_features(
             columns[name] = F.coalesce(F.col(name), F.lit(0))
         else:
             columns[name] = F.col(name)
-    for name in COUNTS:
-        if name in columns and name not in unsupported:
+    for name in COUNTS:  # one type per column whatever the data set supports, so snapshots can share a table
+        if name in columns:
             columns[name] = columns[name].cast("double" if name.startswith("monetary") else "int")
     reasons = F.array(
         *[
