@@ -18,11 +18,10 @@ from pyspark.sql.window import Window
 
 from microseg import tables
 from microseg.catalog import Catalog, load_catalog
-from microseg.config import Config, FeaturesConfig, LifecycleConfig
+from microseg.config import Config, FeaturesConfig
+from microseg.lifecycle import lifecycle_stage
 from microseg.migrations import transition_counts
 from microseg.runlog import Entry, RunContext, StageReport
-
-STAGES = ("prospect", "dormant", "new", "active", "at_risk", "churned", "reactivated")
 
 
 @dataclass(frozen=True)
@@ -304,20 +303,6 @@ def survey_features(surveys: DataFrame, as_of: dt.date) -> DataFrame:
     answered = surveys.where((F.col("submitted_at") < _cutoff(as_of)) & F.col("nps").isNotNull())
     return answered.groupBy("customer_id").agg(
         F.max_by("nps", "submitted_at").alias("nps_latest"), F.max("submitted_at").alias("_last_survey")
-    )
-
-
-def lifecycle_stage(rules: LifecycleConfig) -> Column:
-    """The macro segment from the computed features; the rules are documented in conf/base.yaml."""
-    recency, first = F.col("recency_days"), F.col("days_since_first_purchase")
-    return (
-        F.when(recency.isNull() & (F.col("days_since_activity") <= rules.engaged_days), "prospect")
-        .when(recency.isNull(), "dormant")
-        .when(recency > rules.churned_days, "churned")
-        .when(recency > rules.at_risk_days, "at_risk")
-        .when(first <= rules.new_days, "new")
-        .when(F.col("_days_since_reactivation") <= rules.reactivated_days, "reactivated")
-        .otherwise("active")
     )
 
 

@@ -137,6 +137,7 @@ def pipeline_run(cluster: StandaloneCluster, env_archive: Path, source_data: Pat
         # One small model over everyone keeps the cluster run short; training itself is tested elsewhere.
         "--set", "train.by_macro=false",
         "--set", "train.layers.engagement=null",
+        "--set", "train.layers.preference=null",
         "--set", "train.layers.value.algorithms=[kmeans]",
         "--set", "train.k_max=4",
     )  # fmt: skip

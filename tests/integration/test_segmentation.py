@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
 SETTINGS = [
     "train.by_macro=false",
     "train.layers.engagement=null",
+    "train.layers.preference=null",
     f"train.layers.value.algorithms=[{', '.join(ALGORITHMS)}]",
     "train.k_min=2",
     "train.k_max=6",

@@ -104,6 +104,6 @@ def test_set_spark_setting_with_dots_in_its_name(tmp_path):
 
 def test_a_layer_can_be_switched_off_and_k_range_is_checked(tmp_path):
     cfg = load_config(write_env(tmp_path, "{}\n"), ["train.layers.engagement=null"])
-    assert list(cfg.train.active_layers) == ["value"]
+    assert list(cfg.train.active_layers) == ["value", "preference"]
     with pytest.raises(ConfigError, match="k_max"):
         load_config(write_env(tmp_path, "{}\n"), ["train.k_min=5", "train.k_max=3"])

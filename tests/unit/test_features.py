@@ -9,7 +9,8 @@ from pyspark.sql import functions as F
 
 from microseg.catalog import Catalog, load_catalog, markdown
 from microseg.config import LifecycleConfig
-from microseg.features import Inputs, build_features, lifecycle_stage
+from microseg.features import Inputs, build_features
+from microseg.lifecycle import lifecycle_stage
 
 AS_OF = dt.date(2025, 6, 30)
 D = dt.date
