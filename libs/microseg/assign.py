@@ -182,7 +182,8 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
 
 def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """MERGE one row per (customer_id, as_of, layer), then update the segment history."""
-    features = snapshot(spark, cfg, run.as_of)
+    # Cached: every (layer, macro) champion scores its share of the same snapshot.
+    features = snapshot(spark, cfg, run.as_of).cache()
     scored, facts = score(features, cfg)
     scored = scored.cache()
     assigned = with_labels(scored, spark, cfg, run.as_of).select(
@@ -197,6 +198,7 @@ def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
     sizes = {r["segment_id"]: {"customers": r["count"], "label": r["segment_label"]} for r in segments}
     rows_in = scored.count()
     scored.unpersist()
+    features.unpersist()
     report = StageReport(
         "assign", info={"segments": dict(sorted(sizes.items(), key=str)), "models": facts, "history": history}
     )

@@ -378,19 +378,6 @@ def _silver_inputs(spark: SparkSession, cfg: Config) -> Inputs:
     return Inputs(**{f.name: read(f.name) for f in fields(Inputs)})
 
 
-def previous_as_of(spark: SparkSession, cfg: Config, as_of: dt.date) -> dt.date | None:
-    """The latest snapshot in gold.customer_features before as_of, if any."""
-    if not tables.exists(spark, cfg, "gold.customer_features"):
-        return None
-    row = (
-        tables.read(spark, cfg, "gold.customer_features")
-        .where(F.col("as_of") < F.lit(as_of))
-        .agg(F.max("as_of"))
-        .first()
-    )
-    return row[0]
-
-
 def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Write gold.customer_features for run.as_of (replacing that snapshot only) and the lifecycle transitions."""
     catalog = load_catalog(cfg)
@@ -401,7 +388,7 @@ def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepo
     written = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(run.as_of)).cache()
     counts = {r["macro_segment"]: r["count"] for r in written.groupBy("macro_segment").count().collect()}
     n_written = sum(counts.values())
-    previous = previous_as_of(spark, cfg, run.as_of)
+    previous = tables.previous_as_of(spark, cfg, "gold.customer_features", run.as_of)
     transitions = None
     if previous is not None:
         before = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(previous))

@@ -59,9 +59,9 @@ def migration_matrix(assignments: DataFrame, from_as_of: object, to_as_of: objec
 
 def snapshot_migrations(spark: SparkSession, cfg: Config, as_of: object) -> tuple[DataFrame | None, object]:
     """The migrations into ``as_of`` from the snapshot before it in gold.segment_assignments (None if none)."""
-    assignments = tables.read(spark, cfg, "gold.segment_assignments")
-    previous = assignments.where(F.col("as_of") < F.lit(as_of)).agg(F.max("as_of")).first()[0]
+    previous = tables.previous_as_of(spark, cfg, "gold.segment_assignments", as_of)
     if previous is None:
         return None, None
+    assignments = tables.read(spark, cfg, "gold.segment_assignments")
     matrix = migration_matrix(assignments, previous, as_of)
     return matrix.select(F.lit(as_of).alias("as_of"), F.lit(previous).alias("previous_as_of"), "*"), previous

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from microseg.config import Config
 from microseg.errors import TableMissingError
@@ -38,6 +39,13 @@ def version(spark: SparkSession, cfg: Config, name: str) -> int | None:
     if not DeltaTable.isDeltaTable(spark, path):
         return None
     return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
+
+
+def previous_as_of(spark: SparkSession, cfg: Config, name: str, as_of: object) -> object | None:
+    """The latest as_of before ``as_of`` in a snapshot table, or None (also when the table does not exist)."""
+    if not exists(spark, cfg, name):
+        return None
+    return read(spark, cfg, name).where(F.col("as_of") < F.lit(as_of)).agg(F.max("as_of")).first()[0]
 
 
 def overwrite(df: DataFrame, cfg: Config, name: str) -> None:
