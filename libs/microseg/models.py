@@ -3,8 +3,9 @@
 A layer's model is one PipelineModel that scores raw feature rows: the catalog's transforms
 (log1p, clipping at a fitted 99th percentile) in SQL, a median imputer, a standard scaler, for
 GaussianMixture an optional PCA, then the clusterer. The train stage (``training.py``) sweeps
-algorithms and k on a sample, chooses by the rule in ``choose``, refits on all rows and keeps
-segment ids stable across retrains by ``match_segment_ids``.
+algorithms and k on a sample in scikit-learn (``sweep.py``), chooses by the rule in ``choose``,
+refits the choice with this pipeline on all rows and keeps segment ids stable across retrains by
+``match_segment_ids``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
 from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
-from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import PCA, Imputer, SQLTransformer, StandardScaler, StandardScalerModel, VectorAssembler
-from pyspark.ml.stat import Summarizer
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 from scipy.optimize import linear_sum_assignment
 
 from microseg.catalog import Catalog
@@ -56,23 +54,28 @@ def transform_stage(features: list[str], catalog: Catalog, limits: dict[str, flo
     for name in features:
         x = f"CAST(`{name}` AS DOUBLE)"
         transform = catalog.feature(name).transform
+        # IF, not GREATEST/LEAST: those skip nulls, and a missing value must stay missing for the imputer.
         if transform == "log1p":
-            x = f"LOG1P(GREATEST({x}, 0D))"
+            x = f"LOG1P(IF({x} < 0D, 0D, {x}))"
         elif transform == "clip_p99" and limits.get(name) is not None:
-            x = f"LEAST({x}, {float(limits[name])!r}D)"
+            limit = f"{float(limits[name])!r}D"
+            x = f"IF({x} > {limit}, {limit}, {x})"
         expressions.append(f"{x} AS `{name}__t`")
     return SQLTransformer(statement=f"SELECT *, {', '.join(expressions)} FROM __THIS__")
 
 
 def preprocessing(features: list[str], catalog: Catalog, limits: dict[str, float]) -> list[Transformer | Estimator]:
-    """Transform -> median imputer -> assembler -> standard scaler: raw rows to the scaled vector."""
+    """Transform -> median imputer -> assembler -> scaler (unit variance): raw rows to the scaled vector."""
     transformed = [f"{f}__t" for f in features]
     imputed = [f"{f}__i" for f in features]
     return [
         transform_stage(features, catalog, limits),
         Imputer(inputCols=transformed, outputCols=imputed, strategy="median"),
         VectorAssembler(inputCols=imputed, outputCol=RAW),
-        StandardScaler(inputCol=RAW, outputCol=SCALED, withMean=True, withStd=True),
+        # Not centred: MLlib's BisectingKMeans splits a cluster by perturbing its centre in proportion
+        # to the centre's norm, so a root centre at the origin never splits (one cluster for any k).
+        # Every distance, and so every clustering and metric, is the same with or without the shift.
+        StandardScaler(inputCol=RAW, outputCol=SCALED, withMean=False, withStd=True),
     ]
 
 
@@ -94,13 +97,6 @@ def clusterer(
             probabilityCol=PROBABILITY + suffix,
         )
     raise ValueError(f"unknown algorithm {algorithm!r}; use kmeans, bisecting_kmeans or gaussian_mixture")
-
-
-def pca_components(prepared: DataFrame, dimensions: int, variance: float) -> int:
-    """The fewest principal components of the scaled features that keep ``variance`` of it."""
-    model = PCA(k=dimensions, inputCol=SCALED, outputCol=PCA_COL).fit(prepared)
-    explained = np.cumsum(model.explainedVariance.toArray())
-    return int(min(dimensions, np.searchsorted(explained, variance - 1e-9) + 1))
 
 
 def pca_stage(k: int) -> PCA:
@@ -151,6 +147,8 @@ class Candidate:
     log_likelihood: float | None = None
     bic: float | None = None
     run_id: str | None = None
+    seconds: float | None = None  # fit, stability fit and metrics
+    error: str | None = None  # why the candidate could not be fitted
 
     def metrics(self) -> dict[str, float]:
         values = {
@@ -162,16 +160,6 @@ class Candidate:
             "bic": self.bic,
         }
         return {k: float(v) for k, v in values.items() if v is not None and math.isfinite(v)}
-
-
-def silhouette(predictions: DataFrame, features_col: str, sample: int, seed: int) -> float:
-    """Silhouette (squared Euclidean) on at most ``sample`` rows; -1 when there is a single cluster."""
-    total = predictions.count()
-    fraction = min(1.0, sample / max(total, 1))
-    sampled = predictions.sample(fraction=fraction, seed=seed) if fraction < 1 else predictions
-    if sampled.select(CLUSTER).distinct().count() < 2:
-        return -1.0
-    return float(ClusteringEvaluator(featuresCol=features_col, predictionCol=CLUSTER).evaluate(sampled))
 
 
 def adjusted_rand_index(contingency: Iterable[tuple[object, object, int]]) -> float:
@@ -197,41 +185,6 @@ def adjusted_rand_index(contingency: Iterable[tuple[object, object, int]]) -> fl
 
 def ari_between(df: DataFrame, a: str, b: str) -> float:
     return adjusted_rand_index((r[a], r[b], r["count"]) for r in df.groupBy(a, b).count().collect())
-
-
-def gmm_bic(log_likelihood: float, k: int, dimensions: int, rows: int) -> float:
-    """BIC of a full-covariance Gaussian mixture: parameters k*d means, k*d(d+1)/2 covariances, k-1 weights."""
-    parameters = k * dimensions + k * dimensions * (dimensions + 1) / 2 + (k - 1)
-    return parameters * math.log(rows) - 2 * log_likelihood
-
-
-def evaluate_candidate(
-    prepared: DataFrame, algorithm: str, k: int, features_col: str, dimensions: int, train: TrainConfig
-) -> tuple[Candidate, object]:
-    """Fit one candidate on the prepared sample and measure it; returns it and the fitted clusterer."""
-    model = clusterer(algorithm, k, train.seed, train.max_iter, features_col).fit(prepared)
-    predicted = model.transform(prepared)
-    # Stability: a second fit with another seed on a subsample, both scoring the whole sample.
-    subsample = prepared.sample(fraction=train.stability_fraction, seed=train.seed + 1)
-    other = clusterer(algorithm, k, train.seed + 1, train.max_iter, features_col, suffix="_b").fit(subsample)
-    both = other.transform(predicted).select(CLUSTER, CLUSTER + "_b", features_col).cache()
-    rows = both.count()
-    sizes = {int(r[CLUSTER]): int(r["count"]) for r in both.groupBy(CLUSTER).count().collect()}
-    candidate = Candidate(
-        algorithm=algorithm,
-        k=k,
-        silhouette=silhouette(both, features_col, train.silhouette_sample, train.seed),
-        smallest_share=(min(sizes.values()) / rows) if len(sizes) == k else 0.0,
-        stability=ari_between(both, CLUSTER, CLUSTER + "_b"),
-        sizes=dict(sorted(sizes.items())),
-    )
-    both.unpersist()
-    if algorithm == "gaussian_mixture":
-        candidate.log_likelihood = float(model.summary.logLikelihood)
-        candidate.bic = gmm_bic(candidate.log_likelihood, k, dimensions, rows)
-    else:
-        candidate.wssse = float(model.summary.trainingCost)
-    return candidate, model
 
 
 def passes(candidate: Candidate, train: TrainConfig) -> bool:
@@ -264,12 +217,6 @@ def choose(candidates: list[Candidate], train: TrainConfig) -> tuple[Candidate, 
 
 
 # -- centroids and stable ids -------------------------------------------------------------------------------
-
-
-def centroids(predictions: DataFrame) -> dict[int, list[float]]:
-    """Mean of the imputed, transformed (unscaled) feature vector per cluster: comparable across models."""
-    rows = predictions.groupBy(CLUSTER).agg(Summarizer.mean(F.col(RAW)).alias("mean")).collect()
-    return {int(r[CLUSTER]): [float(v) for v in r["mean"].toArray()] for r in rows}
 
 
 def match_segment_ids(

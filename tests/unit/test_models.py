@@ -16,12 +16,12 @@ from microseg.models import (
     adjusted_rand_index,
     choose,
     full_pipeline,
-    gmm_bic,
     match_segment_ids,
     rank,
     single_segment_pipeline,
     transform_stage,
 )
+from microseg.sweep import gmm_bic
 
 TRAIN = TrainConfig(layers={"value": {"features": ["recency_days"]}}, min_smallest_share=0.05, min_stability=0.7)
 
@@ -120,13 +120,15 @@ def test_first_model_gets_ids_from_zero():
 def test_transforms_from_the_catalog(spark, make_config):
     catalog = load_catalog(make_config())
     df = spark.createDataFrame(
-        [(3, 0.9, None), (-1, 0.1, 2.0)], "recency_days INT, return_rate DOUBLE, nps_latest DOUBLE"
+        [(3, 0.9, None), (-1, 0.1, 2.0), (None, None, None)], "recency_days INT, return_rate DOUBLE, nps_latest DOUBLE"
     )
     out = transform_stage(["recency_days", "return_rate", "nps_latest"], catalog, {"return_rate": 0.5}).transform(df)
     rows = out.collect()
     assert rows[0]["recency_days__t"] == pytest.approx(math.log1p(3)) and rows[1]["recency_days__t"] == 0.0
     assert (rows[0]["return_rate__t"], rows[1]["return_rate__t"]) == (0.5, 0.1)  # clipped at the fitted limit
     assert rows[0]["nps_latest__t"] is None and rows[1]["nps_latest__t"] == 2.0  # none: unchanged, nulls kept
+    # Missing stays missing through log1p and clipping, for the median imputer (not 0, not the clip limit).
+    assert rows[2]["recency_days__t"] is None and rows[2]["return_rate__t"] is None
 
 
 def test_single_segment_model_scores_raw_rows(spark, make_config):
