@@ -157,6 +157,12 @@ class TrainConfig(_Strict):
         ge=0,
         description="a refit on all rows must keep the sweep's silhouette within this, or the next one is tried",
     )
+    min_refit_agreement: float = Field(
+        0.9,
+        ge=-1,
+        le=1,
+        description="adjusted Rand index the refit's labels of the sweep sample must reach against the candidate's",
+    )
     max_refits: int = Field(3, ge=1, description="candidates refitted at most, in the order of the selection rule")
     force_promote: bool = Field(False, description="make the new models champions whatever their metrics")
     gmm_pca_variance: float | None = Field(0.95, gt=0, le=1, description="None: GaussianMixture without PCA")
