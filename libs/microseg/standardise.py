@@ -1,13 +1,16 @@
 """Standardisation of text, emails, phones, countries and amounts, as pure column/DataFrame transforms.
 
-Emails are NFKC-normalised, trimmed and lower-cased, then validated; phones go to E.164 with the
+Emails are NFKC-normalised (``with_nfkc``: once per distinct address, joined back, as the Unicode
+normal form needs a Python UDF and an address recurs on every event of its owner), then trimmed,
+lower-cased and validated with built-ins (``normalise_email``); phones go to E.164 with the
 phonenumbers library (a vectorised pandas UDF, as no Spark built-in parses phone numbers);
-countries go to ISO 3166-1 alpha-2 codes with pycountry plus the aliases in config, looked up
-once per distinct value on the driver and joined back (a handful of values, not a UDF per row).
+countries go to ISO 3166-1 alpha-2 codes with pycountry plus the aliases in config, through a
+literal map of every name and code pycountry knows (no UDF and no pass over the data).
 """
 
 from __future__ import annotations
 
+import json
 import unicodedata
 
 import pandas as pd
@@ -44,9 +47,33 @@ def clean_code(column: str | Column) -> Column:
     return F.when(text != "", text)
 
 
+def with_nfkc(df: DataFrame, column: str) -> DataFrame:
+    """``df`` with ``column`` in Unicode NFKC form, computed once per distinct value and joined back.
+
+    The Python UDF then runs on as many values as there are distinct ones (one per email address,
+    not one per email event). A value missing from the lookup (a source that changed between the two
+    reads, such as a database table) keeps its original form rather than becoming null.
+    """
+    col = F.col(f"`{column}`")
+    lookup = (
+        df.select(col.alias("_nfkc_key"))
+        .where(F.col("_nfkc_key").isNotNull())
+        .distinct()
+        .withColumn("_nfkc_value", nfkc(F.col("_nfkc_key")))
+    )
+    # A left join on a distinct key keeps every row of df exactly once.
+    joined = df.join(lookup, col == F.col("_nfkc_key"), how="left")
+    normalised = F.coalesce(F.col("_nfkc_value"), col).alias(column)
+    return joined.select(*[normalised if c == column else F.col(f"`{c}`") for c in df.columns])
+
+
 def normalise_email(column: str | Column) -> Column:
-    col = F.col(column) if isinstance(column, str) else column
-    return F.lower(clean_text(col))
+    """Trimmed and lower-cased, inner white space collapsed, empty -> null, with built-ins only.
+
+    The address must already be in NFKC form: run ``with_nfkc`` on its DataFrame first (ingest does,
+    before tokenising), so the Python UDF runs once per distinct address rather than once per row.
+    """
+    return F.lower(clean_code(column))
 
 
 def is_valid_email(normalised: Column) -> Column:
@@ -84,14 +111,25 @@ def country_code(name: str | None, aliases: dict[str, str | None]) -> str | None
         return None
 
 
-def with_country_code(df: DataFrame, column: str, output: str, aliases: dict[str, str | None]) -> DataFrame:
-    """Add ``output``: the ISO code of ``column``, from one lookup per distinct value."""
-    spark = df.sparkSession
+COUNTRY_FIELDS = ("alpha_2", "alpha_3", "numeric", "name", "official_name", "common_name", "flag")
+
+
+def country_lookup(aliases: dict[str, str | None]) -> dict[str, str | None]:
+    """Every name and code pycountry knows, and every alias, in ``country_code``'s key form -> its code."""
     upper_aliases = {k.upper(): v for k, v in aliases.items()}
-    distinct = [r[0] for r in df.select(column).distinct().collect()]
-    pairs = [(value, country_code(value, upper_aliases)) for value in distinct if value is not None]
-    lookup = spark.createDataFrame(pairs, f"`{column}` STRING, `{output}` STRING")
-    return df.join(F.broadcast(lookup), on=column, how="left")
+    names = {getattr(c, field, None) for c in pycountry.countries for field in COUNTRY_FIELDS}
+    keys = {" ".join(n.split()).upper() for n in names if n}
+    return {key: country_code(key, upper_aliases) for key in keys | set(upper_aliases)}
+
+
+def with_country_code(df: DataFrame, column: str, output: str, aliases: dict[str, str | None]) -> DataFrame:
+    """Add ``output``: the ISO code of ``column``, from a literal map of every name ``country_code`` knows.
+
+    The same answers as ``country_code`` per row, with no pass over the data to collect its values
+    and no Python UDF: the map (about 1,500 keys) is a constant in the plan.
+    """
+    lookup = F.from_json(F.lit(json.dumps(country_lookup(aliases))), "map<string,string>")
+    return df.withColumn(output, F.element_at(lookup, F.upper(clean_code(column))))
 
 
 def rate_column(currency: Column, rates: dict[str, float]) -> Column:

@@ -180,3 +180,44 @@ def test_order_lines_rules_and_returns(spark):
     orders = {r["order_id"]: r for r in line_orders_table(flagged.where("_rule IS NULL")).collect()}
     assert (orders["1"]["amount"], orders["1"]["amount_base"], orders["1"]["is_return"]) == (15.0, 30.0, False)
     assert (orders["C2"]["amount"], orders["C2"]["is_return"]) == (-5.0, True)
+
+
+def test_emails_are_nfkc_normalised_once_per_distinct_address(spark):
+    from microseg.standardise import normalise_email, with_nfkc
+
+    # "anna@example.com" in full-width letters, at sign and full stop (U+FF41...), on two events.
+    fullwidth = "\uff41\uff4e\uff4e\uff41\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d"
+    rows = [(1, fullwidth), (2, fullwidth), (3, " \ufb01ona@Example.COM "), (4, None), (5, "ben@example.com")]
+    df = spark.createDataFrame(rows, "event_id INT, email STRING")
+    normalised = with_nfkc(df, "email")
+    assert normalised.columns == ["event_id", "email"]
+    got = sorted(tuple(r) for r in normalised.select("*", normalise_email("email").alias("norm")).collect())
+    assert got == [
+        (1, "anna@example.com", "anna@example.com"),
+        (2, "anna@example.com", "anna@example.com"),
+        (3, " fiona@Example.COM ", "fiona@example.com"),  # the "fi" ligature is two letters
+        (4, None, None),
+        (5, "ben@example.com", "ben@example.com"),
+    ]
+    # The Python UDF reads the distinct addresses (an aggregate), not the event rows.
+    plan = normalised._jdf.queryExecution().optimizedPlan().toString()
+    udf_input = plan[plan.index("ArrowEvalPython") :].split("\n")[1]
+    assert "Aggregate" in udf_input, plan
+
+
+def test_country_names_and_codes_to_iso_without_a_pass_over_the_data(spark):
+    from microseg.standardise import with_country_code
+
+    values = ["Côte d'Ivoire", " viet  nam ", "usa", "826", "Korea, Republic of", "Unspecified", "", None]
+    df = spark.createDataFrame([(v,) for v in values], "country STRING")
+    got = dict(with_country_code(df, "country", "iso", {"Unspecified": None, "USA": "US"}).collect())
+    assert got == {
+        "Côte d'Ivoire": "CI",
+        " viet  nam ": "VN",
+        "usa": "US",
+        "826": "GB",  # ISO numeric code
+        "Korea, Republic of": "KR",
+        "Unspecified": None,
+        "": None,
+        None: None,
+    }
