@@ -23,12 +23,8 @@ from microseg.identity import anonymous_links, customer_id_from_crm, write_ident
 from microseg.privacy import tokenise
 from microseg.runlog import Entry, RunContext, StageReport
 from microseg.sources import CORRUPT, SourceSpec, load_mapping, schema_of
-from microseg.standardise import (
-    clean_code,
-    clean_text,
-    rate_column,
-    with_country_code,
-)
+from microseg.sparkops import cached, described
+from microseg.standardise import clean_code, rate_column, with_country_code
 
 # Canonical columns each entity needs after mapping (others are optional, null when absent).
 REQUIRED = {
@@ -184,27 +180,25 @@ def publish(cfg: Config, source: str, bronze: DataFrame, flagged: DataFrame, out
         ReconciliationError: if rows in != rows written + rows quarantined.
     """
     rows_in = bronze.count()
-    flagged = flagged.cache()
     has_customer = "customer_id" in flagged.columns
     linked = F.col("customer_id").isNotNull() if has_customer else F.lit(False)
-    counts = flagged.groupBy("_rule", linked.alias("_linked")).count().collect()
-    by_rule: dict[str | None, int] = {}
-    for row in counts:
-        by_rule[row["_rule"]] = by_rule.get(row["_rule"], 0) + row["count"]
-    written = by_rule.pop(None, 0)
-    quarantined = sum(by_rule.values())
-    if rows_in != written + quarantined:
-        flagged.unpersist()
-        raise ReconciliationError(
-            f"source {source}: {rows_in} rows in bronze but {written} written + {quarantined} quarantined; "
-            f"a join in the clean rules duplicated or lost rows"
-        )
-    good = flagged.where(F.col("_rule").isNull())
-    for name, transform in outputs.items():
-        tables.overwrite(transform(good), cfg, name)
-    bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
-    tables.overwrite(quarantine_records(flagged, source, bronze_columns), cfg, f"quarantine.{source}")
-    flagged.unpersist()
+    with cached(flagged) as kept:
+        counts = kept.groupBy("_rule", linked.alias("_linked")).count().collect()
+        by_rule: dict[str | None, int] = {}
+        for row in counts:
+            by_rule[row["_rule"]] = by_rule.get(row["_rule"], 0) + row["count"]
+        written = by_rule.pop(None, 0)
+        quarantined = sum(by_rule.values())
+        if rows_in != written + quarantined:
+            raise ReconciliationError(
+                f"source {source}: {rows_in} rows in bronze but {written} written + {quarantined} quarantined; "
+                f"a join in the clean rules duplicated or lost rows"
+            )
+        good = kept.where(F.col("_rule").isNull())
+        for name, transform in outputs.items():
+            tables.overwrite(transform(good), cfg, name)
+        bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
+        tables.overwrite(quarantine_records(kept, source, bronze_columns), cfg, f"quarantine.{source}")
     details: dict = {"quarantined_by_rule": dict(sorted(by_rule.items()))}
     if has_customer:
         good_linked = sum(r["count"] for r in counts if r["_rule"] is None and r["_linked"])
@@ -311,7 +305,8 @@ def line_items_table(good: DataFrame) -> DataFrame:
         "customer_id",
         line_no.alias("line_no"),
         F.upper(clean_code("product_id")).alias("product_id"),
-        clean_text("description").alias("description"),
+        # Free text nothing downstream reads: white space only, no Unicode normalisation (a Python UDF per line).
+        clean_code("description").alias("description"),
         F.lit(None).cast("string").alias("category"),
         "quantity",
         "unit_price",
@@ -425,7 +420,7 @@ def items_table(good: DataFrame) -> DataFrame:
         "customer_id",
         "line_no",
         F.upper(clean_code("product_id")).alias("product_id"),
-        clean_text("description").alias("description"),
+        clean_code("description").alias("description"),  # as in line_items_table: white space only
         F.lower(clean_code("category")).alias("category"),
         "quantity",
         "unit_price",
@@ -519,52 +514,61 @@ def surveys_table(good: DataFrame) -> DataFrame:
 # -- the stage -------------------------------------------------------------------------------------------
 
 
+def clean_source(
+    spark: SparkSession, cfg: Config, spec: SourceSpec, by_entity: dict[str, SourceSpec], mapping_file: str
+) -> Entry:
+    """Clean one source's bronze table into its silver table(s) and quarantine.<source>."""
+    entity = spec.entity
+    rates, aliases = cfg.sources.currency_rates, cfg.sources.country_aliases
+
+    def silver(name: str) -> DataFrame:
+        return tables.read(spark, cfg, f"silver.{name}")
+
+    bronze = tables.read(spark, cfg, f"bronze.{spec.name}")
+    df = canonical(bronze, spec, mapping_file)
+    crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
+    customers = silver("customers") if crm_needed else None
+    match entity:
+        case "customers":
+            flagged = clean_customers(df, aliases)
+            outputs: Outputs = {"silver.customers": customers_table}
+        case "order_lines":
+            flagged = clean_order_lines(df, customers, rates, spec.product_code_pattern)
+            outputs = {"silver.order_items": line_items_table, "silver.orders": line_orders_table}
+            if customers is None:
+                outputs["silver.customers"] = line_customers_table(aliases)
+        case "orders":
+            flagged = clean_orders(df, customers, rates)
+            outputs = {"silver.orders": orders_table}
+        case "order_items":
+            flagged = clean_order_items(df, silver("orders"))
+            outputs = {"silver.order_items": items_table}
+        case "web_events":
+            flagged = clean_web_events(df, customers)
+            outputs = {"silver.web_events": web_events_table}
+        case "email_events":
+            flagged = clean_email_events(df, customers)
+            outputs = {"silver.email_events": email_events_table}
+        case "support_tickets":
+            flagged = clean_by_customer_ref(df, customers, "created_at")
+            outputs = {"silver.support_tickets": tickets_table}
+        case "survey_responses":
+            flagged = clean_by_customer_ref(df, customers, "submitted_at")
+            outputs = {"silver.survey_responses": surveys_table}
+    return publish(cfg, spec.name, bronze, flagged, outputs)
+
+
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Clean every source of the mapping into silver, in dependency order (customers first)."""
     specs = load_mapping(cfg)
     mapping_file = str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml"))
     by_entity = {spec.entity: spec for spec in specs.values()}
-    rates, aliases = cfg.sources.currency_rates, cfg.sources.country_aliases
     report = StageReport("clean")
-
-    def silver(name: str) -> DataFrame:
-        return tables.read(spark, cfg, f"silver.{name}")
-
     for entity in CLEAN_ORDER:
         spec = by_entity.get(entity)
-        if spec is None:
-            continue
-        bronze = tables.read(spark, cfg, f"bronze.{spec.name}")
-        df = canonical(bronze, spec, mapping_file)
-        crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
-        customers = silver("customers") if crm_needed else None
-        match entity:
-            case "customers":
-                flagged = clean_customers(df, aliases)
-                outputs: Outputs = {"silver.customers": customers_table}
-            case "order_lines":
-                flagged = clean_order_lines(df, customers, rates, spec.product_code_pattern)
-                outputs = {"silver.order_items": line_items_table, "silver.orders": line_orders_table}
-                if customers is None:
-                    outputs["silver.customers"] = line_customers_table(aliases)
-            case "orders":
-                flagged = clean_orders(df, customers, rates)
-                outputs = {"silver.orders": orders_table}
-            case "order_items":
-                flagged = clean_order_items(df, silver("orders"))
-                outputs = {"silver.order_items": items_table}
-            case "web_events":
-                flagged = clean_web_events(df, customers)
-                outputs = {"silver.web_events": web_events_table}
-            case "email_events":
-                flagged = clean_email_events(df, customers)
-                outputs = {"silver.email_events": email_events_table}
-            case "support_tickets":
-                flagged = clean_by_customer_ref(df, customers, "created_at")
-                outputs = {"silver.support_tickets": tickets_table}
-            case "survey_responses":
-                flagged = clean_by_customer_ref(df, customers, "submitted_at")
-                outputs = {"silver.survey_responses": surveys_table}
-        report.entries.append(publish(cfg, spec.name, bronze, flagged, outputs))
-    report.info["identity"] = write_identity_map(spark, cfg)
+        if spec is not None:
+            with described(spark, f"clean {spec.name} ({entity})"):
+                report.entries.append(clean_source(spark, cfg, spec, by_entity, mapping_file))
+    with described(spark, "clean: identity map"):
+        report.info["identity"] = write_identity_map(spark, cfg)
     return report

@@ -7,6 +7,7 @@ from pyspark.sql import functions as F
 
 from microseg import tables
 from microseg.config import Config
+from microseg.sparkops import cached
 
 
 def customer_id_from_crm(crm_id: Column) -> Column:
@@ -57,18 +58,16 @@ def write_identity_map(spark: SparkSession, cfg: Config) -> dict:
     all_keys = keys[0]
     for frame in keys[1:]:
         all_keys = all_keys.unionByName(frame)
-    all_keys = all_keys.cache()
-    single = all_keys.where(F.size("customer_ids") == 1).select(
-        "key_type", "key_value", F.col("customer_ids")[0].alias("customer_id")
-    )
-    conflicts = all_keys.where(F.size("customer_ids") > 1).select(
-        "key_type", "key_value", "customer_ids", F.size("customer_ids").alias("customers")
-    )
-    tables.overwrite(single, cfg, "silver.identity_map")
-    tables.overwrite(conflicts, cfg, "ops.identity_conflicts")
-    counts = {
-        "linked_keys": {r["key_type"]: r["count"] for r in single.groupBy("key_type").count().collect()},
-        "conflicts": {r["key_type"]: r["count"] for r in conflicts.groupBy("key_type").count().collect()},
+    with cached(all_keys) as linked:
+        one, several = F.size("customer_ids") == 1, F.size("customer_ids") > 1
+        by_type = linked.groupBy("key_type", one.alias("one"), several.alias("several")).count().collect()
+        single = linked.where(one).select("key_type", "key_value", F.col("customer_ids")[0].alias("customer_id"))
+        conflicts = linked.where(several).select(
+            "key_type", "key_value", "customer_ids", F.size("customer_ids").alias("customers")
+        )
+        tables.overwrite(single, cfg, "silver.identity_map")
+        tables.overwrite(conflicts, cfg, "ops.identity_conflicts")
+    return {
+        "linked_keys": {r["key_type"]: r["count"] for r in by_type if r["one"]},
+        "conflicts": {r["key_type"]: r["count"] for r in by_type if r["several"]},
     }
-    all_keys.unpersist()
-    return counts
