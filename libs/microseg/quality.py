@@ -21,13 +21,17 @@ from pyspark.sql.window import Window
 from microseg import tables
 from microseg.clean import Rule, flag_rules, quarantine_records
 from microseg.config import Config, QualityRule
-from microseg.errors import ConfigError, DataQualityError
+from microseg.errors import ConfigError, DataQualityError, ReconciliationError
 from microseg.runlog import Entry, RunContext, StageReport
+from microseg.sparkops import cached, described
 
 # GX reports usage statistics over the network unless told not to; this machine has none.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 DOCS_SITE = "microseg"
+# Counts only (element, unexpected, percent): a sample of unexpected values costs a Spark job per
+# rule, also for every rule that passes (about 40% of the expectations' jobs and time).
+RESULT_FORMAT = {"result_format": "BASIC", "partial_unexpected_count": 0}
 DQ_SCHEMA = (
     "run_id STRING, as_of DATE, table STRING, rule STRING, expectation STRING, column STRING, severity STRING, "
     "success BOOLEAN, evaluated BIGINT, unexpected_count BIGINT, unexpected_percent DOUBLE"
@@ -129,10 +133,11 @@ def validate(frames: dict[str, DataFrame], suites: list[TableRules], docs_dir: s
                 name=f"{suite_cfg.table}:checkpoint",
                 validation_definitions=[definition],
                 actions=actions,
-                result_format="SUMMARY",
+                result_format=RESULT_FORMAT,
             )
         )
-        run_result = checkpoint.run(batch_parameters={"dataframe": df})
+        with described(df.sparkSession, f"quality {suite_cfg.table}: expectations"):
+            run_result = checkpoint.run(batch_parameters={"dataframe": df})
         outcome = next(iter(run_result.run_results.values()))
         by_name = {r.name: r for r in suite_cfg.rules}
         for item in outcome.results:
@@ -170,21 +175,31 @@ def violation(rule: QualityRule) -> Column:
     return broken & F.expr(rule.where) if rule.where else broken
 
 
-def quarantine_rows(spark: SparkSession, cfg: Config, table: str, rules: list[QualityRule]) -> dict[str, int]:
-    """Move the rows of ``table`` that break quarantine rules to quarantine.<table>, each with its first rule."""
+def quarantine_rows(spark: SparkSession, cfg: Config, table: str, rules: list[QualityRule]) -> Entry:
+    """Move the rows of ``table`` that break quarantine rules to quarantine.<table>, each with its first rule.
+
+    Returns:
+        The table's entry: rows in, rows kept (as the overwrite committed them), rows moved, and the
+        rows moved by rule in ``details["quarantined_by_rule"]``.
+
+    Raises:
+        ReconciliationError: if rows in != rows kept + rows moved.
+    """
     df = tables.read(spark, cfg, table)
     row_rules = [Rule(r.name, r.reason or f"{r.expectation} on {r.column}", violation(r)) for r in rules]
-    flagged = flag_rules(df, row_rules).cache()
-    counts = {
-        r["_rule"]: r["count"] for r in flagged.where(F.col("_rule").isNotNull()).groupBy("_rule").count().collect()
-    }
-    if counts:
-        tables.append(quarantine_records(flagged, table, df.columns), cfg, f"quarantine.{table.split('.', 1)[1]}")
-        tables.overwrite(
-            flagged.where(F.col("_rule").isNull()).select(*[F.col(f"`{c}`") for c in df.columns]), cfg, table
+    with cached(flag_rules(df, row_rules)) as flagged:
+        by_rule = {r["_rule"]: r["count"] for r in flagged.groupBy("_rule").count().collect()}
+        rows_in, kept = sum(by_rule.values()), by_rule.pop(None, 0)
+        if by_rule:
+            tables.append(quarantine_records(flagged, table, df.columns), cfg, f"quarantine.{table.split('.', 1)[1]}")
+            good = flagged.where(F.col("_rule").isNull()).select(*[F.col(f"`{c}`") for c in df.columns])
+            kept = tables.overwrite(good, cfg, table).rows_written
+    moved = sum(by_rule.values())
+    if rows_in != kept + moved:
+        raise ReconciliationError(
+            f"{table}: {rows_in} rows in but {kept} kept + {moved} quarantined; rerun the quality stage"
         )
-    flagged.unpersist()
-    return counts
+    return Entry(table, rows_in, kept, moved, details={"quarantined_by_rule": dict(sorted(by_rule.items()))})
 
 
 def results_frame(spark: SparkSession, run: RunContext, results: list[RuleResult]) -> DataFrame:
@@ -212,24 +227,21 @@ def run_quality(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
     suites = [s for s in load_rules(cfg) if tables.exists(spark, cfg, s.table)]
     frames = {s.table: tables.read(spark, cfg, s.table) for s in suites}
     results = validate(frames, suites, docs_dir=f"{cfg.lake_root}/ops/data_docs")
-    tables.append(results_frame(spark, run, results), cfg, "ops.dq_results")
+    with described(spark, "quality: ops.dq_results"):
+        tables.append(results_frame(spark, run, results), cfg, "ops.dq_results")
     report = StageReport("quality")
     critical = [r for r in results if not r.success and r.rule.severity == "critical"]
     for suite in suites:
         mine = [r for r in results if r.table == suite.table]
         failed = {r.rule.name: r.unexpected_count for r in mine if not r.success}
         to_quarantine = [r.rule for r in mine if not r.success and r.rule.severity == "quarantine"]
-        rows = frames[suite.table].count() if to_quarantine else None
-        moved = quarantine_rows(spark, cfg, suite.table, to_quarantine) if to_quarantine and not critical else {}
-        report.entries.append(
-            Entry(
-                suite.table,
-                rows_in=rows,
-                rows_written=rows - sum(moved.values()) if rows is not None else None,
-                rows_quarantined=sum(moved.values()),
-                details={"failed_rules": failed, "quarantined_by_rule": moved},
-            )
-        )
+        if to_quarantine and not critical:
+            with described(spark, f"quality {suite.table}: quarantine"):
+                entry = quarantine_rows(spark, cfg, suite.table, to_quarantine)
+        else:
+            entry = Entry(suite.table, rows_quarantined=0, details={"quarantined_by_rule": {}})
+        entry.details = {"failed_rules": failed, **entry.details}
+        report.entries.append(entry)
     report.info["warnings"] = {
         f"{r.table}:{r.rule.name}": r.unexpected_count for r in results if not r.success and r.rule.severity == "warn"
     }

@@ -60,7 +60,9 @@ def test_quarantine_rules_move_failing_rows(spark, make_config):
         QualityRule(name="plausible", expectation="between", column="amount", min=0, max=100,
                     severity="quarantine", where="is_return = false", reason="too large"),
     ]  # fmt: skip
-    assert quarantine_rows(spark, cfg, "silver.orders", rules) == {"unique_id": 2, "plausible": 1}
+    entry = quarantine_rows(spark, cfg, "silver.orders", rules)
+    assert (entry.rows_in, entry.rows_written, entry.rows_quarantined) == (4, 1, 3)
+    assert entry.details["quarantined_by_rule"] == {"plausible": 1, "unique_id": 2}
     kept = [r["order_id"] for r in tables.read(spark, cfg, "silver.orders").collect()]
     assert kept == ["o1"]
     moved = {
