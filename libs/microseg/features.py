@@ -10,18 +10,21 @@ reason in ``null_reasons``; counts are 0 only when the source exists and the cus
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from microseg import tables
 from microseg.catalog import Catalog, load_catalog
 from microseg.config import Config, FeaturesConfig
+from microseg.errors import ReconciliationError
+from microseg.lifecycle import STAGES as MACRO_SEGMENTS
 from microseg.lifecycle import lifecycle_stage
 from microseg.migrations import transition_counts
 from microseg.runlog import Entry, RunContext, StageReport
+from microseg.sparkops import cached, described
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def unsupported_features(inputs: Inputs, catalog: Catalog) -> dict[str, str]:
     for _prefix, source, column in REQUIREMENTS:
         df = getattr(inputs, source)
         if column and df is not None and (source, column) not in filled:
-            filled[(source, column)] = column in df.columns and df.where(F.col(column).isNotNull()).limit(1).count() > 0
+            filled[(source, column)] = column in df.columns and not df.where(F.col(column).isNotNull()).isEmpty()
     reasons = {}
     for name in catalog.names:
         for prefix, source, column in REQUIREMENTS:
@@ -379,27 +382,47 @@ def _silver_inputs(spark: SparkSession, cfg: Config) -> Inputs:
 
 
 def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """Write gold.customer_features for run.as_of (replacing that snapshot only) and the lifecycle transitions."""
+    """Write gold.customer_features for run.as_of (replacing that snapshot only) and the lifecycle transitions.
+
+    Customers per macro segment and customers without profiling consent are counted in the pass that
+    writes the snapshot (Spark Observations), and must add up to the rows the Delta commit reports.
+
+    Raises:
+        ReconciliationError: if the rows counted and the rows committed differ.
+    """
     catalog = load_catalog(cfg)
     inputs = _silver_inputs(spark, cfg)
-    unsupported = unsupported_features(inputs, catalog)
-    features = build_features(inputs, run.as_of, catalog, cfg.features, unsupported)
-    tables.replace_where(features, cfg, "gold.customer_features", f"as_of = '{run.as_of}'", partition_by="as_of")
-    written = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(run.as_of)).cache()
-    counts = {r["macro_segment"]: r["count"] for r in written.groupBy("macro_segment").count().collect()}
-    n_written = sum(counts.values())
+    with described(spark, "features: supported features"):
+        unsupported = unsupported_features(inputs, catalog)
+    consent, macro = Observation(f"features consent {run.run_id}"), Observation(f"features macro {run.run_id}")
+    known = F.col("signup_date") <= F.lit(run.as_of)
+    refusing = known & ~F.coalesce(F.col("consent_profiling"), F.lit(False))
+    observed = replace(inputs, customers=inputs.customers.observe(consent, F.count_if(refusing).alias("refused")))
+    features = build_features(observed, run.as_of, catalog, cfg.features, unsupported).observe(
+        macro, *[F.count_if(F.col("macro_segment") == s).alias(s) for s in MACRO_SEGMENTS]
+    )
+    with described(spark, "features: gold.customer_features"):
+        n_written = tables.replace_where(
+            features, cfg, "gold.customer_features", f"as_of = '{run.as_of}'", partition_by="as_of"
+        ).rows_written
+    counts = {segment: n for segment, n in macro.get.items() if n}
+    refused = consent.get["refused"]
+    if sum(counts.values()) != n_written:
+        raise ReconciliationError(
+            f"gold.customer_features as_of {run.as_of}: {sum(counts.values())} customers in macro segments "
+            f"{MACRO_SEGMENTS} but {n_written} rows committed; a lifecycle rule gives a segment not in that list"
+        )
     previous = tables.previous_as_of(spark, cfg, "gold.customer_features", run.as_of)
     transitions = None
     if previous is not None:
-        before = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(previous))
-        moves = transition_counts(before, written, "macro_segment").select(
+        snapshot = tables.read(spark, cfg, "gold.customer_features")
+        before, after = (snapshot.where(F.col("as_of") == F.lit(d)) for d in (previous, run.as_of))
+        moves = transition_counts(before, after, "macro_segment").select(
             F.lit(run.as_of).alias("as_of"), F.lit(previous).alias("previous_as_of"), "*"
         )
-        tables.replace_where(moves, cfg, "gold.lifecycle_transitions", f"as_of = '{run.as_of}'")
-        transitions = {f"{r['from_segment']} -> {r['to_segment']}": r["customers"] for r in moves.collect()}
-    written.unpersist()
-    known = inputs.customers.where(F.col("signup_date") <= F.lit(run.as_of))
-    refused = known.where(~F.coalesce(F.col("consent_profiling"), F.lit(False))).count()
+        with described(spark, "features: gold.lifecycle_transitions"), cached(moves) as kept:
+            tables.replace_where(kept, cfg, "gold.lifecycle_transitions", f"as_of = '{run.as_of}'")
+            transitions = {f"{r['from_segment']} -> {r['to_segment']}": r["customers"] for r in kept.collect()}
     report = StageReport("features")
     report.entries.append(
         Entry(
