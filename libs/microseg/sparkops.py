@@ -18,11 +18,16 @@ from pyspark.sql import DataFrame, SparkSession
 def cached(*frames: DataFrame, level: StorageLevel | None = None) -> Iterator[tuple[DataFrame, ...] | DataFrame]:
     """Persist ``frames`` for the block and unpersist them when it ends, also on an error.
 
-    Yields the one frame, or a tuple when given several.
+    Yields the one frame, or a tuple when given several. A frame whose plan is cached already (by the
+    caller, or an enclosing block) is left cached: Spark keys its cache by plan, so unpersisting it
+    here would drop the owner's cache too.
     """
-    kept = [f.persist(level) if level is not None else f.cache() for f in frames]
+    kept: list[DataFrame] = []
     try:
-        yield kept[0] if len(kept) == 1 else tuple(kept)
+        for frame in frames:
+            if frame.storageLevel == StorageLevel.NONE:
+                kept.append(frame.persist(level) if level is not None else frame.cache())
+        yield frames[0] if len(frames) == 1 else tuple(frames)
     finally:
         for frame in kept:
             frame.unpersist()
