@@ -34,6 +34,7 @@ INGEST_LOG_SCHEMA = (
     "source STRING, path STRING, size BIGINT, modified_ms BIGINT, rows BIGINT, batch_id STRING, ingested_at TIMESTAMP"
 )
 Seen = dict[str, tuple[int, int]]  # path -> (size, modified_ms) of its latest ingestion
+OBSERVED_FILES = 100  # a batch of up to this many files is counted per file in the pass that writes it
 
 
 def batch_id(source: str, files: list[SourceFile]) -> str:
@@ -64,7 +65,9 @@ def new_files(seen: Seen, files: list[SourceFile]) -> tuple[list[SourceFile], li
 def _write_bronze(bronze: DataFrame, cfg: Config, name: str, batch: str, paths: list[str]) -> tuple[int, dict]:
     """Write one batch to ``name``: replace the batch's own rows, or the whole table when ``paths`` is empty.
 
-    The rows (in all, and per source file of ``paths``) are counted in the pass that writes them.
+    The rows are counted in the pass that writes them: in all, and per source file when the batch
+    has at most OBSERVED_FILES files (a comparison per row and file); a larger batch, such as a
+    first load, counts its rows per file afterwards from the bronze table.
 
     Returns:
         The rows written (as the commit reports them) and the rows of each path.
@@ -73,7 +76,8 @@ def _write_bronze(bronze: DataFrame, cfg: Config, name: str, batch: str, paths: 
         ReconciliationError: if the rows read and the rows committed differ.
     """
     observation = Observation(f"ingest {name} {batch}")
-    per_file = [F.count_if(F.col("_source_file") == p).alias(str(i)) for i, p in enumerate(paths)]
+    observed_files = paths if len(paths) <= OBSERVED_FILES else []
+    per_file = [F.count_if(F.col("_source_file") == p).alias(str(i)) for i, p in enumerate(observed_files)]
     observed = bronze.observe(observation, F.count(F.lit(1)).alias("rows"), *per_file)
     if paths:
         written = tables.replace_where(observed, cfg, name, f"_batch_id = '{batch}'").rows_written
@@ -84,7 +88,10 @@ def _write_bronze(bronze: DataFrame, cfg: Config, name: str, batch: str, paths: 
         raise ReconciliationError(
             f"{name} batch {batch}: {read['rows']} rows read but {written} committed; rerun the ingest stage"
         )
-    return written, {p: read[str(i)] for i, p in enumerate(paths)}
+    if len(observed_files) == len(paths):
+        return written, {p: read[str(i)] for i, p in enumerate(paths)}
+    batch_rows = tables.read(bronze.sparkSession, cfg, name).where(F.col("_batch_id") == batch)
+    return written, {r["_source_file"]: r["count"] for r in batch_rows.groupBy("_source_file").count().collect()}
 
 
 def ingest_snapshot(spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec) -> Entry:

@@ -102,3 +102,42 @@ def test_bad_mapping_fails_at_start_naming_file_source_and_column(spark, make_co
     message = str(err.value)
     assert str(mapping) in message and "source orders" in message and "amount" in message and "amout" in message
     check_mapping(spark, make_config())  # the shipped mappings are valid
+
+
+@pytest.mark.parametrize("observed_files", [100, 1])  # counted in the write pass, or read back for a big batch
+def test_ingest_counts_rows_per_file_and_replaces_a_changed_file(
+    spark, make_config, tmp_path, monkeypatch, observed_files
+):
+    import datetime as dt
+    from pathlib import Path
+
+    from microseg import ingest, tables
+    from microseg.runlog import RunContext
+
+    monkeypatch.setattr(ingest, "OBSERVED_FILES", observed_files)
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "a.csv").write_text("id,n\nx1,1\nx2,2\nx3,3\n")
+    (tmp_path / "t" / "b.csv").write_text("id,n\ny1,1\n")
+    cfg = make_config(f"sources.root={tmp_path}")
+    spec = SourceSpec(
+        name="t",
+        entity="support_tickets",
+        format="csv",
+        path="t/*.csv",
+        schema="id STRING, n INT",
+        options={"header": "true"},
+    )
+
+    first = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 1)), spec, {})
+    assert (first.rows_in, first.rows_written, first.details["files_new"]) == (4, 4, 2)
+    logged = {Path(r["path"]).name: r["rows"] for r in tables.read(spark, cfg, "ops.ingest_log").collect()}
+    assert logged == {"a.csv": 3, "b.csv": 1}
+
+    (tmp_path / "t" / "b.csv").write_text("id,n\ny1,1\ny2,2\n")  # changed in place: now 2 rows
+    seen = ingest.ingested_files(spark, cfg)["t"]
+    second = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 2)), spec, seen)
+    assert (second.details["files_new"], second.details["files_changed"], second.rows_written) == (0, 1, 2)
+    bronze = sorted(r["id"] for r in tables.read(spark, cfg, "bronze.t").collect())
+    assert bronze == ["x1", "x2", "x3", "y1", "y2"]
+    latest = {Path(p).name: size for p, (size, _) in ingest.ingested_files(spark, cfg)["t"].items()}
+    assert latest == {"a.csv": 20, "b.csv": 15}  # bytes of each file's latest version
