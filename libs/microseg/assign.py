@@ -21,8 +21,9 @@ from microseg.catalog import load_catalog
 from microseg.config import Config
 from microseg.errors import MicrosegError
 from microseg.models import CLUSTER, PROBABILITY, clustering_column, segment_id
-from microseg.profiles import build_profiles, snapshot_features
+from microseg.profiles import PROFILES, build_profiles, snapshot_features
 from microseg.runlog import Entry, RunContext, StageReport
+from microseg.sparkops import cached, described
 from microseg.training import load_champion, macros_of, rows_of, snapshot
 
 ASSIGNMENTS, HISTORY = "gold.segment_assignments", "gold.segment_history"
@@ -94,14 +95,6 @@ def score(features: DataFrame, cfg: Config) -> tuple[DataFrame, list[dict]]:
     return reduce(DataFrame.unionByName, parts), facts
 
 
-def with_labels(scored: DataFrame, spark: SparkSession, cfg: Config, as_of: object) -> DataFrame:
-    """Add each segment's label (the one gold.segment_profiles shows) to the scored rows."""
-    catalog = load_catalog(cfg)
-    profiles = build_profiles(scored, snapshot_features(spark, cfg, as_of, catalog), catalog, cfg, as_of)
-    labels = profiles.select("layer", "segment_id", F.col("label").alias("segment_label"))
-    return scored.join(F.broadcast(labels), ["layer", "segment_id"], "left")
-
-
 def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of: object) -> dict:
     """Apply one snapshot's assignments to the type-2 history of (customer_id, layer).
 
@@ -121,8 +114,7 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
             F.lit(None).cast("date").alias("valid_to"),
             F.lit(True).alias("is_current"),
         )
-        tables.overwrite(opened, cfg, HISTORY)
-        return {"opened": opened.count(), "closed": 0}
+        return {"opened": tables.overwrite(opened, cfg, HISTORY)["numOutputRows"], "closed": 0}
     history = DeltaTable.forPath(spark, tables.table_path(cfg, HISTORY))
     latest = history.toDF().agg(F.max("valid_from")).first()[0]
     if latest is not None and str(latest) > str(as_of):
@@ -138,21 +130,14 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
     current = history.toDF().where("is_current").select("customer_id", "layer", F.col("segment_id").alias("_old"))
     joined = incoming.join(current, ["customer_id", "layer"], "left")
     moved = F.col("_old").isNull() | (F.col("_old") != F.col("segment_id"))
-    # Materialised before the MERGE: afterwards the same query would find nothing changed.
-    changed = joined.where(moved).localCheckpoint()
+    opened = joined.where(moved).drop("_old")
     # Customers no longer in the snapshot (consent withdrawn, say) leave their segment: close only.
-    left = (
-        current.join(incoming, ["customer_id", "layer"], "left_anti")
-        .select(
-            "customer_id",
-            "layer",
-            F.lit(None).cast("string").alias("segment_id"),
-            F.lit(None).cast("string").alias("macro_segment"),
-        )
-        .localCheckpoint()
+    left = current.join(incoming, ["customer_id", "layer"], "left_anti").select(
+        "customer_id",
+        "layer",
+        F.lit(None).cast("string").alias("segment_id"),
+        F.lit(None).cast("string").alias("macro_segment"),
     )
-    counts = {"opened": changed.count(), "closed": changed.where(F.col("_old").isNotNull()).count() + left.count()}
-    opened = changed.drop("_old")
     # A changed row goes in twice: keyed, to close the current row; unkeyed, to insert the new one.
     staged = (
         opened.select(F.col("customer_id").alias("_key"), "*")
@@ -177,31 +162,48 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
         )
         .execute()
     )
-    return counts
+    merged = tables.CommitMetrics(spark, tables.table_path(cfg, HISTORY))
+    return {"opened": merged["numTargetRowsInserted"], "closed": merged["numTargetRowsUpdated"]}
 
 
 def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """MERGE one row per (customer_id, as_of, layer), then update the segment history."""
+    """MERGE one row per (customer_id, as_of, layer), write the snapshot's segment profiles, update the history.
+
+    The profiles are computed once, here, because the labels come from them; the profile stage
+    reuses them for the report.
+    """
+    catalog = load_catalog(cfg)
     # Cached: every (layer, macro) champion scores its share of the same snapshot.
-    features = snapshot(spark, cfg, run.as_of).cache()
-    scored, facts = score(features, cfg)
-    scored = scored.cache()
-    assigned = with_labels(scored, spark, cfg, run.as_of).select(
-        "customer_id", F.lit(run.as_of).alias("as_of"), "macro_segment", "layer", "segment_id", "segment_label",
-        "distance_to_centroid", "membership_probability", "memberships",
-        "model_name", "model_version", "training_run_id",
-    )  # fmt: skip
-    tables.merge(assigned, cfg, ASSIGNMENTS, keys=["customer_id", "as_of", "layer"], change_data_feed=True)
-    written = tables.read(spark, cfg, ASSIGNMENTS).where(F.col("as_of") == F.lit(run.as_of))
-    history = update_history(spark, cfg, written, run.as_of)
-    segments = written.groupBy("segment_id", "segment_label").count().collect()
-    sizes = {r["segment_id"]: {"customers": r["count"], "label": r["segment_label"]} for r in segments}
-    rows_in = scored.count()
-    scored.unpersist()
-    features.unpersist()
+    with cached(snapshot(spark, cfg, run.as_of)) as features:
+        scored, facts = score(features, cfg)
+        with cached(scored) as scored:
+            with described(spark, "assign: segment profiles and labels"):
+                profiles = build_profiles(
+                    scored, snapshot_features(spark, cfg, run.as_of, catalog), catalog, cfg, run.as_of
+                )
+            labels = profiles.select("layer", "segment_id", F.col("label").alias("segment_label"))
+            assigned = scored.join(F.broadcast(labels), ["layer", "segment_id"], "left").select(
+                "customer_id", F.lit(run.as_of).alias("as_of"), "macro_segment", "layer", "segment_id",
+                "segment_label", "distance_to_centroid", "membership_probability", "memberships",
+                "model_name", "model_version", "training_run_id",
+            )  # fmt: skip
+            with described(spark, f"assign: MERGE into {ASSIGNMENTS}"):
+                merged = tables.merge(
+                    assigned, cfg, ASSIGNMENTS, keys=["customer_id", "as_of", "layer"], change_data_feed=True
+                )
+                rows_in = merged.get("numSourceRows", merged.get("numOutputRows", 0))
+                written = merged.rows_written
+    with described(spark, "assign: segment profiles"):
+        tables.replace_where(profiles, cfg, PROFILES, f"as_of = '{run.as_of}'", partition_by="as_of")
+    with described(spark, f"assign: {HISTORY}"):
+        current = tables.read(spark, cfg, ASSIGNMENTS).where(F.col("as_of") == F.lit(run.as_of))
+        history = update_history(spark, cfg, current, run.as_of)
+    sizes = {
+        r["segment_id"]: {"customers": r["size"], "label": r["label"]}
+        for r in profiles.select("segment_id", "size", "label").collect()
+    }
     report = StageReport(
         "assign", info={"segments": dict(sorted(sizes.items(), key=str)), "models": facts, "history": history}
     )
-    total = sum(v["customers"] for v in sizes.values())
-    report.entries.append(Entry(ASSIGNMENTS, rows_in=rows_in, rows_written=total, details={"history": history}))
+    report.entries.append(Entry(ASSIGNMENTS, rows_in=rows_in, rows_written=written, details={"history": history}))
     return report

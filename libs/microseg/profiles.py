@@ -22,6 +22,7 @@ from microseg.migrations import snapshot_migrations
 from microseg.models import ALL
 from microseg.runlog import Entry, RunContext, StageReport
 
+PROFILES = "gold.segment_profiles"
 KEYS = ["layer", "macro_segment", "segment_id"]
 TYPICAL = "typical"
 
@@ -119,21 +120,31 @@ def snapshot_features(spark: SparkSession, cfg: Config, as_of: object, catalog: 
 
 
 def run_profile(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """Write gold.segment_profiles and gold.segment_migrations for run.as_of (replacing that snapshot only)."""
+    """Write gold.segment_migrations and the segment report for run.as_of (replacing that snapshot only).
+
+    gold.segment_profiles of the snapshot is written by the assign stage, which needs the labels; it
+    is computed here only when that snapshot has none (a lake assigned by an older version).
+    """
     from microseg.report import write_report
 
     catalog = load_catalog(cfg)
     on_date = F.col("as_of") == F.lit(run.as_of)
     assignments = tables.read(spark, cfg, "gold.segment_assignments").where(on_date)
-    profiles = build_profiles(assignments, snapshot_features(spark, cfg, run.as_of, catalog), catalog, cfg, run.as_of)
-    tables.replace_where(profiles, cfg, "gold.segment_profiles", f"as_of = '{run.as_of}'", partition_by="as_of")
+    profiles = tables.read(spark, cfg, PROFILES).where(on_date) if tables.exists(spark, cfg, PROFILES) else None
+    sizes = profiles.select("size").collect() if profiles is not None else []
+    if not sizes:
+        profiles = build_profiles(
+            assignments, snapshot_features(spark, cfg, run.as_of, catalog), catalog, cfg, run.as_of
+        )
+        tables.replace_where(profiles, cfg, PROFILES, f"as_of = '{run.as_of}'", partition_by="as_of")
+        sizes = profiles.select("size").collect()
     migrations, previous = snapshot_migrations(spark, cfg, run.as_of)
     if migrations is not None:
         tables.replace_where(migrations, cfg, "gold.segment_migrations", f"as_of = '{run.as_of}'")
-    count = tables.read(spark, cfg, "gold.segment_profiles").where(on_date).count()
     report_path = write_report(spark, cfg, run, catalog)
     report = StageReport("profile", info={"report": report_path, "previous_as_of": str(previous) if previous else None})
+    # Every assignment of the snapshot belongs to exactly one profiled segment.
     report.entries.append(
-        Entry("gold.segment_profiles", rows_in=assignments.count(), rows_written=count, details={"report": report_path})
+        Entry(PROFILES, rows_in=sum(r["size"] for r in sizes), rows_written=len(sizes), details={"report": report_path})
     )
     return report

@@ -169,19 +169,30 @@ def sweep_tasks(todo: list[Plan], samples: dict, train: TrainConfig) -> list[swe
     ]
 
 
+def training_rows(spark: SparkSession, cfg: Config, as_of: object) -> DataFrame:
+    """The snapshot in a fixed layout (hash partitions, sorted within), so that a rerun on the same rows
+    samples and fits the same: sampling and k-means|| initialisation depend on which rows sit where."""
+    return (
+        snapshot(spark, cfg, as_of)
+        .repartition(sweep.parallelism(spark), "customer_id")
+        .sortWithinPartitions("customer_id")
+    )
+
+
+def sweep_inputs(spark: SparkSession, cfg: Config, as_of: object) -> tuple[list[sweep.Task], dict]:
+    """The sweep's tasks and preprocessed samples for a snapshot, as the train stage builds them (for benchmarks)."""
+    with cached(training_rows(spark, cfg, as_of)) as data:
+        todo = plans(cfg, macro_stats(data, cfg))
+        samples = prepare(todo, sweep_samples(data, todo, cfg.train), load_catalog(cfg), cfg.train)
+    return sweep_tasks(todo, samples, cfg.train), samples
+
+
 def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Train every (layer, macro) model of the snapshot run.as_of under one MLflow parent run."""
     train, catalog = cfg.train, load_catalog(cfg)
     _check_features(cfg, catalog)
     tracking.configure(cfg)
-    # A fixed layout (hash partitions, sorted within) so that a rerun on the same rows samples and
-    # fits the same: sampling and k-means|| initialisation depend on which rows sit in which partition.
-    data = (
-        snapshot(spark, cfg, run.as_of)
-        .repartition(sweep.parallelism(spark), "customer_id")
-        .sortWithinPartitions("customer_id")
-    )
-    with cached(data) as data:
+    with cached(training_rows(spark, cfg, run.as_of)) as data:
         with described(spark, "train: rows and filled features per macro segment"):
             stats = macro_stats(data, cfg)
         todo = plans(cfg, stats)
