@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyspark.errors import AnalysisException
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
@@ -173,25 +173,36 @@ def check_mapping(spark: SparkSession, cfg: Config) -> None:
         canonical(empty, spec, mapping_file)
 
 
-def publish(cfg: Config, source: str, bronze: DataFrame, flagged: DataFrame, outputs: Outputs) -> Entry:
+def read_bronze(spark: SparkSession, cfg: Config, source: str) -> tuple[DataFrame, Observation]:
+    """bronze.<source>, and an Observation that counts its rows (``rows``) in the pass that cleans them."""
+    rows_in = Observation()
+    return tables.read(spark, cfg, f"bronze.{source}").observe(rows_in, F.count(F.lit(1)).alias("rows")), rows_in
+
+
+def publish(
+    cfg: Config, source: str, bronze: DataFrame, rows_in: Observation, flagged: DataFrame, outputs: Outputs
+) -> Entry:
     """Write good rows through ``outputs`` (silver table -> transform) and bad ones to quarantine.<source>.
+
+    ``bronze`` and ``rows_in`` come from ``read_bronze``, and ``flagged`` is built from that ``bronze``:
+    the rows in are counted in the same pass that flags them, before any join could change them.
 
     Raises:
         ReconciliationError: if rows in != rows written + rows quarantined.
     """
-    rows_in = bronze.count()
     has_customer = "customer_id" in flagged.columns
     linked = F.col("customer_id").isNotNull() if has_customer else F.lit(False)
     with cached(flagged) as kept:
         counts = kept.groupBy("_rule", linked.alias("_linked")).count().collect()
+        rows_read = rows_in.get["rows"]
         by_rule: dict[str | None, int] = {}
         for row in counts:
             by_rule[row["_rule"]] = by_rule.get(row["_rule"], 0) + row["count"]
         written = by_rule.pop(None, 0)
         quarantined = sum(by_rule.values())
-        if rows_in != written + quarantined:
+        if rows_read != written + quarantined:
             raise ReconciliationError(
-                f"source {source}: {rows_in} rows in bronze but {written} written + {quarantined} quarantined; "
+                f"source {source}: {rows_read} rows in bronze but {written} written + {quarantined} quarantined; "
                 f"a join in the clean rules duplicated or lost rows"
             )
         good = kept.where(F.col("_rule").isNull())
@@ -202,8 +213,8 @@ def publish(cfg: Config, source: str, bronze: DataFrame, flagged: DataFrame, out
     details: dict = {"quarantined_by_rule": dict(sorted(by_rule.items()))}
     if has_customer:
         good_linked = sum(r["count"] for r in counts if r["_rule"] is None and r["_linked"])
-        details["coverage"] = round(good_linked / rows_in, 4) if rows_in else None
-    return Entry(source, rows_in, written, quarantined, details=details)
+        details["coverage"] = round(good_linked / rows_read, 4) if rows_read else None
+    return Entry(source, rows_read, written, quarantined, details=details)
 
 
 def quarantine_records(flagged: DataFrame, source: str, record_columns: list[str]) -> DataFrame:
@@ -524,7 +535,7 @@ def clean_source(
     def silver(name: str) -> DataFrame:
         return tables.read(spark, cfg, f"silver.{name}")
 
-    bronze = tables.read(spark, cfg, f"bronze.{spec.name}")
+    bronze, rows_in = read_bronze(spark, cfg, spec.name)
     df = canonical(bronze, spec, mapping_file)
     crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
     customers = silver("customers") if crm_needed else None
@@ -555,7 +566,7 @@ def clean_source(
         case "survey_responses":
             flagged = clean_by_customer_ref(df, customers, "submitted_at")
             outputs = {"silver.survey_responses": surveys_table}
-    return publish(cfg, spec.name, bronze, flagged, outputs)
+    return publish(cfg, spec.name, bronze, rows_in, flagged, outputs)
 
 
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:

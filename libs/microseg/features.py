@@ -394,7 +394,7 @@ def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepo
     inputs = _silver_inputs(spark, cfg)
     with described(spark, "features: supported features"):
         unsupported = unsupported_features(inputs, catalog)
-    consent, macro = Observation(f"features consent {run.run_id}"), Observation(f"features macro {run.run_id}")
+    consent, macro = Observation(), Observation()
     known = F.col("signup_date") <= F.lit(run.as_of)
     refusing = known & ~F.coalesce(F.col("consent_profiling"), F.lit(False))
     observed = replace(inputs, customers=inputs.customers.observe(consent, F.count_if(refusing).alias("refused")))

@@ -75,7 +75,7 @@ def _write_bronze(bronze: DataFrame, cfg: Config, name: str, batch: str, paths: 
     Raises:
         ReconciliationError: if the rows read and the rows committed differ.
     """
-    observation = Observation(f"ingest {name} {batch}")
+    observation = Observation()
     observed_files = paths if len(paths) <= OBSERVED_FILES else []
     per_file = [F.count_if(F.col("_source_file") == p).alias(str(i)) for i, p in enumerate(observed_files)]
     observed = bronze.observe(observation, F.count(F.lit(1)).alias("rows"), *per_file)

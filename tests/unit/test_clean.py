@@ -221,3 +221,33 @@ def test_country_names_and_codes_to_iso_without_a_pass_over_the_data(spark):
         "": None,
         None: None,
     }
+
+
+def test_publish_reconciles_rows_in_with_rows_written_and_quarantined(spark, make_config):
+    import pytest
+
+    from microseg import tables
+    from microseg.clean import publish, read_bronze
+    from microseg.errors import ReconciliationError
+
+    cfg = make_config()
+    rows = spark.createDataFrame(
+        [("a", 1, None), ("b", -1, None), ("c", 2, None)], "id STRING, n INT, _corrupt_record STRING"
+    )
+    tables.overwrite(rows, cfg, "bronze.src")
+    outputs = {"silver.src": lambda good: good.select("id", "n")}
+
+    bronze, rows_in = read_bronze(spark, cfg, "src")
+    flagged = flag_rules(bronze, [Rule("negative_n", "n < 0", F.col("n") < 0)])
+    entry = publish(cfg, "src", bronze, rows_in, flagged, outputs)
+    assert (entry.rows_in, entry.rows_written, entry.rows_quarantined) == (3, 2, 1)
+    assert entry.details["quarantined_by_rule"] == {"negative_n": 1}
+    assert sorted(r["id"] for r in tables.read(spark, cfg, "silver.src").collect()) == ["a", "c"]
+    assert [(r["rule"], r["reason"]) for r in tables.read(spark, cfg, "quarantine.src").collect()] == [
+        ("negative_n", "n < 0")
+    ]
+
+    bronze, rows_in = read_bronze(spark, cfg, "src")
+    doubled = bronze.crossJoin(spark.createDataFrame([(1,), (2,)], "copy INT"))  # a join that duplicates rows
+    with pytest.raises(ReconciliationError, match="3 rows in bronze but 6 written"):
+        publish(cfg, "src", bronze, rows_in, flag_rules(doubled, []), outputs)
