@@ -5,15 +5,29 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
 from microseg.config import STAGES, Config, load_config
 from microseg.errors import ConfigError, MicrosegError
+from microseg.logs import LEVELS, configure_logging
+
+log = logging.getLogger(__name__)
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+
+def _log_level(parser: argparse.ArgumentParser, default: str = argparse.SUPPRESS) -> None:
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LEVELS,
+        default=default,
+        help="console log level (default INFO); third-party libraries log warnings and errors only",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +35,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
+    # Before or after the subcommand; here it must not reset the value given before.
+    _log_level(parser)
 
 
 def _as_of(text: str) -> dt.date:
@@ -32,6 +48,7 @@ def _as_of(text: str) -> dt.date:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microseg", description="Customer micro-segmentation on Spark")
+    _log_level(parser, default="INFO")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline's stages for one as_of")
@@ -95,9 +112,11 @@ def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
     started = time.perf_counter()
     manifest = generate(spark, cfg.datagen, cfg.path(cfg.datagen.out))
     print(json.dumps({"rows": manifest["rows"], "dirt": manifest["dirt"]}, indent=2))
-    print(
-        f"generated {cfg.datagen.customers:,} customers in {time.perf_counter() - started:.1f}s "
-        f"to {cfg.path(cfg.datagen.out)}"
+    log.info(
+        "generated %s customers in %.1fs to %s",
+        f"{cfg.datagen.customers:,}",
+        time.perf_counter() - started,
+        cfg.path(cfg.datagen.out),
     )
     return 0
 
@@ -116,7 +135,7 @@ def cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
     catalog = load_catalog(cfg)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(markdown(catalog) + "\n")
-    print(f"wrote {len(catalog.features)} features (catalog version {catalog.version}) to {args.out}")
+    log.info("wrote %d features (catalog version %s) to %s", len(catalog.features), catalog.version, args.out)
     return 0
 
 
@@ -125,6 +144,7 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "datagen": cmd_datagen, "bench":
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    configure_logging(args.log_level, command=args.command)
     overrides = list(args.overrides)
     if args.command == "datagen":
         overrides += _datagen_overrides(args)
@@ -134,10 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.conf, overrides)
         return COMMANDS[args.command](cfg, args)
     except ConfigError as exc:
-        print(f"microseg: configuration error: {exc}", file=sys.stderr)
+        log.error("configuration error: %s", exc)
         return EXIT_USAGE
     except MicrosegError as exc:
-        print(f"microseg: {type(exc).__name__}: {exc}", file=sys.stderr)
+        log.error("%s: %s", type(exc).__name__, exc)
         return EXIT_FAILURE
 
 

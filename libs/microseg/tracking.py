@@ -11,12 +11,13 @@ import mlflow
 from mlflow import MlflowClient
 from pyspark.sql import SparkSession
 
-from microseg import tables
+from microseg import logs, tables
 from microseg.config import Config
 
 
 def configure(cfg: Config) -> str:
     """Point MLflow at the configured tracking/registry URIs; return the experiment id (created if new)."""
+    logs.quiet_mlflow_prints()
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.mlflow.registry_uri or cfg.tracking_uri)
     if cfg.tracking_uri.startswith("sqlite:///"):
