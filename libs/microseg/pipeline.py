@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
+from microseg import logs, sparkops
 from microseg.assign import run_assign
 from microseg.clean import run_clean
 from microseg.config import STAGES, Config
@@ -30,6 +32,8 @@ STAGE_FUNCTIONS: dict[str, Callable[[SparkSession, Config, RunContext], StageRep
 }
 assert tuple(STAGE_FUNCTIONS) == STAGES
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class PipelineResult:
@@ -45,55 +49,67 @@ def run_pipeline(
     cfg: Config,
     as_of: dt.date | None = None,
     stages: list[str] | None = None,
-    progress: Callable[[str], None] = print,
+    progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
     """Run ``stages`` (default: cfg.run.stages) for ``as_of`` (default: cfg.run.as_of).
 
-    Each stage is timed and appended to ops.run_log, also when it fails (status
-    ``failed`` with the error), and the error is raised again.
+    Each stage runs in its own Spark job group (``sparkops.group_id``), is timed, and is
+    appended to ops.run_log, also when it fails (status ``failed`` with the error), and the
+    error is raised again. Progress goes to the ``microseg.pipeline`` logger, one line per
+    stage start and end, with the stage's name on the record; a ``progress`` callable gets
+    the same lines instead (``lambda _: None`` silences them).
     """
+    say = progress or log.info
     run = RunContext(as_of=as_of or cfg.run.as_of)
     result = PipelineResult(run)
     chosen = stages or cfg.run.stages
-    progress(f"microseg run {run.run_id}: as_of {run.as_of}, stages {', '.join(chosen)}, lake {cfg.lake_root}")
+    say(f"microseg run {run.run_id}: as_of {run.as_of}, stages {', '.join(chosen)}, lake {cfg.lake_root}")
     for number, stage in enumerate(chosen, start=1):
-        progress(f"[{number}/{len(chosen)}] {stage} ...")
-        started = time.perf_counter()
-        try:
-            report = STAGE_FUNCTIONS[stage](spark, cfg, run)
-        except Exception as exc:
-            failed = StageReport(stage, [Entry(stage, details={"error": f"{type(exc).__name__}: {exc}"})])
-            failed.seconds = time.perf_counter() - started
-            log_stage(spark, cfg, run, failed, status="failed")
-            progress(f"[{number}/{len(chosen)}] {stage} FAILED after {failed.seconds:.1f}s: {exc}")
-            raise
-        report.seconds = time.perf_counter() - started
-        log_stage(spark, cfg, run, report)
-        result.reports.append(report)
-        progress(f"[{number}/{len(chosen)}] {stage} done in {report.seconds:.1f}s {_stage_line(report)}")
+        step = f"[{number}/{len(chosen)}] {stage}"
+        group = sparkops.group_id(run.run_id, stage)
+        with logs.stage(stage):
+            say(f"{step} started")
+            started = time.perf_counter()
+            try:
+                with sparkops.job_group(spark, group, f"microseg {stage} as_of {run.as_of}"):
+                    report = STAGE_FUNCTIONS[stage](spark, cfg, run)
+            except Exception as exc:
+                failed = StageReport(stage, [Entry(stage, details={"error": f"{type(exc).__name__}: {exc}"})])
+                failed.seconds = time.perf_counter() - started
+                failed.jobs = sparkops.jobs_in_group(spark, group)
+                log_stage(spark, cfg, run, failed, status="failed")
+                (progress or log.error)(
+                    f"{step} FAILED after {failed.seconds:.1f}s, {_jobs(failed.jobs)}: {type(exc).__name__}"
+                )
+                raise
+            report.seconds = time.perf_counter() - started
+            report.jobs = sparkops.jobs_in_group(spark, group)
+            log_stage(spark, cfg, run, report)
+            result.reports.append(report)
+            say(f"{step} done in {report.seconds:.1f}s: {_stage_line(report)}")
     return result
 
 
+def _jobs(count: int) -> str:
+    return f"{count:,} Spark job{'' if count == 1 else 's'}"
+
+
 def _stage_line(report: StageReport) -> str:
+    """``12 Spark jobs, 20,000 rows written, 31 quarantined``."""
     written = sum(e.rows_written or 0 for e in report.entries)
     quarantined = sum(e.rows_quarantined or 0 for e in report.entries)
-    parts = []
-    if written:
-        parts.append(f"{written:,} rows written")
-    if quarantined:
-        parts.append(f"{quarantined:,} quarantined")
-    return f"({', '.join(parts)})" if parts else ""
+    return f"{_jobs(report.jobs)}, {written:,} rows written, {quarantined:,} quarantined"
 
 
 def summary(result: PipelineResult, cfg: Config) -> str:
     """The short end-of-run summary: rows per stage, quarantine by reason, segments, MLflow, tables."""
     lines = [f"== microseg run {result.run.run_id} as_of {result.run.as_of} =="]
-    lines.append(f"{'stage':<10} {'seconds':>8} {'rows in':>12} {'written':>12} {'quarantined':>12}")
+    lines.append(f"{'stage':<10} {'seconds':>8} {'jobs':>6} {'rows in':>12} {'written':>12} {'quarantined':>12}")
     for r in result.reports:
         rows_in = sum(e.rows_in or 0 for e in r.entries)
         written = sum(e.rows_written or 0 for e in r.entries)
         quarantined = sum(e.rows_quarantined or 0 for e in r.entries)
-        lines.append(f"{r.stage:<10} {r.seconds:>8.1f} {rows_in:>12,} {written:>12,} {quarantined:>12,}")
+        lines.append(f"{r.stage:<10} {r.seconds:>8.1f} {r.jobs:>6,} {rows_in:>12,} {written:>12,} {quarantined:>12,}")
     clean = result.report("clean")
     if clean:
         lines.append("quarantined rows by source and rule:")

@@ -40,14 +40,21 @@ class Entry:
 
 @dataclass
 class StageReport:
+    """What a stage did: one entry per source or table, facts for the summary, its time and Spark jobs."""
+
     stage: str
     entries: list[Entry] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     seconds: float = 0.0
+    jobs: int = 0
 
 
 def log_stage(spark: SparkSession, cfg: Config, run: RunContext, report: StageReport, status: str = "ok") -> None:
-    """Append one row per entry of ``report`` to ops.run_log."""
+    """Append one row per entry of ``report`` to ops.run_log.
+
+    The stage's seconds and Spark jobs are facts of the whole stage, repeated on each of its rows
+    (the jobs as ``spark_jobs`` in ``details``).
+    """
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     entries = report.entries or [Entry(source="", details=report.info)]
     rows = [
@@ -61,7 +68,7 @@ def log_stage(spark: SparkSession, cfg: Config, run: RunContext, report: StageRe
             e.rows_quarantined,
             float(report.seconds),
             status,
-            json.dumps(e.details, sort_keys=True, default=str),
+            json.dumps({**e.details, "spark_jobs": report.jobs}, sort_keys=True, default=str),
             now,
         )
         for e in entries
