@@ -35,3 +35,7 @@ class SchemaDriftError(MicrosegError):
 
 class ModelMissingError(MicrosegError):
     """A registered model has no champion to score with."""
+
+
+class SparkPackagesError(MicrosegError):
+    """Spark's Ivy could not resolve the Maven coordinates of ``spark.packages``."""
