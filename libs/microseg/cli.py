@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common(bench)
     bench.add_argument("--customers", type=int, default=100_000)
     bench.add_argument("--workdir", default="./bench", help="where the data and lake go (wiped first)")
+    bench.add_argument(
+        "--compare-sklearn",
+        action="store_true",
+        help="also time a plain scikit-learn KMeans sweep on the same preprocessed samples and print the ratio",
+    )
 
     catalog = commands.add_parser("catalog", help="write the feature catalog as Markdown (docs/FEATURES.md)")
     _common(catalog)
@@ -125,7 +130,7 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     from microseg.bench import run_benchmark
     from microseg.session import build_spark
 
-    print(run_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir)))
+    print(run_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir), args.compare_sklearn))
     return 0
 
 
