@@ -338,3 +338,27 @@ def test_generated_catalog_page_is_current(catalog):
 
     page = Path(__file__).resolve().parents[2] / "docs" / "FEATURES.md"
     assert page.read_text() == markdown(catalog) + "\n", "run `microseg catalog` to regenerate docs/FEATURES.md"
+
+
+def test_run_counts_segments_and_consent_in_the_write_pass(spark, inputs, make_config):
+    """The stage's counts (observed while writing) against the fixture's customers, worked out above."""
+    from dataclasses import fields
+
+    from microseg import tables
+    from microseg.features import run_features
+    from microseg.runlog import RunContext
+
+    cfg = make_config()
+    for f in fields(Inputs):
+        tables.overwrite(getattr(inputs, f.name), cfg, f"silver.{f.name}")
+    first = run_features(spark, cfg, RunContext(as_of=AS_OF)).entries[0]
+    # a, b, e, f, g are written; c refused profiling; d signed up after as_of and is not counted at all.
+    assert (first.rows_in, first.rows_written, first.details["excluded_no_profiling_consent"]) == (6, 5, 1)
+    assert first.details["macro_segments"] == {"active": 2, "dormant": 1, "prospect": 1, "reactivated": 1}
+    assert first.details["previous_as_of"] is None
+
+    later = run_features(spark, cfg, RunContext(as_of=D(2025, 7, 31))).entries[0]
+    assert (later.rows_written, later.details["previous_as_of"]) == (6, "2025-06-30")  # d is known now
+    moves = later.details["lifecycle_transitions"]
+    assert sum(moves.values()) == 6
+    assert sum(n for move, n in moves.items() if move.startswith("(entered) -> ")) == 1
