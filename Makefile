@@ -1,4 +1,5 @@
-# microseg: `make demo` runs the whole pipeline on generated data; `make test` runs the tests.
+# microseg: `make demo` runs the whole pipeline on generated data; `make test` runs the tests
+# (`make test-fast`: the unit tests only).
 # Both set themselves up on a fresh machine (a virtualenv in .venv with everything pinned in pyproject.toml).
 
 PYTHON ?= python3
@@ -10,7 +11,7 @@ DATA ?= data/synthetic
 KEY_FILE := .microseg_key
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: install demo test ui bench lint clean env-archive
+.PHONY: install demo test test-fast ui bench lint clean env-archive
 
 install: $(INSTALLED)
 
@@ -32,8 +33,15 @@ demo: install
 	fi
 	MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-$$(cat $(KEY_FILE))} $(BIN)/microseg run --conf conf/local.yaml --set sources.root=$(DATA)
 
+# Every test: unit, integration (with PostgreSQL and the Online Retail data) and cluster. Make fails
+# with pytest's failure, also exit code 5 (no test collected). PYTEST_ARGS passes options through,
+# e.g. make test PYTEST_ARGS='--durations=30'.
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The unit tests alone (tiny DataFrames, one Spark session): a couple of minutes.
+test-fast: install
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/mlflow.db --host 127.0.0.1 --port 5000
