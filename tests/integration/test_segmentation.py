@@ -17,8 +17,7 @@ from pyspark.sql import functions as F
 
 from microseg import tables
 from microseg.cli import main
-from microseg.config import DatagenConfig
-from microseg.datagen import GROUPS, generate
+from microseg.datagen import GROUPS
 from microseg.identity import customer_id_from_crm
 from microseg.models import ari_between
 from microseg.pipeline import run_pipeline
@@ -45,13 +44,15 @@ MODEL = "microseg-value-all"
 
 
 @pytest.fixture(scope="module")
-def trained(spark, tmp_path_factory, make_config):
-    root = tmp_path_factory.mktemp("training")
-    data, lake = root / "data", root / "lake"
-    generate(spark, DatagenConfig(customers=CUSTOMERS, seed=5, partitions=2, movers=0.1, mover_days=1), str(data))
+def trained(spark, generated, copy_lake, make_config):
+    # The data (CUSTOMERS, seed 5, movers 0.1 with their burst the day after FIRST) and the lake through
+    # the features of FIRST are shared with test_pipeline_e2e (tests/integration/conftest.py); the copy is ours.
+    data, manifest = generated
+    assert manifest["customers"] == CUSTOMERS
+    lake = copy_lake("training")
     cfg = make_config(f"sources.root={data}", *SETTINGS, lake=lake)
     quiet = {"progress": lambda _: None}
-    stages = ["ingest", "clean", "quality", "features", "train", "assign", "profile"]
+    stages = ["train", "assign", "profile"]
     run_pipeline(spark, cfg, as_of=FIRST, stages=stages, **quiet)
     truth = spark.read.parquet(str(data / "_ground_truth")).select(
         customer_id_from_crm(F.col("customer_ref")).alias("customer_id"), "group", "mover"
