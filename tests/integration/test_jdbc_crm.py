@@ -15,8 +15,6 @@ import yaml
 from pyspark.sql import functions as F
 
 from microseg import tables
-from microseg.config import DatagenConfig
-from microseg.datagen import generate
 from microseg.pipeline import run_pipeline
 from microseg.sources import load_mapping, read_source
 
@@ -63,10 +61,14 @@ def postgres():
 
 
 @pytest.fixture(scope="module")
-def pg_config(spark, postgres, make_config, tmp_path_factory):
-    """A conf folder whose mapping reads the CRM from PostgreSQL, the other sources from generated files."""
-    data = tmp_path_factory.mktemp("pgdata")
-    generate(spark, DatagenConfig(customers=300, seed=5, partitions=2), str(data))
+def pg_config(spark, postgres, make_config, tmp_path_factory, generated):
+    """A conf folder whose mapping has one source, the CRM, read from PostgreSQL.
+
+    The other sources of the synthetic mapping would only add file ingestion and cleaning, which the other
+    integration tests cover; every assertion here is about the CRM. Its rows come from the integration
+    tests' generated data (tests/integration/conftest.py), only read here.
+    """
+    data, _ = generated
     conf = tmp_path_factory.mktemp("conf")
     shutil.copytree(REPO / "conf", conf, dirs_exist_ok=True)
     mapping = yaml.safe_load((REPO / "conf" / "sources" / "synthetic.yaml").read_text())
@@ -77,6 +79,7 @@ def pg_config(spark, postgres, make_config, tmp_path_factory):
                  "password": "${MS_TEST_PG_PASSWORD:-unused}", "driver": "org.postgresql.Driver"},
     )  # fmt: skip
     del crm["path"]
+    mapping["sources"] = {"crm_customers": crm}
     (conf / "sources" / "postgres.yaml").write_text(yaml.safe_dump(mapping))
     cfg = make_config(f"sources.root={data}", "sources.mapping=postgres")
     cfg = cfg.model_copy(update={"conf_dir": str(conf)})
