@@ -81,7 +81,11 @@ def test_value_layer_finds_the_planted_groups(spark, trained):
     assert int(client.get_run(champion.run_id).data.params["k"]) == len(GROUPS)
     joined = assignments(spark, cfg, FIRST).join(trained["truth"], "customer_id")
     assert joined.count() > 0.9 * CUSTOMERS
-    assert ari_between(joined, "segment_id", "group") >= 0.8
+    assert ari_between(joined, "segment_id", "group") >= 0.95
+    # The registered MLlib refit labels the sweep sample as the scikit-learn candidate it was chosen from.
+    run = client.get_run(champion.run_id)
+    assert run.data.metrics["refit_agreement_ari"] >= 0.9
+    assert run.data.params["algorithm"] in ALGORITHMS
 
 
 def test_mlflow_parent_child_runs_metrics_artifacts_and_alias(spark, trained):
