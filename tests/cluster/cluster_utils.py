@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyspark
@@ -128,3 +132,91 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def java_available() -> bool:
+    """Spark standalone needs Java: on PATH or under JAVA_HOME."""
+    return shutil.which("java") is not None or Path(os.environ.get("JAVA_HOME", "/nonexistent"), "bin", "java").exists()
+
+
+@dataclass
+class Step:
+    """One step of a background run: seconds taken, and for a command its log, limit and exit code
+    (-9: killed at its limit)."""
+
+    name: str
+    seconds: float | None = None
+    log: Path | None = None
+    timeout: float | None = None
+    code: int | None = None
+
+    def describe(self) -> str:
+        killed = f", killed at its {self.timeout:.0f} s limit" if self.code == -9 else ""
+        head = f"{self.name}: exit {self.code}{killed} after {self.seconds or 0:.0f} s"
+        return f"{head}; {self.log}:\n{tail(self.log, 80)}" if self.log else head
+
+
+class BackgroundRun:
+    """Steps run one after another in a thread of their own, while the tests go on.
+
+    ``add(name, work)`` queues ``work(step)``; ``wait(name, timeout)`` blocks until that step is over and
+    returns its ``Step``, or raises what ``work`` raised. ``command(step, cmd, log, timeout)`` runs a
+    command for a step. ``stop()`` kills the process group of the command running now (one this object
+    started) and waits for the thread; steps not begun by then fail.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[str, Step] = {}
+        self._queue: list[tuple[Step, Callable[[Step], None]]] = []
+        self._errors: dict[str, Exception] = {}
+        self._done: dict[str, threading.Event] = {}
+        self._current: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="microseg-background-run", daemon=True)
+
+    def add(self, name: str, work: Callable[[Step], None]) -> None:
+        step = self.steps[name] = Step(name)
+        self._queue.append((step, work))
+        self._done[name] = threading.Event()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def command(self, step: Step, cmd: list[str], log: Path, timeout: float, **kwargs: object) -> None:
+        step.log, step.timeout = log, timeout
+        self._current = start_logged(cmd, log, **kwargs)
+        try:
+            step.code = finish(self._current, 0 if self._stopping.is_set() else timeout)
+        finally:
+            self._current = None
+
+    def wait(self, name: str, timeout: float) -> Step:
+        if not self._done[name].wait(timeout):
+            raise TimeoutError(f"background step {name} still running after the test waited {timeout:.0f} s")
+        if name in self._errors:
+            raise RuntimeError(f"background step {name} failed: {self._errors[name]}") from self._errors[name]
+        return self.steps[name]
+
+    def stop(self, timeout: float = 60) -> None:
+        self._stopping.set()
+        proc = self._current
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def timings(self) -> str:
+        return ", ".join(f"{s.name} {s.seconds:.0f} s" for s in self.steps.values() if s.seconds is not None)
+
+    def _work(self) -> None:
+        for step, work in self._queue:
+            started = time.monotonic()
+            try:
+                if self._stopping.is_set():
+                    raise RuntimeError("the test session ended before this step began")
+                work(step)
+            except Exception as exc:  # handed to the test that waits for this step
+                self._errors[step.name] = exc
+            finally:
+                step.seconds = time.monotonic() - started
+                self._done[step.name].set()

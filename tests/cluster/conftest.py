@@ -1,0 +1,192 @@
+"""The cluster run goes in the background from the start of the session; the cluster tests run last.
+
+A run on the standalone cluster (pack the environment, start a master and a worker, submit a probe,
+generate data, submit the pipeline) takes minutes, mostly waiting on process starts, job scheduling
+and executors, little of it on this process's Spark session. So once collection has chosen a cluster
+test, a thread starts those steps (``cluster_run``), the unit and integration tests run meanwhile, and
+the cluster tests, moved to the end of the session, wait for the steps they check (each with a limit of
+its own, generous for a busy machine) and then read the outputs. The cluster and anything still running
+are stopped when the session ends, also when it is interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from cluster_utils import SPARK_HOME, BackgroundRun, StandaloneCluster, Step, java_available, spark_env
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+DELTA_PACKAGE = "io.delta:delta-spark_4.1_2.13:4.4.0"  # 4.4.1 jars are not on Maven Central
+CUSTOMERS = 300
+
+# Generous limits, each for one step: on a loaded 2-core machine the ingest stage of a 2,000-customer
+# run alone once took 193 s. Slow is fine, red should mean broken.
+PACK_TIMEOUT = 1200
+CLUSTER_START_TIMEOUT = 300
+PROBE_TIMEOUT = 600
+DATAGEN_TIMEOUT = 600
+SUBMIT_TIMEOUT = 1200
+# How long a test waits for the whole background run to reach its step (every limit above, in a row).
+WAIT_TIMEOUT = PACK_TIMEOUT + CLUSTER_START_TIMEOUT + PROBE_TIMEOUT + DATAGEN_TIMEOUT + SUBMIT_TIMEOUT
+
+PROBE = """
+import json, sys
+from importlib.metadata import version
+from pyspark.sql import SparkSession
+
+def probe(_):
+    import microseg, pandas, pyarrow
+    yield {"prefix": sys.prefix, "microseg": microseg.__file__, "mlflow": version("mlflow"),
+           "great_expectations": version("great_expectations")}
+
+spark = SparkSession.builder.appName("microseg-env-probe").getOrCreate()
+seen = spark.sparkContext.parallelize(range(2), 2).mapPartitions(probe).collect()
+print("PROBE " + json.dumps({"driver": sys.prefix, "executors": seen}))
+spark.stop()
+"""
+
+# The pipeline's settings on the cluster. The smallest run that still trains, registers and assigns on
+# the cluster: one k-means candidate (k = 2) for one model over everyone (below min_macro_size, 500 by
+# default, a model is one segment and nothing is swept). Sweep and selection are tested in tests/unit
+# and tests/integration.
+PIPELINE_SETTINGS = [
+    "spark.shuffle_partitions=2",  # the worker's 2 cores
+    "train.by_macro=false",
+    "train.layers.engagement=null",
+    "train.layers.preference=null",
+    "train.layers.value.algorithms=[kmeans]",
+    "train.k_min=2",
+    "train.k_max=2",
+    "train.min_macro_size=100",
+]
+
+
+class ClusterRun(BackgroundRun):
+    """The background steps, one after another: pack the environment, start the cluster, submit the probe,
+    generate the data, submit the pipeline. A step that needs an earlier one fails if that one did."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+        self.cluster = StandaloneCluster(root / "standalone")
+        self.data, self.lake = root / "data", root / "lake"
+        self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.archive: Path | None = None
+        for name in ("pack", "cluster", "probe", "datagen", "pipeline"):
+            self.add(name, getattr(self, f"_{name}"))
+
+    def stop(self, timeout: float = 60) -> None:
+        super().stop(timeout)
+        self.cluster.stop()
+
+    def finished(self, name: str) -> Step:
+        """Wait for step ``name`` and assert it exited 0; the assertion shows its log and the cluster's."""
+        step = self.wait(name, WAIT_TIMEOUT)
+        assert step.code == 0, f"{step.describe()}\n{self.cluster.log_tails()}"
+        return step
+
+    def _require(self, *names: str) -> None:
+        """Raise unless the steps ``names`` are over and went well (a later step cannot run without them)."""
+        for name in names:
+            try:
+                step = self.wait(name, 0)
+            except Exception as exc:
+                raise RuntimeError(f"step {name} did not go well: {exc}") from exc
+            if step.code not in (None, 0):
+                raise RuntimeError(f"step {name} did not go well: {step.describe()}")
+
+    def submit(self, step: Step, *args: str, timeout: float) -> None:
+        cmd = [
+            str(SPARK_HOME / "bin" / "spark-submit"),
+            "--master", self.cluster.url,
+            "--deploy-mode", "client",
+            "--archives", f"{self.archive}#environment",
+            "--conf", "spark.pyspark.python=./environment/bin/python",
+            "--conf", f"spark.pyspark.driver.python={sys.executable}",
+            "--conf", "spark.executor.memory=1g",
+            *args,
+        ]  # fmt: skip
+        env = spark_env(MICROSEG_HASH_KEY=os.environ["MICROSEG_HASH_KEY"])
+        self.command(step, cmd, self.root / f"{step.name}.log", timeout, cwd=REPO, env=env)
+
+    def _pack(self, step: Step) -> None:
+        """build/env-<hash>.tar.gz, made once and reused while pyproject.toml, libs/ and the venv are unchanged."""
+        log = self.root / "pack.log"
+        self.command(step, ["bash", str(REPO / "scripts" / "pack_env.sh"), sys.prefix], log, PACK_TIMEOUT, cwd=REPO)
+        if step.code == 0:
+            self.archive = REPO / log.read_text().strip().splitlines()[-1]
+
+    def _cluster(self, step: Step) -> None:
+        self.cluster.start(timeout=CLUSTER_START_TIMEOUT)
+
+    def _probe(self, step: Step) -> None:
+        self._require("pack", "cluster")
+        probe = self.root / "probe_env.py"
+        probe.write_text(PROBE)
+        self.submit(step, str(probe), timeout=PROBE_TIMEOUT)
+
+    def _datagen(self, step: Step) -> None:
+        cmd = [
+            str(Path(sys.prefix) / "bin" / "microseg"), "datagen", "--customers", str(CUSTOMERS),
+            "--out", str(self.data), "--set", "datagen.partitions=2", "--set", "spark.master=local[2]",
+            "--set", "spark.log_level=ERROR",
+        ]  # fmt: skip
+        self.command(step, cmd, self.root / "datagen.log", DATAGEN_TIMEOUT, cwd=REPO, env=spark_env())
+
+    def _pipeline(self, step: Step) -> None:
+        self._require("pack", "cluster", "datagen")
+        settings = [
+            f"lake.root={self.lake}",
+            f"sources.root={self.data}",
+            f"mlflow.tracking_uri={self.tracking_uri}",
+            *PIPELINE_SETTINGS,
+        ]
+        args = ["--packages", DELTA_PACKAGE, str(REPO / "jobs" / "pipeline.py"), "--conf", "conf/cluster.yaml"]
+        self.submit(step, *args, *(f"--set={s}" for s in settings), timeout=SUBMIT_TIMEOUT)
+
+
+_RUN: ClusterRun | None = None
+
+
+def _is_cluster_test(item: pytest.Item) -> bool:
+    return item.path.is_relative_to(HERE)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Cluster tests last (a stable sort: everything else keeps its order), to find their run done."""
+    items.sort(key=_is_cluster_test)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the background run if a cluster test is to run and Java is there (else the tests skip)."""
+    global _RUN
+    if session.config.option.collectonly or not java_available():
+        return
+    if not any(_is_cluster_test(item) for item in session.items):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    root = factory.mktemp("cluster-run") if factory else Path(tempfile.mkdtemp(prefix="microseg-cluster-run-"))
+    _RUN = ClusterRun(root)
+    _RUN.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _RUN is not None:
+        _RUN.stop()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _RUN is not None:
+        terminalreporter.write_line(f"cluster run in the background ({_RUN.root}): {_RUN.timings()}")
+
+
+@pytest.fixture(scope="session")
+def cluster_run() -> ClusterRun:
+    """The background run started after collection."""
+    assert _RUN is not None, "the cluster run did not start (is Java there?)"
+    return _RUN
