@@ -99,7 +99,7 @@ class StandaloneCluster:
 
     def state(self) -> dict:
         """The master's JSON status: workers, activeapps, completedapps, ..."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=30) as response:
             return json.load(response)
 
     def log_tails(self) -> str:

@@ -51,8 +51,9 @@ def postgres():
     subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "microseg"],
                    check=True, capture_output=True)  # fmt: skip
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    # -t: pg_ctl's own 60 s wait for the server is short on a busy machine; slow is fine, red is not.
     subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
-                    "start"], check=True, capture_output=True)  # fmt: skip
+                    "-t", "600", "start"], check=True, capture_output=True)  # fmt: skip
     try:
         yield f"jdbc:postgresql://127.0.0.1:{port}/postgres"
     finally:
