@@ -47,7 +47,7 @@ ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: install
-	MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-bench-key-not-secret-0123456789} $(BIN)/microseg bench --customers $(CUSTOMERS)
+	MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-bench-key-not-secret-0123456789} $(BIN)/microseg bench --customers $(CUSTOMERS) $(BENCH_ARGS)
 
 # The Python environment for Spark executors (spark-submit --archives), see README.
 env-archive: install
