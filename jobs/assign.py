@@ -2,7 +2,8 @@
 
 import sys
 
-from microseg.cli import job_main
+from microseg.cli import run_job
+from microseg.outputs.assign import run_assign
 
 if __name__ == "__main__":
-    sys.exit(job_main("assign"))
+    sys.exit(run_job(run_assign))

@@ -2,7 +2,8 @@
 
 import sys
 
-from microseg.cli import job_main
+from microseg.clean.stage import run_clean
+from microseg.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(job_main("clean"))
+    sys.exit(run_job(run_clean))

@@ -2,7 +2,8 @@
 
 import sys
 
-from microseg.cli import job_main
+from microseg.cli import run_job
+from microseg.features.stage import run_features
 
 if __name__ == "__main__":
-    sys.exit(job_main("features"))
+    sys.exit(run_job(run_features))

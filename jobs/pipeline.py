@@ -2,7 +2,7 @@
 
 import sys
 
-from microseg.cli import job_main
+from microseg.cli import run_job
 
 if __name__ == "__main__":
-    sys.exit(job_main(None))
+    sys.exit(run_job(None))

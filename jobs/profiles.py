@@ -5,7 +5,8 @@ Named profiles.py because a script folder holding profile.py would hide Python's
 
 import sys
 
-from microseg.cli import job_main
+from microseg.cli import run_job
+from microseg.outputs.profiles import run_profile
 
 if __name__ == "__main__":
-    sys.exit(job_main("profile"))
+    sys.exit(run_job(run_profile))

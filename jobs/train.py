@@ -2,7 +2,8 @@
 
 import sys
 
-from microseg.cli import job_main
+from microseg.cli import run_job
+from microseg.segmentation.stage import run_train
 
 if __name__ == "__main__":
-    sys.exit(job_main("train"))
+    sys.exit(run_job(run_train))

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from microseg.config import Config, load_config
-from microseg.session import build_spark
+from microseg.runtime.config import Config
+from microseg.runtime.loader import load_config
+from microseg.runtime.session import build_spark
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_HASH_KEY = "test-key-not-a-secret-0123456789"

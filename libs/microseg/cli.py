@@ -9,10 +9,15 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from microseg.config import STAGES, Config, load_config
-from microseg.errors import ConfigError, MicrosegError
-from microseg.logs import LEVELS, configure_logging
+from microseg.runtime.config import Config
+from microseg.runtime.errors import ConfigError, MicrosegError
+from microseg.runtime.loader import load_config
+from microseg.runtime.logs import LEVELS, configure_logging
+
+if TYPE_CHECKING:
+    from microseg.runtime.runner import StageFunction
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the pipeline's stages for one as_of")
     _common(run)
     run.add_argument("--as-of", type=_as_of, help="snapshot date (default: run.as_of in config)")
-    run.add_argument("--stage", action="append", choices=STAGES, help="run only this stage (repeatable)")
+    run.add_argument(
+        "--stage", action="append", help="run only this stage (repeatable); an unknown name lists the known ones"
+    )
 
     train = commands.add_parser("train", help="train, choose and register the segmentation models for one as_of")
     _common(train)
@@ -95,8 +102,8 @@ def _datagen_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
-    from microseg.pipeline import run_pipeline, summary
-    from microseg.session import build_spark
+    from microseg.runtime.session import build_spark
+    from microseg.stages import run_pipeline, summary
 
     spark = build_spark(cfg)
     result = run_pipeline(spark, cfg, as_of=args.as_of, stages=args.stage)
@@ -110,8 +117,8 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
-    from microseg.datagen import generate
-    from microseg.session import build_spark
+    from microseg.runtime.session import build_spark
+    from microseg.synthetic.datagen import generate
 
     spark = build_spark(cfg)
     started = time.perf_counter()
@@ -127,15 +134,15 @@ def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
-    from microseg.bench import run_benchmark
-    from microseg.session import build_spark
+    from microseg.runtime.session import build_spark
+    from microseg.synthetic.bench import run_benchmark
 
     print(run_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir), args.compare_sklearn))
     return 0
 
 
 def cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
-    from microseg.catalog import load_catalog, markdown
+    from microseg.features.catalog import load_catalog, markdown
 
     catalog = load_catalog(cfg)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -166,9 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-def job_main(stage: str | None, argv: list[str] | None = None) -> int:
-    """Entry point of the job files: ``jobs/<stage>.py [--conf F] [--as-of D] [--set k=v ...]``."""
+def run_job(stage: StageFunction | None, argv: list[str] | None = None) -> int:
+    """Entry point of the job files: ``jobs/<stage>.py [--conf F] [--as-of D] [--set k=v ...]``.
+
+    ``stage`` is the stage function the job runs (None: the stages of ``run.stages``).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if stage is not None:
-        argv += ["--stage", stage]
+        from microseg.stages import stage_name
+
+        argv += ["--stage", stage_name(stage)]
     return main(["run", *argv])

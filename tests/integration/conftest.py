@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from microseg.config import DatagenConfig
-from microseg.datagen import generate
-from microseg.pipeline import run_pipeline
+from microseg.runtime.config import DatagenConfig
+from microseg.stages import run_pipeline
+from microseg.synthetic.datagen import generate
 
 CUSTOMERS = 3000
 SEED = 5

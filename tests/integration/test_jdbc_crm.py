@@ -14,9 +14,10 @@ import pytest
 import yaml
 from pyspark.sql import functions as F
 
-from microseg import tables
-from microseg.pipeline import run_pipeline
-from microseg.sources import load_mapping, read_source
+from microseg.ingest.mapping import load_mapping
+from microseg.ingest.readers import read_source
+from microseg.runtime import tables
+from microseg.stages import run_pipeline
 
 pytestmark = pytest.mark.integration
 

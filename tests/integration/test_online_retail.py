@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from microseg import tables
-from microseg.pipeline import run_pipeline
+from microseg.runtime import tables
+from microseg.stages import run_pipeline
 
 pytestmark = pytest.mark.integration
 
@@ -82,7 +82,7 @@ def test_features_the_data_supports_and_the_rest_null_with_reason(spark, retail)
     """Order features from the invoices; web, email, service, discount and category features null, and said so."""
     import re
 
-    from microseg.pipeline import summary
+    from microseg.stages import summary
 
     cfg, _ = retail
     result = run_pipeline(spark, cfg, stages=["features"], progress=lambda _: None)

@@ -14,13 +14,13 @@ import pytest
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
-from microseg import tables
-from microseg.catalog import load_catalog
 from microseg.cli import main
-from microseg.datagen import SOURCES
-from microseg.features import Inputs, build_features
-from microseg.identity import customer_id_from_crm
-from microseg.migrations import ENTERED, LEFT
+from microseg.features.catalog import load_catalog
+from microseg.features.lifecycle import ENTERED, LEFT
+from microseg.features.stage import Inputs, build_features
+from microseg.runtime import tables
+from microseg.runtime.keys import customer_id_from_crm
+from microseg.synthetic.datagen import SOURCES
 
 pytestmark = pytest.mark.integration
 

@@ -15,12 +15,12 @@ import pytest
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
-from microseg import tables
 from microseg.cli import main
-from microseg.datagen import GROUPS
-from microseg.identity import customer_id_from_crm
-from microseg.models import ari_between
-from microseg.pipeline import run_pipeline
+from microseg.runtime import tables
+from microseg.runtime.keys import customer_id_from_crm
+from microseg.segmentation.metrics import ari_between
+from microseg.stages import run_pipeline
+from microseg.synthetic.groups import GROUPS
 
 pytestmark = pytest.mark.integration
 

@@ -16,9 +16,9 @@ import pytest
 from mlflow import MlflowClient
 from sklearn.metrics import adjusted_rand_score
 
-from microseg import tables
 from microseg.cli import main
-from microseg.pipeline import run_pipeline
+from microseg.runtime import tables
+from microseg.stages import run_pipeline
 
 pytestmark = pytest.mark.integration
 

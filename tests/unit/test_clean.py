@@ -4,8 +4,10 @@ import datetime as dt
 
 from pyspark.sql import functions as F
 
-from microseg.clean import Rule, clean_customers, clean_orders, flag_rules
-from microseg.identity import customer_id_from_crm
+from microseg.clean.customers import clean_customers
+from microseg.clean.orders import clean_orders
+from microseg.quality.rules import Rule, flag_rules
+from microseg.runtime.keys import customer_id_from_crm
 
 KEY = b"unit-test-key-0123456789"
 INGESTED = dt.datetime(2026, 1, 1)
@@ -85,8 +87,7 @@ def test_crm_country_to_iso(spark):
 
 
 def test_canonical_mapping_renames_and_converts_time(spark):
-    from microseg.clean import canonical
-    from microseg.sources import SourceSpec
+    from microseg.ingest.mapping import SourceSpec, canonical
 
     bronze = spark.createDataFrame(
         [("536365", "85123A", 6, dt.datetime(2011, 7, 1, 12, 0), 2.55, 17850.0, None)],
@@ -119,9 +120,8 @@ def test_canonical_mapping_renames_and_converts_time(spark):
 def test_canonical_mapping_errors_name_file_source_and_column(spark):
     import pytest
 
-    from microseg.clean import canonical
-    from microseg.errors import ConfigError
-    from microseg.sources import SourceSpec
+    from microseg.ingest.mapping import SourceSpec, canonical
+    from microseg.runtime.errors import ConfigError
 
     bronze = spark.createDataFrame([("1",)], "InvoiceNo STRING")
     spec = SourceSpec(
@@ -149,7 +149,7 @@ def test_canonical_mapping_errors_name_file_source_and_column(spark):
 
 
 def test_order_lines_rules_and_returns(spark):
-    from microseg.clean import clean_order_lines, line_orders_table
+    from microseg.clean.orders import clean_order_lines, line_orders_table
 
     schema = (
         "order_id STRING, customer_ref STRING, order_ts TIMESTAMP, product_id STRING, quantity INT, "
@@ -163,8 +163,7 @@ def test_order_lines_rules_and_returns(spark):
         ("3", None, ts, "85123A", 1, 2.5, "GBP", None, INGESTED),
         ("A4", "17850", ts, "B", 1, -11062.06, "GBP", None, INGESTED),
     ]
-    from microseg.clean import canonical
-    from microseg.sources import SourceSpec
+    from microseg.ingest.mapping import SourceSpec, canonical
 
     spec = SourceSpec(name="l", entity="order_lines", format="csv", path="x", schema="order_id STRING")
     lines = canonical(spark.createDataFrame(rows, schema), spec, "m.yaml")
@@ -183,7 +182,7 @@ def test_order_lines_rules_and_returns(spark):
 
 
 def test_emails_are_nfkc_normalised_once_per_distinct_address(spark):
-    from microseg.standardise import normalise_email, with_nfkc
+    from microseg.ingest.standardise import normalise_email, with_nfkc
 
     # "anna@example.com" in full-width letters, at sign and full stop (U+FF41...), on two events.
     fullwidth = "\uff41\uff4e\uff4e\uff41\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45\uff0e\uff43\uff4f\uff4d"
@@ -206,7 +205,7 @@ def test_emails_are_nfkc_normalised_once_per_distinct_address(spark):
 
 
 def test_country_names_and_codes_to_iso_without_a_pass_over_the_data(spark):
-    from microseg.standardise import with_country_code
+    from microseg.ingest.standardise import with_country_code
 
     values = ["Côte d'Ivoire", " viet  nam ", "usa", "826", "Korea, Republic of", "Unspecified", "", None]
     df = spark.createDataFrame([(v,) for v in values], "country STRING")
@@ -226,9 +225,9 @@ def test_country_names_and_codes_to_iso_without_a_pass_over_the_data(spark):
 def test_publish_reconciles_rows_in_with_rows_written_and_quarantined(spark, make_config):
     import pytest
 
-    from microseg import tables
-    from microseg.clean import publish, read_bronze
-    from microseg.errors import ReconciliationError
+    from microseg.clean.stage import publish, read_bronze
+    from microseg.runtime import tables
+    from microseg.runtime.errors import ReconciliationError
 
     cfg = make_config()
     rows = spark.createDataFrame(

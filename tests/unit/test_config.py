@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from microseg.config import load_config, parse_override
-from microseg.errors import ConfigError
+from microseg.runtime.errors import ConfigError
+from microseg.runtime.loader import load_config, parse_override
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,10 +78,16 @@ def test_default_tracking_uri_is_absolute_sqlite_under_lake(tmp_path):
     assert cfg.artifact_location == f"{tmp_path}/lake/mlflow-artifacts"
 
 
-def test_unknown_stage_rejected(tmp_path):
+def test_unknown_stage_rejected_before_anything_runs(tmp_path):
+    from microseg.stages import STAGES, run_pipeline
+
+    cfg = load_config(write_env(tmp_path, "run:\n  stages: [ingest, polish]\n"))
     with pytest.raises(ConfigError) as err:
-        load_config(write_env(tmp_path, "run:\n  stages: [ingest, polish]\n"))
-    assert "polish" in str(err.value)
+        run_pipeline(None, cfg)  # no Spark session: the check comes first
+    assert "run.stages has unknown stage(s) ['polish']" in str(err.value)
+    assert str(list(STAGES)) in str(err.value)
+    with pytest.raises(ConfigError, match="known stages"):
+        run_pipeline(None, cfg, stages=["features", "segment"])
 
 
 def test_parse_override_requires_equals():

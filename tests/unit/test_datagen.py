@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from microseg.config import DatagenConfig
-from microseg.datagen import SOURCES, generate
+from microseg.runtime.config import DatagenConfig
+from microseg.synthetic.datagen import SOURCES, generate
 
 SMALL = DatagenConfig(customers=400, seed=7, partitions=2)
 

@@ -7,10 +7,10 @@ import statistics
 import pytest
 from pyspark.sql import functions as F
 
-from microseg.catalog import Catalog, load_catalog, markdown
-from microseg.config import LifecycleConfig
-from microseg.features import Inputs, build_features
-from microseg.lifecycle import lifecycle_stage
+from microseg.features.catalog import Catalog, load_catalog, markdown
+from microseg.features.lifecycle import lifecycle_stage
+from microseg.features.stage import Inputs, build_features
+from microseg.runtime.config import LifecycleConfig
 
 AS_OF = dt.date(2025, 6, 30)
 D = dt.date
@@ -344,9 +344,9 @@ def test_run_counts_segments_and_consent_in_the_write_pass(spark, inputs, make_c
     """The stage's counts (observed while writing) against the fixture's customers, worked out above."""
     from dataclasses import fields
 
-    from microseg import tables
-    from microseg.features import run_features
-    from microseg.runlog import RunContext
+    from microseg.features.stage import run_features
+    from microseg.runtime import tables
+    from microseg.runtime.runlog import RunContext
 
     cfg = make_config()
     for f in fields(Inputs):

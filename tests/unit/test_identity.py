@@ -1,7 +1,7 @@
 """Identity resolution: deterministic links, and ambiguous keys reported instead of guessed."""
 
-from microseg import tables
-from microseg.identity import anonymous_links, write_identity_map
+from microseg.clean.identity import anonymous_links, write_identity_map
+from microseg.runtime import tables
 
 
 def test_shared_email_is_a_conflict_not_a_link(spark, make_config):

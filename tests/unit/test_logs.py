@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from microseg import logs
 from microseg.cli import main
+from microseg.runtime import logs
 
 REPO_CONF = str(Path(__file__).resolve().parents[2] / "conf" / "local.yaml")
 LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (?P<level>\w+) +(?P<logger>\S+) \[(?P<stage>[^\]]+)\] (?P<msg>.*)$")

@@ -7,21 +7,13 @@ import pytest
 from sklearn.cluster import KMeans as SkKMeans
 from sklearn.metrics import adjusted_rand_score
 
-from microseg.catalog import load_catalog
-from microseg.config import TrainConfig
-from microseg.models import (
-    CLUSTER,
-    SCALED,
-    Candidate,
-    adjusted_rand_index,
-    choose,
-    full_pipeline,
-    match_segment_ids,
-    rank,
-    single_segment_pipeline,
-    transform_stage,
-)
-from microseg.sweep import gmm_bic
+from microseg.features.catalog import load_catalog
+from microseg.runtime.config import TrainConfig
+from microseg.segmentation.metrics import Candidate, adjusted_rand_index
+from microseg.segmentation.pipeline import CLUSTER, SCALED, full_pipeline, single_segment_pipeline, transform_stage
+from microseg.segmentation.selection import choose, rank
+from microseg.segmentation.stable_ids import match_segment_ids
+from microseg.segmentation.sweep import gmm_bic
 
 TRAIN = TrainConfig(layers={"value": {"features": ["recency_days"]}}, min_smallest_share=0.05, min_stability=0.7)
 

@@ -4,8 +4,8 @@ import hmac
 import pytest
 from pyspark.sql import functions as F
 
-from microseg.errors import HashKeyMissingError
-from microseg.privacy import hash_key, hmac_sha256
+from microseg.runtime.errors import HashKeyMissingError
+from microseg.runtime.keys import hash_key, hmac_sha256
 
 
 @pytest.mark.parametrize("key", [b"short-key-0123456789", b"k" * 100])
@@ -27,7 +27,7 @@ def test_missing_key_says_how_to_set_it(make_config, monkeypatch):
 
 
 def test_tokenise_hashes_normalised_identifiers_and_drops_names(spark):
-    from microseg.privacy import tokenise
+    from microseg.ingest.privacy import tokenise
 
     key = b"unit-test-key-0123456789"
     df = spark.createDataFrame(
@@ -59,7 +59,7 @@ def test_tokenise_hashes_normalised_identifiers_and_drops_names(spark):
 def test_contact_records_keep_latest_per_customer(spark):
     import datetime as dt
 
-    from microseg.privacy import contact_records
+    from microseg.ingest.privacy import contact_records
 
     df = spark.createDataFrame(
         [

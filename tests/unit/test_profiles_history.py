@@ -6,11 +6,11 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from microseg import tables
-from microseg.assign import update_history
-from microseg.catalog import load_catalog
-from microseg.errors import MicrosegError
-from microseg.profiles import TYPICAL, build_profiles, label
+from microseg.features.catalog import load_catalog
+from microseg.outputs.assign import update_history
+from microseg.outputs.profiles import TYPICAL, build_profiles, label
+from microseg.runtime import tables
+from microseg.runtime.errors import MicrosegError
 
 D1, D2, D3 = dt.date(2025, 1, 31), dt.date(2025, 2, 28), dt.date(2025, 3, 31)
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from microseg.config import QualityRule
-from microseg.quality import TableRules, validate
+from microseg.quality.gx import TableRules, validate
+from microseg.runtime.config import QualityRule
 
 
 def test_rule_results_count_unexpected_rows(spark):
@@ -46,8 +46,8 @@ def test_data_docs_are_built(spark, tmp_path):
 def test_quarantine_rules_move_failing_rows(spark, make_config):
     import json
 
-    from microseg import tables
-    from microseg.quality import quarantine_rows
+    from microseg.quality.stage import quarantine_rows
+    from microseg.runtime import tables
 
     cfg = make_config()
     df = spark.createDataFrame(

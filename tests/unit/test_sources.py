@@ -3,8 +3,9 @@
 import pytest
 from pyspark.sql import functions as F
 
-from microseg.errors import ConfigError
-from microseg.sources import SourceSpec, load_mapping, read_source
+from microseg.ingest.mapping import SourceSpec, load_mapping
+from microseg.ingest.readers import read_source
+from microseg.runtime.errors import ConfigError
 
 
 def test_csv_reader_captures_malformed_lines(spark, make_config, tmp_path):
@@ -43,7 +44,7 @@ def test_unknown_mapping_lists_available(make_config):
 def test_synthetic_mapping_loads():
     from pathlib import Path
 
-    from microseg.config import load_config
+    from microseg.runtime.loader import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[2] / "conf" / "local.yaml")
     specs = load_mapping(cfg)
@@ -62,8 +63,8 @@ def drift_spec():
 
 
 def test_missing_required_column_names_source_and_column(spark, tmp_path):
-    from microseg.errors import SchemaDriftError
-    from microseg.sources import read_files
+    from microseg.ingest.readers import read_files
+    from microseg.runtime.errors import SchemaDriftError
 
     (tmp_path / "a.csv").write_text("id,other\nx1,7\n")
     with pytest.raises(SchemaDriftError) as err:
@@ -72,7 +73,7 @@ def test_missing_required_column_names_source_and_column(spark, tmp_path):
 
 
 def test_extra_column_is_recorded_and_columns_stay_aligned(spark, tmp_path):
-    from microseg.sources import read_files
+    from microseg.ingest.readers import read_files
 
     (tmp_path / "a.csv").write_text("id,added_by_vendor,n\nx1,surprise,7\n")
     df, extra = read_files(spark, drift_spec(), [str(tmp_path / "a.csv")])
@@ -86,7 +87,7 @@ def test_bad_mapping_fails_at_start_naming_file_source_and_column(spark, make_co
     import shutil
     from pathlib import Path
 
-    from microseg.clean import check_mapping
+    from microseg.ingest.mapping import check_mapping
 
     conf = tmp_path / "conf"
     shutil.copytree(Path(__file__).resolve().parents[2] / "conf", conf)
@@ -111,8 +112,9 @@ def test_ingest_counts_rows_per_file_and_replaces_a_changed_file(
     import datetime as dt
     from pathlib import Path
 
-    from microseg import ingest, tables
-    from microseg.runlog import RunContext
+    from microseg.ingest import stage as ingest
+    from microseg.runtime import tables
+    from microseg.runtime.runlog import RunContext
 
     monkeypatch.setattr(ingest, "OBSERVED_FILES", observed_files)
     (tmp_path / "t").mkdir()

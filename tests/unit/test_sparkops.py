@@ -3,7 +3,7 @@
 import pytest
 from pyspark import StorageLevel
 
-from microseg.sparkops import cached
+from microseg.runtime.sparkops import cached
 
 
 def test_cached_releases_its_cache_also_on_an_error(spark):

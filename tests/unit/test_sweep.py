@@ -11,10 +11,10 @@ from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.linalg import Vectors
 from sklearn.metrics import adjusted_rand_score
 
-from microseg import sweep
-from microseg.catalog import load_catalog
-from microseg.config import TrainConfig
-from microseg.models import CLUSTER, SCALED, full_pipeline, preprocessing
+from microseg.features.catalog import load_catalog
+from microseg.runtime.config import TrainConfig
+from microseg.segmentation import sweep
+from microseg.segmentation.pipeline import CLUSTER, SCALED, full_pipeline, preprocessing
 
 FEATURES = ["recency_days", "frequency_365d", "return_rate"]  # transforms: none, log1p, clip_p99
 PARAMS = {"seed": 7, "max_iter": 40, "stability_fraction": 0.8, "silhouette_sample": 5000}

@@ -1,6 +1,6 @@
 """Delta writes report what they committed (operation metrics), so no stage counts rows a second time."""
 
-from microseg import tables
+from microseg.runtime import tables
 
 
 def test_writes_return_the_rows_they_committed(spark, make_config):
@@ -36,7 +36,7 @@ def test_writes_return_the_rows_they_committed(spark, make_config):
 
 
 def test_metrics_are_read_only_when_looked_at(spark, make_config):
-    from microseg import sparkops
+    from microseg.runtime import sparkops
 
     cfg = make_config()
     tables.overwrite(spark.createDataFrame([(1,), (2,)], "id INT"), cfg, "silver.u")

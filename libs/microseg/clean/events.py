@@ -1,0 +1,88 @@
+"""Events: web clickstream, email engagement, support tickets and survey responses, linked to customers."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from microseg.clean.customers import _customer_keys
+from microseg.clean.identity import anonymous_links
+from microseg.ingest.standardise import clean_code
+from microseg.quality.rules import Rule, flag_rules, future, malformed, missing, orphan
+from microseg.runtime.tables import CORRUPT
+
+
+def clean_web_events(df: DataFrame, customers: DataFrame) -> DataFrame:
+    """Logged-in events link by customer_ref; anonymous ones through their anonymous_id's logged-in events."""
+    links = anonymous_links(df.where(F.col(CORRUPT).isNull()))
+    joined = df.join(links, on="anonymous_id", how="left").withColumn(
+        "_ref", F.coalesce(F.col("customer_ref"), F.col("linked_ref"))
+    )
+    keys = _customer_keys(customers).withColumnRenamed("customer_ref", "_ref")
+    joined = joined.join(keys, on="_ref", how="left")
+    rules = [
+        malformed(),
+        missing("event_id"),
+        future("event_ts"),
+        Rule(
+            "orphan_reference",
+            "logged-in customer_ref is not in silver",
+            F.col("customer_ref").isNotNull() & F.col("customer_id").isNull(),
+        ),
+    ]
+    return flag_rules(joined, rules)
+
+
+def web_events_table(good: DataFrame) -> DataFrame:
+    return good.select(
+        "event_id",
+        "customer_id",
+        "anonymous_id",
+        "session_id",
+        "event_ts",
+        F.lower(clean_code("event_type")).alias("event_type"),
+        F.lower(clean_code("channel")).alias("channel"),
+    )
+
+
+def clean_email_events(df: DataFrame, customers: DataFrame) -> DataFrame:
+    """Email events link to the one CRM customer with the same (hashed) address."""
+    owners = (
+        customers.where(F.col("email_hash").isNotNull())
+        .groupBy("email_hash")
+        .agg(F.count("*").alias("_owners"), F.min("customer_id").alias("customer_id"))
+    )
+    joined = df.join(owners, on="email_hash", how="left")
+    rules = [
+        malformed(),
+        missing("email_hash", "missing_email", "no valid email address"),
+        Rule("ambiguous_identity", "email belongs to more than one CRM customer", F.col("_owners") > 1),
+        orphan("customer_id", "customer (by email)"),
+    ]
+    return flag_rules(joined, rules)
+
+
+def email_events_table(good: DataFrame) -> DataFrame:
+    return good.select(
+        "event_id", "customer_id", "campaign_id", F.lower(clean_code("event_type")).alias("event_type"), "event_ts"
+    )
+
+
+def clean_by_customer_ref(df: DataFrame, customers: DataFrame, time_column: str) -> DataFrame:
+    joined = df.join(_customer_keys(customers), on="customer_ref", how="left")
+    return flag_rules(joined, [malformed(), future(time_column), orphan("customer_id", "customer")])
+
+
+def tickets_table(good: DataFrame) -> DataFrame:
+    return good.select(
+        "ticket_id",
+        "customer_id",
+        "created_at",
+        F.lower(clean_code("channel")).alias("channel"),
+        F.lower(clean_code("topic")).alias("topic"),
+        "satisfaction",
+    )
+
+
+def surveys_table(good: DataFrame) -> DataFrame:
+    return good.select("response_id", "customer_id", "submitted_at", "nps")

@@ -1,0 +1,123 @@
+"""The feature catalog (conf/features/catalog.yaml): each feature's meaning, layer, transform and words.
+
+Entries whose name holds ``{category}`` or ``{channel}`` expand to one feature per configured
+category or channel. The features stage computes exactly the catalog's features (a test holds the
+two together); models read the transforms, and profiles the high and low words for labels.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from microseg.runtime.config import Config
+from microseg.runtime.errors import ConfigError
+
+LAYERS = ("value", "engagement", "preference", "service")
+
+
+class Feature(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str
+    layer: Literal["value", "engagement", "preference", "service"]
+    transform: Literal["none", "log1p", "clip_p99"]
+    unit: str
+    high: str
+    low: str
+    null_when: str | None = Field(None, description="why a customer can have no value; None: never null")
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: str
+    top_categories: list[str]
+    channels: list[str]
+    features: list[Feature]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand(cls, data: dict) -> dict:
+        expanded = []
+        for entry in data.get("features", []):
+            name = str(entry.get("name", ""))
+            for placeholder, values in (
+                ("category", data.get("top_categories", [])),
+                ("channel", data.get("channels", [])),
+            ):
+                if f"{{{placeholder}}}" in name:
+                    expanded += [
+                        {
+                            k: v.replace(f"{{{placeholder}}}", value) if isinstance(v, str) else v
+                            for k, v in entry.items()
+                        }
+                        for value in values
+                    ]
+                    break
+            else:
+                expanded.append(entry)
+        return {**data, "features": expanded}
+
+    @model_validator(mode="after")
+    def _unique(self) -> Catalog:
+        names = [f.name for f in self.features]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"feature name(s) {repeated} appear more than once")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise ConfigError(f"feature {name!r} is not in the feature catalog; known features: {self.names}")
+
+    def layer(self, layer: str) -> list[Feature]:
+        return [f for f in self.features if f.layer == layer]
+
+
+def load_catalog(cfg: Config) -> Catalog:
+    """Read and validate the catalog named by ``features.catalog`` (relative to the conf folder).
+
+    Raises:
+        ConfigError: naming the file and the entry at fault.
+    """
+    path = cfg.conf_file(cfg.features.catalog)
+    try:
+        return Catalog.model_validate(yaml.safe_load(path.read_text()) or {})
+    except FileNotFoundError:
+        raise ConfigError(f"feature catalog {path} does not exist; set features.catalog to a file in conf/") from None
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise ConfigError(f"feature catalog {path} is invalid: {exc}") from None
+
+
+def markdown(catalog: Catalog) -> str:
+    """The catalog as a Markdown page (docs/FEATURES.md is generated from it by ``microseg catalog``)."""
+    lines = [
+        "# Feature catalog",
+        "",
+        f"Generated from conf/features/catalog.yaml (version {catalog.version}) by `microseg catalog`; do not edit.",
+        "Windows end on as_of inclusive; amounts are in the base currency.",
+        "",
+    ]
+    for layer in LAYERS:
+        lines += [
+            f"## {layer}",
+            "",
+            "| feature | description | unit | transform | high | low | null when |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{f.name}` | {f.description} | {f.unit} | {f.transform} | {f.high} | {f.low} | {f.null_when or '—'} |"
+            for f in catalog.layer(layer)
+        ]
+        lines.append("")
+    return "\n".join(lines)

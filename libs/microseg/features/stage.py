@@ -1,0 +1,226 @@
+"""Features stage: one row per customer as of a snapshot date, from events at or before it.
+
+Every feature is defined in the catalog (conf/features/catalog.yaml) and computed here with
+built-in Spark functions, one aggregation per source. Nothing after the end of the as_of day
+(UTC) is read, so adding later events changes nothing. A feature the data cannot support (its
+source or column is absent) is null for everyone, and every null feature of a customer carries its
+reason in ``null_reasons``; counts are 0 only when the source exists and the customer had none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, fields, replace
+
+from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
+
+from microseg.features.builders import (
+    _days_since,
+    category_features,
+    eligible_customers,
+    email_features,
+    order_features,
+    support_features,
+    survey_features,
+    web_features,
+)
+from microseg.features.catalog import Catalog, load_catalog
+from microseg.features.lifecycle import STAGES as MACRO_SEGMENTS
+from microseg.features.lifecycle import lifecycle_stage, transition_counts
+from microseg.runtime import tables
+from microseg.runtime.config import Config, FeaturesConfig
+from microseg.runtime.errors import ReconciliationError
+from microseg.runtime.runlog import Entry, RunContext, StageReport
+from microseg.runtime.sparkops import cached, described
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The silver tables features are built from; None where the data set has no such source."""
+
+    customers: DataFrame
+    orders: DataFrame
+    order_items: DataFrame | None = None
+    web_events: DataFrame | None = None
+    email_events: DataFrame | None = None
+    support_tickets: DataFrame | None = None
+    survey_responses: DataFrame | None = None
+
+
+# Which source (and column) each feature needs; a prefix ending in "_" covers a family.
+REQUIREMENTS: list[tuple[str, str, str | None]] = [
+    ("discount_share", "orders", "discount_base"),
+    ("offer_redemption_rate", "orders", "offer_code"),
+    ("channel_share_", "orders", "channel"),
+    ("category_", "order_items", "category"),
+    ("web_sessions_90d", "web_events", None),
+    ("pages_per_session_90d", "web_events", None),
+    ("product_views_90d", "web_events", None),
+    ("searches_90d", "web_events", None),
+    ("cart_", "web_events", None),
+    ("wishlist_adds_90d", "web_events", None),
+    ("checkout_starts_90d", "web_events", None),
+    ("email_", "email_events", None),
+    ("support_tickets_365d", "support_tickets", None),
+    ("support_satisfaction_mean", "support_tickets", "satisfaction"),
+    ("nps_latest", "survey_responses", "nps"),
+]
+# Counts that are 0 (not null) for a customer without events, when their source exists.
+COUNTS = [
+    "frequency_30d", "frequency_90d", "frequency_365d", "monetary_30d", "monetary_90d", "monetary_365d",
+    "web_sessions_90d", "product_views_90d", "searches_90d", "cart_adds_90d", "wishlist_adds_90d",
+    "checkout_starts_90d", "support_tickets_365d",
+]  # fmt: skip
+
+
+# The latest event of each source, for days_since_activity.
+LAST_SEEN = ("_last_order_event", "_last_web_event", "_last_email_engagement", "_last_ticket", "_last_survey")
+
+
+def unsupported_features(inputs: Inputs, catalog: Catalog) -> dict[str, str]:
+    """Features the data set cannot support, with why: a missing source, or a column that is always null."""
+    filled: dict[tuple[str, str], bool] = {}
+    for _prefix, source, column in REQUIREMENTS:
+        df = getattr(inputs, source)
+        if column and df is not None and (source, column) not in filled:
+            filled[(source, column)] = column in df.columns and not df.where(F.col(column).isNotNull()).isEmpty()
+    reasons = {}
+    for name in catalog.names:
+        for prefix, source, column in REQUIREMENTS:
+            if name == prefix or (prefix.endswith("_") and name.startswith(prefix)):
+                if getattr(inputs, source) is None:
+                    reasons[name] = f"the data set has no {source} source"
+                elif column and not filled[(source, column)]:
+                    reasons[name] = f"{source} has no {column} values"
+                break
+    return reasons
+
+
+def build_features(
+    inputs: Inputs, as_of: dt.date, catalog: Catalog, cfg: FeaturesConfig, unsupported: dict[str, str] | None = None
+) -> DataFrame:
+    """gold.customer_features rows for one as_of: one per eligible customer, the catalog's columns in order."""
+    unsupported = unsupported_features(inputs, catalog) if unsupported is None else unsupported
+    lifecycle = cfg.lifecycle
+    joined = eligible_customers(inputs.customers, as_of).join(
+        order_features(inputs.orders, as_of, catalog.channels, lifecycle.churned_days), "customer_id", "left"
+    )
+    parts = {
+        "order_items": lambda df: category_features(df, inputs.orders, as_of, catalog.top_categories),
+        "web_events": lambda df: web_features(df, inputs.orders, as_of, cfg),
+        "email_events": lambda df: email_features(df, as_of),
+        "support_tickets": lambda df: support_features(df, as_of),
+        "survey_responses": lambda df: survey_features(df, as_of),
+    }
+    for source, build in parts.items():
+        df = getattr(inputs, source)
+        if df is not None:
+            joined = joined.join(build(df), "customer_id", "left")
+    last_seen = [c for c in LAST_SEEN if c in joined.columns]
+    joined = joined.withColumns(
+        {
+            "tenure_days": F.datediff(F.lit(as_of), F.col("signup_date")),
+            "days_since_activity": _days_since(F.greatest(*[F.col(c) for c in last_seen], F.lit(None)), as_of),
+        }
+    )
+    columns = {}
+    for name in catalog.names:
+        if name in unsupported or name not in joined.columns:
+            columns[name] = F.lit(None).cast("double")
+        elif name in COUNTS:
+            columns[name] = F.coalesce(F.col(name), F.lit(0))
+        else:
+            columns[name] = F.col(name)
+    for name in COUNTS:  # one type per column whatever the data set supports, so snapshots can share a table
+        if name in columns:
+            columns[name] = columns[name].cast("double" if name.startswith("monetary") else "int")
+    reasons = F.array(
+        *[
+            F.struct(
+                F.lit(f.name).alias("key"),
+                F.when(F.col(f.name).isNull(), F.lit(unsupported.get(f.name, f.null_when or "no data"))).alias("value"),
+            )
+            for f in catalog.features
+        ]
+    )
+    featured = joined.withColumns(columns).withColumn("macro_segment", lifecycle_stage(lifecycle))
+    return featured.select(
+        "customer_id",
+        F.lit(as_of).alias("as_of"),
+        "macro_segment",
+        *catalog.names,
+        F.map_from_entries(F.filter(reasons, lambda r: r["value"].isNotNull())).alias("null_reasons"),
+        F.lit(catalog.version).alias("feature_version"),
+    )
+
+
+def _silver_inputs(spark: SparkSession, cfg: Config) -> Inputs:
+    def read(name: str) -> DataFrame | None:
+        return tables.read(spark, cfg, f"silver.{name}") if tables.exists(spark, cfg, f"silver.{name}") else None
+
+    return Inputs(**{f.name: read(f.name) for f in fields(Inputs)})
+
+
+def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
+    """Write gold.customer_features for run.as_of (replacing that snapshot only) and the lifecycle transitions.
+
+    Customers per macro segment and customers without profiling consent are counted in the pass that
+    writes the snapshot (Spark Observations), and must add up to the rows the Delta commit reports.
+
+    Raises:
+        ReconciliationError: if the rows counted and the rows committed differ.
+    """
+    catalog = load_catalog(cfg)
+    inputs = _silver_inputs(spark, cfg)
+    with described(spark, "features: supported features"):
+        unsupported = unsupported_features(inputs, catalog)
+    consent, macro = Observation(), Observation()
+    known = F.col("signup_date") <= F.lit(run.as_of)
+    refusing = known & ~F.coalesce(F.col("consent_profiling"), F.lit(False))
+    observed = replace(inputs, customers=inputs.customers.observe(consent, F.count_if(refusing).alias("refused")))
+    features = build_features(observed, run.as_of, catalog, cfg.features, unsupported).observe(
+        macro, *[F.count_if(F.col("macro_segment") == s).alias(s) for s in MACRO_SEGMENTS]
+    )
+    with described(spark, "features: gold.customer_features"):
+        n_written = tables.replace_where(
+            features, cfg, "gold.customer_features", f"as_of = '{run.as_of}'", partition_by="as_of"
+        ).rows_written
+    counts = {segment: n for segment, n in macro.get.items() if n}
+    refused = consent.get["refused"]
+    if sum(counts.values()) != n_written:
+        raise ReconciliationError(
+            f"gold.customer_features as_of {run.as_of}: {sum(counts.values())} customers in macro segments "
+            f"{MACRO_SEGMENTS} but {n_written} rows committed; a lifecycle rule gives a segment not in that list"
+        )
+    previous = tables.previous_as_of(spark, cfg, "gold.customer_features", run.as_of)
+    transitions = None
+    if previous is not None:
+        snapshot = tables.read(spark, cfg, "gold.customer_features")
+        before, after = (snapshot.where(F.col("as_of") == F.lit(d)) for d in (previous, run.as_of))
+        moves = transition_counts(before, after, "macro_segment").select(
+            F.lit(run.as_of).alias("as_of"), F.lit(previous).alias("previous_as_of"), "*"
+        )
+        with described(spark, "features: gold.lifecycle_transitions"), cached(moves) as kept:
+            tables.replace_where(kept, cfg, "gold.lifecycle_transitions", f"as_of = '{run.as_of}'")
+            transitions = {f"{r['from_segment']} -> {r['to_segment']}": r["customers"] for r in kept.collect()}
+    report = StageReport("features")
+    report.entries.append(
+        Entry(
+            "gold.customer_features",
+            rows_in=n_written + refused,
+            rows_written=n_written,
+            rows_quarantined=0,
+            details={
+                "excluded_no_profiling_consent": refused,
+                "feature_version": catalog.version,
+                "macro_segments": dict(sorted(counts.items())),
+                "features_unsupported": unsupported,
+                "previous_as_of": previous.isoformat() if previous else None,
+                "lifecycle_transitions": transitions,
+            },
+        )
+    )
+    report.info["features_unsupported"] = unsupported
+    report.info["macro_segments"] = dict(sorted(counts.items()))
+    return report

@@ -1,0 +1,1 @@
+"""Ingest: source mapping, readers (files and JDBC), PII tokenising, and the bronze stage."""

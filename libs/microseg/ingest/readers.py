@@ -1,0 +1,108 @@
+"""Source mappings (conf/sources/<mapping>.yaml) and the readers that turn them into DataFrames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+
+from microseg.ingest.mapping import SourceSpec, check_columns, schema_of
+from microseg.runtime.config import Config
+from microseg.runtime.errors import ConfigError, SchemaDriftError, SourceMissingError
+from microseg.runtime.tables import CORRUPT
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str
+    size: int
+    modified_ms: int
+
+
+def location(cfg: Config, spec: SourceSpec) -> str:
+    return spec.path if "://" in spec.path else str(Path(cfg.path(cfg.sources.root), spec.path))
+
+
+def list_files(spark: SparkSession, pattern: str) -> list[SourceFile]:
+    """The files matching a path or glob, on any Hadoop file system, sorted by path."""
+    jvm = spark.sparkContext._jvm
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(pattern)
+    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    statuses = fs.globStatus(hadoop_path) or []
+    files = []
+    for status in statuses:
+        if status.isDirectory():
+            statuses_inside = fs.listStatus(status.getPath())
+            files += [s for s in statuses_inside if s.isFile() and not s.getPath().getName().startswith(("_", "."))]
+        elif not status.getPath().getName().startswith(("_", ".")):
+            files.append(status)
+    found = {SourceFile(str(f.getPath().toUri()), int(f.getLen()), int(f.getModificationTime())) for f in files}
+    return sorted(found, key=lambda f: f.path)
+
+
+def _file_columns(spark: SparkSession, spec: SourceSpec, paths: list[str]) -> list[str] | None:
+    """Columns present in the files (CSV header, Parquet footer); None where the format cannot tell cheaply."""
+    if spec.format == "csv" and spec.options.get("header", "false").lower() == "true":
+        return spark.read.options(**spec.options).option("inferSchema", "false").csv(paths).columns
+    if spec.format == "parquet":
+        return spark.read.parquet(*paths).columns
+    return None
+
+
+def read_files(spark: SparkSession, spec: SourceSpec, paths: list[str]) -> tuple[DataFrame, list[str]]:
+    """Read the given files with the declared schema; unparseable lines land in ``_corrupt_record``.
+
+    Returns the DataFrame (declared columns, ``_corrupt_record``, ``_source_file``) and the names of
+    columns the files have beyond the schema (schema drift that is recorded, not fatal).
+    """
+    declared = schema_of(spec)
+    found = _file_columns(spark, spec, paths)
+    extra = check_columns(spec, found) if found is not None else []
+    schema = declared
+    if spec.format == "csv" and found is not None:
+        # CSV columns are matched by position: read in the file's order, extras as strings.
+        types = {f.name: f.dataType for f in declared.fields}
+        schema = StructType([StructField(c, types.get(c, StringType())) for c in found])
+    reader = spark.read.options(**spec.options)
+    if spec.captures_corrupt_records:
+        schema = StructType([*schema.fields, StructField(CORRUPT, StringType())])
+        reader = reader.option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
+    df = reader.schema(schema).format(spec.format).load(paths)
+    if not spec.captures_corrupt_records:
+        df = df.withColumn(CORRUPT, F.lit(None).cast("string"))
+    for name in declared.fieldNames():
+        if name not in df.columns:
+            df = df.withColumn(name, F.lit(None).cast(declared[name].dataType))
+    columns = [*declared.fieldNames(), CORRUPT]
+    return df.select(*columns, F.col("_metadata.file_path").alias("_source_file")), extra
+
+
+def read_jdbc(spark: SparkSession, spec: SourceSpec) -> DataFrame:
+    """A full snapshot of a database table (options: url, dbtable or query, user, password, driver)."""
+    if "url" not in spec.options:
+        raise ConfigError(f"source {spec.name}: a jdbc source needs options.url (and dbtable or query)")
+    declared = schema_of(spec)
+    df = spark.read.format("jdbc").options(**spec.options).load()
+    missing = [c for c in declared.fieldNames() if c not in df.columns and c not in spec.optional_columns]
+    if missing:
+        raise SchemaDriftError(f"source {spec.name}: column(s) {missing} missing from {spec.options.get('dbtable')}")
+    where = f"{spec.options['url'].split('?')[0]}#{spec.options.get('dbtable', 'query')}"
+    return df.select(
+        *[
+            (F.col(f.name).cast(f.dataType) if f.name in df.columns else F.lit(None).cast(f.dataType)).alias(f.name)
+            for f in declared.fields
+        ],
+        F.lit(None).cast("string").alias(CORRUPT),
+        F.lit(where).alias("_source_file"),
+    )
+
+
+def read_source(spark: SparkSession, cfg: Config, spec: SourceSpec) -> DataFrame:
+    """Every file of a source (see read_files)."""
+    files = list_files(spark, location(cfg, spec))
+    if not files:
+        raise SourceMissingError(f"source {spec.name}: no files match {location(cfg, spec)}; check sources.root")
+    return read_files(spark, spec, [f.path for f in files])[0]

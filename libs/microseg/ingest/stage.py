@@ -1,0 +1,189 @@
+"""Ingest stage: new files of every source into bronze.<source>, recorded in ops.ingest_log.
+
+A file already in ops.ingest_log (same path, size and modification time) is skipped, so a daily
+drop of new files ingests only those. A batch's id is a hash of its files: rerunning the same
+batch replaces its own rows (replaceWhere on _batch_id) and writes nothing twice. A file that
+changed in place is ingested again and its older rows are removed from bronze.
+
+ops.ingest_log is appended to: one row per file and ingestion (a file that changed in place has a
+row per version; the latest is the one compared). Rows are counted as they are written (a Spark
+Observation, per file) and reconciled with the rows the Delta commit reports.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
+
+from microseg.ingest.mapping import SourceSpec, check_mapping, load_mapping
+from microseg.ingest.privacy import contact_records, tokenise
+from microseg.ingest.readers import SourceFile, list_files, location, read_files, read_jdbc
+from microseg.ingest.standardise import with_nfkc
+from microseg.runtime import tables
+from microseg.runtime.config import Config
+from microseg.runtime.errors import ReconciliationError, SourceMissingError
+from microseg.runtime.keys import hash_key
+from microseg.runtime.runlog import Entry, RunContext, StageReport
+from microseg.runtime.sparkops import described
+
+INGEST_LOG = "ops.ingest_log"
+INGEST_LOG_SCHEMA = (
+    "source STRING, path STRING, size BIGINT, modified_ms BIGINT, rows BIGINT, batch_id STRING, ingested_at TIMESTAMP"
+)
+Seen = dict[str, tuple[int, int]]  # path -> (size, modified_ms) of its latest ingestion
+OBSERVED_FILES = 100  # a batch of up to this many files is counted per file in the pass that writes it
+
+
+def batch_id(source: str, files: list[SourceFile]) -> str:
+    digest = hashlib.sha256(source.encode())
+    for f in files:
+        digest.update(f"{f.path}|{f.size}|{f.modified_ms}".encode())
+    return f"b-{digest.hexdigest()[:16]}"
+
+
+def ingested_files(spark: SparkSession, cfg: Config) -> dict[str, Seen]:
+    """source -> the files ops.ingest_log holds for it (the latest row of each), read once for all sources."""
+    if not tables.exists(spark, cfg, INGEST_LOG):
+        return {}
+    rows = tables.read(spark, cfg, INGEST_LOG).select("source", "path", "size", "modified_ms", "ingested_at").collect()
+    seen: dict[str, Seen] = {}
+    for r in sorted(rows, key=lambda r: r["ingested_at"]):
+        seen.setdefault(r["source"], {})[r["path"]] = (r["size"], r["modified_ms"])
+    return seen
+
+
+def new_files(seen: Seen, files: list[SourceFile]) -> tuple[list[SourceFile], list[SourceFile]]:
+    """Split ``files`` into (new, changed in place) against what was ingested before."""
+    fresh = [f for f in files if f.path not in seen]
+    changed = [f for f in files if f.path in seen and seen[f.path] != (f.size, f.modified_ms)]
+    return fresh, changed
+
+
+def _write_bronze(bronze: DataFrame, cfg: Config, name: str, batch: str, paths: list[str]) -> tuple[int, dict]:
+    """Write one batch to ``name``: replace the batch's own rows, or the whole table when ``paths`` is empty.
+
+    The rows are counted in the pass that writes them: in all, and per source file when the batch
+    has at most OBSERVED_FILES files (a comparison per row and file); a larger batch, such as a
+    first load, counts its rows per file afterwards from the bronze table.
+
+    Returns:
+        The rows written (as the commit reports them) and the rows of each path.
+
+    Raises:
+        ReconciliationError: if the rows read and the rows committed differ.
+    """
+    observation = Observation()
+    observed_files = paths if len(paths) <= OBSERVED_FILES else []
+    per_file = [F.count_if(F.col("_source_file") == p).alias(str(i)) for i, p in enumerate(observed_files)]
+    observed = bronze.observe(observation, F.count(F.lit(1)).alias("rows"), *per_file)
+    if paths:
+        written = tables.replace_where(observed, cfg, name, f"_batch_id = '{batch}'").rows_written
+    else:
+        written = tables.overwrite(observed, cfg, name).rows_written
+    read = observation.get
+    if read["rows"] != written:
+        raise ReconciliationError(
+            f"{name} batch {batch}: {read['rows']} rows read but {written} committed; rerun the ingest stage"
+        )
+    if len(observed_files) == len(paths):
+        return written, {p: read[str(i)] for i, p in enumerate(paths)}
+    batch_rows = tables.read(bronze.sparkSession, cfg, name).where(F.col("_batch_id") == batch)
+    return written, {r["_source_file"]: r["count"] for r in batch_rows.groupBy("_source_file").count().collect()}
+
+
+def ingest_snapshot(spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec) -> Entry:
+    """A database table has no files: each run reads a full snapshot and replaces the bronze table."""
+    raw = read_jdbc(spark, spec)
+    if spec.pii:
+        raw = _split_identifiers(cfg, spec, raw)
+    batch = f"s-{run.run_id}"
+    bronze = raw.withColumns({"_ingested_at": F.lit(run.started_at).cast("timestamp"), "_batch_id": F.lit(batch)})
+    rows, _ = _write_bronze(bronze, cfg, f"bronze.{spec.name}", batch, [])
+    return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={"snapshot": batch})
+
+
+def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec, seen: Seen) -> Entry:
+    """Ingest the new and changed files of one source and append them to ops.ingest_log."""
+    if spec.format == "jdbc":
+        return ingest_snapshot(spark, cfg, run, spec)
+    files = list_files(spark, location(cfg, spec))
+    if not files:
+        raise SourceMissingError(
+            f"source {spec.name}: no files match {location(cfg, spec)}; check sources.root and the mapping's path"
+        )
+    fresh, changed = new_files(seen, files)
+    todo = fresh + changed
+    details = {"files_found": len(files), "files_new": len(fresh), "files_changed": len(changed)}
+    if not todo:
+        return Entry(spec.name, rows_in=0, rows_written=0, rows_quarantined=0, details=details)
+    batch = batch_id(spec.name, todo)
+    paths = [f.path for f in todo]
+    raw, extra = read_files(spark, spec, paths)
+    if extra:
+        details["extra_columns"] = extra
+    if spec.pii:
+        raw = _split_identifiers(cfg, spec, raw)
+    bronze = raw.withColumns({"_ingested_at": F.lit(run.started_at).cast("timestamp"), "_batch_id": F.lit(batch)})
+    name = f"bronze.{spec.name}"
+    if changed and tables.exists(spark, cfg, name):
+        _drop_rows_of(spark, cfg, name, paths, batch)
+    rows, counts = _write_bronze(bronze, cfg, name, batch, paths)
+    _log_files(spark, cfg, spec.name, todo, counts, batch, run.started_at)
+    return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={**details, "batch_id": batch})
+
+
+def _split_identifiers(cfg: Config, spec: SourceSpec, raw: DataFrame) -> DataFrame:
+    """Send a feed's raw contact details to the restricted silver.customer_contact and return it tokenised.
+
+    Emails are NFKC-normalised first, once per distinct address (normalise_email expects it). The
+    contact table keeps the latest record per customer (MERGE on customer_id, newer updated_at wins).
+    """
+    key, region = hash_key(cfg), cfg.sources.default_phone_region
+    for column, kind in spec.pii.items():
+        if kind == "email":
+            raw = with_nfkc(raw, column)
+    if spec.entity == "customers":
+        contact = contact_records(
+            raw,
+            spec.pii,
+            spec.columns.get("customer_ref", "customer_ref"),
+            spec.columns.get("updated_at", "updated_at"),
+            region,
+        )
+        tables.merge(contact, cfg, "silver.customer_contact", keys=["customer_id"], newer_than="updated_at")
+    return tokenise(raw, spec.pii, key, region)
+
+
+def _drop_rows_of(spark: SparkSession, cfg: Config, name: str, paths: list[str], batch: str) -> None:
+    """Delete older rows of files being ingested again (they changed in place)."""
+    DeltaTable.forPath(spark, tables.table_path(cfg, name)).delete(
+        F.col("_source_file").isin(paths) & (F.col("_batch_id") != batch)
+    )
+
+
+def _log_files(
+    spark: SparkSession,
+    cfg: Config,
+    source: str,
+    files: list[SourceFile],
+    counts: dict[str, int],
+    batch: str,
+    at: dt.datetime,
+) -> None:
+    rows = [(source, f.path, f.size, f.modified_ms, counts.get(f.path, 0), batch, at) for f in files]
+    tables.append(spark.createDataFrame(rows, INGEST_LOG_SCHEMA), cfg, INGEST_LOG)
+
+
+def run_ingest(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
+    check_mapping(spark, cfg)
+    report = StageReport("ingest")
+    with described(spark, "ingest: read ops.ingest_log"):
+        seen = ingested_files(spark, cfg)
+    for spec in load_mapping(cfg).values():
+        with described(spark, f"ingest {spec.name}"):
+            report.entries.append(ingest_source(spark, cfg, run, spec, seen.get(spec.name, {})))
+    return report

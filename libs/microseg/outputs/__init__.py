@@ -1,0 +1,1 @@
+"""Outputs: segment assignments, history, migrations, profiles and the HTML report."""

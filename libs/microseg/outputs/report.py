@@ -1,0 +1,229 @@
+"""The segment report: one self-contained HTML file per run for marketing analysts, also logged to MLflow.
+
+Plots are matplotlib figures embedded as PNG (base64), so the file opens anywhere without network
+access. It holds no customer identifiers at all: only segment-level figures, and a 2-D projection
+of a sample drawn as unlabelled points.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import mlflow
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from microseg.features.catalog import Catalog
+from microseg.runtime import tables
+from microseg.runtime.config import Config
+from microseg.runtime.runlog import RunContext
+from microseg.segmentation import registry
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }
+h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ccc; }
+table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; } th { background: #f3f3f3; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5rem 0; }
+.note { color: #666; font-size: 0.85rem; }
+"""
+
+
+def _png(fig: object) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _img(data: str, alt: str) -> str:
+    return f'<img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _pyplot():  # matplotlib.pyplot, imported only when a report is drawn
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sizes_plot(profiles: list[dict], layer: str) -> str:
+    plt = _pyplot()
+    rows = sorted(profiles, key=lambda p: p["segment_id"])
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1))
+    ax.barh([f"{p['segment_id']}  {p['label'] or ''}"[:70] for p in rows], [p["size"] for p in rows], color="#4a7bb7")
+    ax.invert_yaxis()
+    ax.set_xlabel("customers")
+    ax.set_title(f"{layer}: segment sizes")
+    return _png(fig)
+
+
+def heatmap_plot(profiles: list[dict], features: list[str], layer: str) -> str | None:
+    plt = _pyplot()
+    rows = [p for p in sorted(profiles, key=lambda p: p["segment_id"]) if p.get(f"z_{features[0]}") is not None]
+    if not rows:
+        return None
+    matrix = np.array([[p[f"z_{f}"] if p[f"z_{f}"] is not None else 0.0 for f in features] for p in rows])
+    fig, ax = plt.subplots(figsize=(1 + 0.8 * len(features), 0.4 * len(rows) + 1.5))
+    image = ax.imshow(np.clip(matrix, -3, 3), cmap="RdBu_r", vmin=-3, vmax=3, aspect="auto")
+    ax.set_xticks(range(len(features)), features, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), [p["segment_id"] for p in rows])
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="z-score (clipped at ±3)")
+    ax.set_title(f"{layer}: feature z-scores per segment")
+    return _png(fig)
+
+
+def projection_plot(points: np.ndarray, segments: list[str], layer: str) -> str | None:
+    """Principal-component projection of standardised features of a sample, coloured by segment."""
+    if len(points) < 3:
+        return None
+    plt = _pyplot()
+    centred = (points - points.mean(axis=0)) / np.where(points.std(axis=0) > 0, points.std(axis=0), 1.0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    for name in sorted(set(segments)):
+        mask = np.array([s == name for s in segments])
+        ax.scatter(xy[mask, 0], xy[mask, 1] if xy.shape[1] > 1 else np.zeros(mask.sum()), s=6, alpha=0.6, label=name)
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    ax.set_xlabel("component 1")
+    ax.set_ylabel("component 2")
+    ax.set_title(f"{layer}: 2-D projection of a sample, coloured by segment")
+    return _png(fig)
+
+
+def migration_plot(cells: list[dict], layer: str) -> str | None:
+    if not cells:
+        return None
+    plt = _pyplot()
+    sources = sorted({c["from_segment"] for c in cells})
+    targets = sorted({c["to_segment"] for c in cells})
+    matrix = np.zeros((len(sources), len(targets)))
+    for c in cells:
+        matrix[sources.index(c["from_segment"]), targets.index(c["to_segment"])] = c["customers"]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(targets), 1 + 0.45 * len(sources)))
+    ax.imshow(matrix, cmap="Blues", aspect="auto")
+    ax.set_xticks(range(len(targets)), targets, rotation=45, ha="right")
+    ax.set_yticks(range(len(sources)), sources)
+    for (i, j), value in np.ndenumerate(matrix):
+        if value:
+            ax.text(j, i, f"{int(value)}", ha="center", va="center", fontsize=7)
+    ax.set_xlabel("to (this snapshot)")
+    ax.set_ylabel("from (previous snapshot)")
+    ax.set_title(f"{layer}: migrations")
+    return _png(fig)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_text(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _k_selection_images(cfg: Config, run_ids: list[str]) -> list[tuple[str, str]]:
+    images = []
+    client = registry.client(cfg)
+    for run_id in sorted(set(run_ids)):
+        try:
+            path = client.download_artifacts(run_id, "k_selection.png")
+        except Exception:  # single-segment models have no curves
+            continue
+        images.append((run_id, base64.b64encode(Path(path).read_bytes()).decode()))
+    return images
+
+
+def build_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Catalog) -> str:
+    """The report's HTML for run.as_of, from the gold tables and the champions' MLflow artifacts."""
+    on_date = F.col("as_of") == F.lit(run.as_of)
+    profiles = [r.asDict() for r in tables.read(spark, cfg, "gold.segment_profiles").where(on_date).collect()]
+    migrations = []
+    if tables.exists(spark, cfg, "gold.segment_migrations"):
+        migrations = [r.asDict() for r in tables.read(spark, cfg, "gold.segment_migrations").where(on_date).collect()]
+    assignments = tables.read(spark, cfg, "gold.segment_assignments").where(on_date)
+    features = tables.read(spark, cfg, "gold.customer_features").where(on_date)
+    parts = [
+        f"<h1>Customer segments as of {run.as_of}</h1>",
+        f'<p class="note">microseg run {html.escape(run.run_id)}; feature catalog version {catalog.version}. '
+        f"Segments smaller than {cfg.profile.k_anonymity} customers show their size only. No customer identifiers "
+        "appear in this report.</p>",
+    ]
+    for layer, spec in cfg.train.active_layers.items():
+        rows = [p for p in profiles if p["layer"] == layer]
+        if not rows:
+            continue
+        parts.append(f"<h2>Layer: {html.escape(layer)}</h2>")
+        parts.append(_img(sizes_plot(rows, layer), f"{layer} segment sizes"))
+        columns = ["segment_id", "macro_segment", "label", "size", "share", "top_features"]
+        parts.append(_table(rows, columns))
+        heatmap = heatmap_plot(rows, spec.features, layer)
+        if heatmap:
+            parts.append(_img(heatmap, f"{layer} z-score heatmap"))
+        fraction = min(1.0, cfg.profile.report_sample / max(1, sum(p["size"] for p in rows)))
+        sample = (
+            assignments.where(F.col("layer") == layer)
+            .sample(fraction=fraction, seed=7)
+            .join(features, "customer_id")
+            .select("segment_id", *[F.coalesce(F.col(f).cast("double"), F.lit(0.0)).alias(f) for f in spec.features])
+            .collect()
+        )
+        projection = projection_plot(
+            np.array([[r[f] for f in spec.features] for r in sample]), [r["segment_id"] for r in sample], layer
+        )
+        if projection:
+            parts.append(_img(projection, f"{layer} projection"))
+        cells = [m for m in migrations if m["layer"] == layer]
+        if cells:
+            parts.append(f"<h3>Migrations since {cells[0]['previous_as_of']}</h3>")
+            parts.append(_img(migration_plot(cells, layer), f"{layer} migrations"))
+        else:
+            parts.append('<p class="note">No previous snapshot: no migrations yet.</p>')
+        run_ids = [
+            a["training_run_id"]
+            for a in assignments.where(F.col("layer") == layer).select("training_run_id").distinct().collect()
+        ]
+        for run_id, data in _k_selection_images(cfg, run_ids):
+            parts.append(f"<h3>k selection (training run {html.escape(run_id)})</h3>")
+            parts.append(_img(data, f"{layer} k selection {run_id}"))
+    macro_cells = [m for m in migrations if m["layer"] == "macro_segment"]
+    if macro_cells:
+        parts.append("<h2>Lifecycle macro segments</h2>")
+        parts.append(_img(migration_plot(macro_cells, "macro segments"), "macro segment migrations"))
+    head = f"<meta charset='utf-8'><title>microseg segments {run.as_of}</title><style>{STYLE}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(parts)}</body></html>"
+
+
+def write_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Catalog) -> str:
+    """Write the report under <lake>/reports/ and log it to MLflow; return its path."""
+    text = build_report(spark, cfg, run, catalog)
+    folder = Path(cfg.lake_root, "reports")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"segment_report_{run.as_of}_{run.run_id}.html"
+    path.write_text(text)
+    registry.configure(cfg)
+    with mlflow.start_run(
+        run_name=f"report-{run.as_of}", tags={"kind": "report", "as_of": str(run.as_of), "pipeline_run_id": run.run_id}
+    ):
+        mlflow.log_artifact(str(path))
+    return str(path)

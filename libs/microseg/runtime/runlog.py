@@ -1,0 +1,76 @@
+"""What a run is (id, as_of, start) and what each stage reports to ops.run_log and the summary."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from dataclasses import dataclass, field
+
+from pyspark.sql import SparkSession
+
+from microseg.runtime import tables
+from microseg.runtime.config import Config
+
+RUN_LOG_SCHEMA = (
+    "run_id STRING, as_of DATE, stage STRING, source STRING, rows_in BIGINT, rows_written BIGINT, "
+    "rows_quarantined BIGINT, seconds DOUBLE, status STRING, details STRING, logged_at TIMESTAMP"
+)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One pipeline run: every stage of it shares the id, the snapshot date and the start time."""
+
+    as_of: dt.date
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None))
+
+
+@dataclass
+class Entry:
+    """What a stage did with one source or table."""
+
+    source: str
+    rows_in: int | None = None
+    rows_written: int | None = None
+    rows_quarantined: int | None = None
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class StageReport:
+    """What a stage did: one entry per source or table, facts for the summary, its time and Spark jobs."""
+
+    stage: str
+    entries: list[Entry] = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    jobs: int = 0
+
+
+def log_stage(spark: SparkSession, cfg: Config, run: RunContext, report: StageReport, status: str = "ok") -> None:
+    """Append one row per entry of ``report`` to ops.run_log.
+
+    The stage's seconds and Spark jobs are facts of the whole stage, repeated on each of its rows
+    (the jobs as ``spark_jobs`` in ``details``).
+    """
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    entries = report.entries or [Entry(source="", details=report.info)]
+    rows = [
+        (
+            run.run_id,
+            run.as_of,
+            report.stage,
+            e.source,
+            e.rows_in,
+            e.rows_written,
+            e.rows_quarantined,
+            float(report.seconds),
+            status,
+            json.dumps({**e.details, "spark_jobs": report.jobs}, sort_keys=True, default=str),
+            now,
+        )
+        for e in entries
+    ]
+    tables.append(spark.createDataFrame(rows, RUN_LOG_SCHEMA), cfg, "ops.run_log")

@@ -1,0 +1,167 @@
+"""The one place a SparkSession with Delta Lake is built."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pyspark
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
+from microseg.runtime.config import Config
+from microseg.runtime.errors import SparkPackagesError
+
+log = logging.getLogger(__name__)
+
+DELTA_SETTINGS = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def _local_cores(master: str) -> int | None:
+    match = re.fullmatch(r"local\[(\d+|\*)(?:,\d+)?\]", master)
+    if master == "local":
+        return 1
+    if not match:
+        return None
+    return (os.cpu_count() or 2) if match.group(1) == "*" else int(match.group(1))
+
+
+def build_spark(cfg: Config) -> SparkSession:
+    """Build (or reuse) the SparkSession described by ``cfg.spark``.
+
+    Delta's jars come from ``spark.packages`` (Maven coordinates): Spark's Ivy
+    resolves them from Maven Central on first start and caches them under
+    ~/.ivy2.5.2; later starts pass the cached jars as ``spark.jars`` and skip
+    Ivy (see ``_package_jars``). Under spark-submit the packages stay
+    ``spark.jars.packages`` (pass ``--packages`` there). On a cluster whose
+    image already holds the jars, set ``spark.packages: []``.
+
+    Raises:
+        SparkPackagesError: the first start could not resolve ``spark.packages``.
+    """
+    spark_cfg = cfg.spark
+    if spark_cfg.local_ip and spark_cfg.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", spark_cfg.local_ip)
+    builder = SparkSession.builder.appName(spark_cfg.app_name)
+    # Under spark-submit the master comes from the command line, not from config.
+    if not _submitted():
+        builder = builder.master(spark_cfg.master)
+    settings = {
+        **DELTA_SETTINGS,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.showConsoleProgress": "false",
+        # The status tracker (sparkops.jobs_in_group: Spark jobs per stage) only knows the jobs
+        # and stages Spark retains, 1,000 each by default, also with the UI off.
+        "spark.ui.retainedJobs": "10000",
+        "spark.ui.retainedStages": "10000",
+        **spark_cfg.settings,
+    }
+    cores = _local_cores(spark_cfg.master)
+    if cores:
+        # Local Python workers must run in this environment (pandas UDFs need its pyarrow and
+        # libraries), not whatever python3 comes first on PATH; PySpark reads the variable at start.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    partitions = spark_cfg.shuffle_partitions or cores
+    if partitions:
+        settings.setdefault("spark.sql.shuffle.partitions", str(partitions))
+        settings.setdefault("spark.databricks.delta.snapshotPartitions", str(max(partitions, 2)))
+    if spark_cfg.packages:
+        # Under spark-submit, or with a session already running here, the JVM's jars are settled.
+        if _submitted() or SparkContext._active_spark_context is not None:
+            settings["spark.jars.packages"] = ",".join(spark_cfg.packages)
+        else:
+            jars = _package_jars(spark_cfg.packages, settings)
+            settings["spark.jars"] = ",".join([*filter(None, settings.get("spark.jars", "").split(",")), *jars])
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(spark_cfg.log_level)
+    return spark
+
+
+def _submitted() -> bool:
+    """True when this driver was started by spark-submit (which sets the master itself)."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ
+
+
+# Settings that change what Ivy resolves for the same coordinates.
+_IVY_KEYS = ("spark.jars.repositories", "spark.jars.excludes", "spark.jars.ivy", "spark.jars.ivySettings")
+
+
+def _package_jars(packages: list[str], settings: dict[str, str]) -> list[str]:
+    """The local jar files of ``packages`` and their dependencies, to pass as ``spark.jars``.
+
+    Spark's Ivy resolves ``spark.jars.packages`` on every start, even from a warm cache: seconds of
+    work and a listing of every artifact on the console. The first start resolves them once, in a
+    JVM of its own whose output stays off the console, and lists the jars Ivy retrieved in a
+    manifest beside Ivy's cache; later starts use the manifest while all its jars exist.
+
+    Raises:
+        SparkPackagesError: Ivy could not resolve them (the message quotes Ivy).
+    """
+    ivy = {key: settings[key] for key in _IVY_KEYS if settings.get(key)}
+    ivy_dir = Path(ivy.get("spark.jars.ivy") or Path.home() / ".ivy2.5.2").expanduser()
+    key = json.dumps({"packages": sorted(packages), "spark": pyspark.__version__, **ivy}, sort_keys=True)
+    manifest = ivy_dir / "microseg" / f"jars-{hashlib.sha256(key.encode()).hexdigest()[:16]}.txt"
+    if manifest.exists():
+        jars = manifest.read_text().split()
+        if jars and all(Path(jar).is_file() for jar in jars):
+            log.debug("Spark packages: %d jars listed in %s", len(jars), manifest)
+            return jars
+    log.info("resolving Spark packages %s with Ivy (first start: downloads to %s)", ", ".join(packages), ivy_dir)
+    jars = _resolve(packages, ivy)
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    staged = manifest.with_suffix(f".{os.getpid()}.tmp")
+    staged.write_text("\n".join(jars) + "\n")
+    staged.replace(manifest)
+    log.info("resolved %d jars; next starts take them from %s", len(jars), manifest)
+    return jars
+
+
+def _resolve(packages: list[str], ivy: dict[str, str]) -> list[str]:
+    """Resolve ``packages`` with spark-submit's Ivy in a JVM started for that alone; its jar paths.
+
+    The JVM is the one PySpark starts for a session (a py4j gateway, no SparkContext yet), so Ivy
+    runs with the settings, caches and repositories the session's own start would use.
+    """
+    from pyspark.java_gateway import launch_gateway
+
+    conf = SparkConf(loadDefaults=False).setAll([("spark.jars.packages", ",".join(packages)), *ivy.items()])
+    with tempfile.TemporaryFile(mode="w+b") as output:
+        try:
+            gateway = launch_gateway(conf, popen_kwargs={"stdout": output, "stderr": subprocess.STDOUT})
+        except Exception as exc:  # the JVM exited before its gateway started: Ivy's output says why
+            output.seek(0)
+            said = [line for line in output.read().decode(errors="replace").splitlines() if line.strip()]
+            said = [line for line in said if not line.lstrip().startswith("at ")][-12:]
+            raise SparkPackagesError(
+                f"Spark could not resolve spark.packages {', '.join(packages)} ({exc}). Ivy said:\n"
+                + "\n".join(said)
+                + "\nCheck the coordinates and that Maven Central (or spark.jars.repositories) is reachable; "
+                "`mvn dependency:get -Dartifact=<coordinates>` fills ~/.m2, which Ivy reads too."
+            ) from exc
+        try:
+            jars = gateway.jvm.java.lang.System.getProperty("spark.jars") or ""
+        finally:
+            gateway.shutdown()
+            gateway.proc.stdin.close()  # the gateway JVM exits when its stdin closes
+            try:
+                gateway.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                gateway.proc.kill()
+        output.seek(0)
+        log.debug("Ivy:\n%s", output.read().decode(errors="replace"))
+    paths = [jar.removeprefix("file://") for jar in jars.split(",") if jar]
+    if not paths:
+        raise SparkPackagesError(f"Spark resolved spark.packages {', '.join(packages)} to no jars")
+    return paths

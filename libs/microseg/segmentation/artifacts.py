@@ -1,0 +1,178 @@
+"""What a training run leaves in MLflow: candidate runs (batch calls), the final run's metrics, artifacts and model."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+import mlflow.spark
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.models import ModelSignature
+from mlflow.types import ColSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+from microseg.runtime.config import Config
+from microseg.segmentation import registry
+from microseg.segmentation.metrics import Candidate
+from microseg.segmentation.pipeline import (
+    CLUSTER,
+)
+from microseg.segmentation.refit import Final
+from microseg.segmentation.selection import Plan, Sweep, passes
+
+
+def log_candidates(cfg: Config, swept: Sweep, p: Plan, tags: dict) -> None:
+    """One child run per candidate, each created and filled with batch calls (three requests a run)."""
+    client = registry.client(cfg)
+    experiment_id = mlflow.get_experiment_by_name(cfg.mlflow.experiment).experiment_id
+    now = int(time.time() * 1000)
+    for c in swept.candidates:
+        name = f"{p.layer}-{p.macro}-{c.algorithm}-k{c.k}"
+        run_tags = {**tags, "kind": "candidate", MLFLOW_RUN_NAME: name}
+        if c.error:
+            run_tags["error"] = c.error[:5000]
+        run = client.create_run(experiment_id, tags=run_tags, run_name=name)
+        params = {
+            "algorithm": c.algorithm,
+            "k": c.k,
+            "features": ",".join(p.features),
+            "sample_rows": swept.rows,
+            "pca_components": swept.pca_k if c.algorithm == "gaussian_mixture" and swept.pca_k else "none",
+            "sizes": json.dumps({str(k): v for k, v in c.sizes.items()}),
+        }
+        metrics = {**c.metrics(), "fit_seconds": c.seconds or 0.0}
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(key, value, now, 0) for key, value in metrics.items()],
+            params=[Param(key, str(value)) for key, value in params.items()],
+            tags=[RunTag("passes", str(passes(c, cfg.train)).lower())],
+        )
+        client.set_terminated(run.info.run_id)
+        c.run_id = run.info.run_id
+
+
+def log_final(
+    final: Final, swept: Sweep, mapping: dict, features: list[str], n: int, title: str, cfg: Config, tags: dict
+) -> tuple[str, str]:
+    """The final model's nested MLflow run: params, metrics, artifacts and the model. Returns (run id, model URI)."""
+    train = cfg.train
+    with mlflow.start_run(
+        run_name=f"{title.replace(' / ', '-')}-final", nested=True, tags={**tags, "kind": "final"}
+    ) as run:
+        mlflow.log_params(
+            {
+                "algorithm": final.algorithm,
+                "k": final.k,
+                "features": ",".join(features),
+                "rows": n,
+                "fit_rows": final.fit_rows,
+                "sweep_rows": swept.rows,
+                "selection": swept.rule,
+                "pca_components": swept.pca_k if final.algorithm == "gaussian_mixture" else "none",
+                "seed": train.seed,
+            }
+        )
+        metrics = {
+            "sweep_seconds": swept.seconds,
+            "fit_seconds": final.seconds,
+            "smallest_share": min(final.sizes.values()) / n,
+        }
+        metrics["refits_fell_short"] = len(swept.refits)
+        if final.silhouette is not None:
+            metrics["silhouette"] = final.silhouette
+        if swept.chosen is not None:
+            metrics.update({f"sweep_{name}": v for name, v in swept.chosen.metrics().items()})
+            if final.silhouette is not None:
+                metrics["silhouette_gap"] = swept.chosen.silhouette - final.silhouette  # sweep minus refit
+        if final.agreement is not None:
+            metrics["refit_agreement_ari"] = final.agreement
+        mlflow.log_metrics(metrics)
+        ids = mapping["cluster_to_id"]
+        mlflow.log_dict({str(ids[c]): s for c, s in sorted(final.sizes.items())}, "segment_sizes.json")
+        mlflow.log_dict(
+            {
+                "features": features,
+                "space": "transformed, imputed, unscaled",
+                "centroids": mapping["centroids"],
+                "scaler_mean": final.scaler_mean,
+                "scaler_std": final.scaler_std,
+            },
+            "centroids.json",
+        )
+        mlflow.log_dict(
+            {
+                "cluster_to_id": {str(c): i for c, i in ids.items()},
+                "vanished": mapping["vanished"],
+                "distances": mapping["distances"],
+                "next_id": mapping["next_id"],
+            },
+            "segment_ids.json",
+        )
+        mlflow.log_dict(
+            {
+                "candidates": [
+                    {
+                        "algorithm": c.algorithm,
+                        "k": c.k,
+                        "run_id": c.run_id,
+                        "passes": passes(c, train),
+                        **c.metrics(),
+                        "sizes": {str(k): v for k, v in c.sizes.items()},
+                        "fit_seconds": c.seconds,
+                        "error": c.error,
+                    }
+                    for c in swept.candidates
+                ],
+                "chosen": {"algorithm": final.algorithm, "k": final.k},
+                "rule": swept.rule,
+            },
+            "k_selection.json",
+        )
+        if swept.candidates:
+            _log_curves(swept.candidates, title)
+        # Declared, not inferred: every feature is a nullable double, the output an integer cluster.
+        signature = None
+        if features:
+            signature = ModelSignature(
+                inputs=Schema([ColSpec("double", f, required=False) for f in features]),
+                outputs=Schema([ColSpec("integer", CLUSTER)]),
+            )
+        info = mlflow.spark.log_model(
+            final.model, artifact_path="model", pip_requirements=cfg.mlflow.pip_requirements, signature=signature
+        )
+        return run.info.run_id, info.model_uri
+
+
+# One colour per algorithm in every panel and every report.
+ALGORITHM_COLORS = {"kmeans": "tab:blue", "bisecting_kmeans": "tab:orange", "gaussian_mixture": "tab:green"}
+
+
+def _log_curves(candidates: list[Candidate], title: str) -> None:
+    """k-selection curves (silhouette, stability, WSSSE, BIC against k) as one PNG artifact."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("silhouette", "silhouette"), ("stability", "stability (ARI)"), ("wssse", "WSSSE"), ("bic", "GMM BIC")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
+    for ax, (attr, label) in zip(axes, panels, strict=True):
+        for algorithm in sorted({c.algorithm for c in candidates}):
+            color = ALGORITHM_COLORS.get(algorithm)
+            points = [(c.k, getattr(c, attr)) for c in candidates if c.algorithm == algorithm]
+            points = [(k, v) for k, v in points if v is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=algorithm, color=color)
+        ax.set_xlabel("k")
+        ax.set_title(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "k_selection.png")
+        fig.savefig(path, dpi=90)
+        mlflow.log_artifact(str(path))
+    plt.close(fig)

@@ -1,0 +1,129 @@
+"""MLflow set-up: tracking and registry URIs, the experiment and its artifact location, run tags."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import mlflow
+import mlflow.spark
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame
+
+from microseg.runtime import logs
+from microseg.runtime.config import Config, TrainConfig
+from microseg.runtime.errors import ModelMissingError
+from microseg.segmentation.pipeline import clustering_column, model_name
+from microseg.segmentation.refit import Final, sample_silhouette
+from microseg.segmentation.selection import Sweep, passes
+
+
+def configure(cfg: Config) -> str:
+    """Point MLflow at the configured tracking/registry URIs; return the experiment id (created if new)."""
+    logs.quiet_mlflow_prints()
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_registry_uri(cfg.mlflow.registry_uri or cfg.tracking_uri)
+    if cfg.tracking_uri.startswith("sqlite:///"):
+        Path(cfg.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    if experiment is None:
+        experiment_id = mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.artifact_location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def client(cfg: Config) -> MlflowClient:
+    return MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.mlflow.registry_uri or cfg.tracking_uri)
+
+
+CHAMPION, PREVIOUS = "champion", "previous"
+log = logging.getLogger(__name__)
+
+
+def promote(
+    cfg: Config, name: str, model_uri: str, champion: object | None, same_as_champion: bool, swept: Sweep,
+    final: Final, champion_score: float | None, unscored: str | None = None,
+) -> tuple[str | None, str]:  # fmt: skip
+    """Register the model and move the aliases by the promotion rule; returns (version, decision).
+
+    Fails closed: when the champion could not be scored (``unscored`` says why), it keeps its
+    alias unless promotion is forced; the new version is registered for inspection all the same.
+    """
+    train = cfg.train
+    if same_as_champion:
+        return str(champion.version), "same centroids as the champion: kept"
+    if not train.register_model:
+        return None, "not registered"
+    version = str(mlflow.register_model(model_uri, name).version)
+    passes_rule = swept.chosen is None or passes(swept.chosen, train)
+    at_least_as_good = champion_score is None or (
+        final.silhouette is not None and final.silhouette >= champion_score - train.promotion_tolerance
+    )
+    if champion is None or train.force_promote:
+        promoted, decision = True, "forced" if train.force_promote else "promoted"
+    elif unscored is not None:
+        promoted, decision = False, f"kept the champion: {unscored}"
+    else:
+        promoted = passes_rule and at_least_as_good
+        decision = "promoted" if promoted else "kept the champion"
+    if promoted:
+        registry = client(cfg)
+        if champion is not None:
+            registry.set_registered_model_alias(name, PREVIOUS, champion.version)
+        registry.set_registered_model_alias(name, CHAMPION, version)
+    return version, decision
+
+
+def champion_version(cfg: Config, name: str) -> object | None:
+    try:
+        return client(cfg).get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def load_run_json(run_id: str, path: str) -> dict | None:
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
+    except (MlflowException, OSError):
+        return None
+
+
+def champion_score_today(
+    champion: object, rows: DataFrame, n: int, train: TrainConfig
+) -> tuple[float | None, str | None]:
+    """The champion's silhouette on today's rows, in its own space; or None and why it could not be scored."""
+    try:
+        model = mlflow.spark.load_model(f"runs:/{champion.run_id}/model")
+        return sample_silhouette(model.transform(rows), clustering_column(model), n, train), None
+    except Exception as exc:  # any failure to load or score: the champion stays (fail closed)
+        reason = f"champion v{champion.version} could not be scored ({type(exc).__name__}: {str(exc)[:300]})"
+        log.warning("%s; it keeps the alias (use --force to replace it)", reason)
+        return None, reason
+
+
+def load_champion(cfg: Config, layer: str, macro: str) -> tuple[PipelineModel, dict]:
+    """A (layer, macro) champion, its registry facts and its cluster -> stable id mapping.
+
+    Raises:
+        ModelMissingError: the model has no champion (train has not run for this layer and macro).
+    """
+    configure(cfg)
+    name = model_name(layer, macro)
+    version = champion_version(cfg, name)
+    if version is None:
+        raise ModelMissingError(
+            f"registered model {name} has no '{CHAMPION}' alias at {cfg.tracking_uri}; run the train stage "
+            f"for this as_of (microseg train) before assign"
+        )
+    model = mlflow.spark.load_model(f"models:/{name}@{CHAMPION}")
+    ids = load_run_json(version.run_id, "segment_ids.json") or {"cluster_to_id": {}}
+    return model, {
+        "model": name,
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "cluster_to_id": {int(c): int(i) for c, i in ids["cluster_to_id"].items()},
+    }

@@ -1,0 +1,82 @@
+"""The selection rule: which candidate a (layer, macro) gets, in which order refits are tried, and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from microseg.runtime.config import TrainConfig
+from microseg.segmentation import sweep
+from microseg.segmentation.metrics import Candidate
+
+
+def passes(candidate: Candidate, train: TrainConfig) -> bool:
+    return candidate.smallest_share >= train.min_smallest_share and candidate.stability >= train.min_stability
+
+
+def rank(candidates: list[Candidate], train: TrainConfig) -> list[tuple[Candidate, str]]:
+    """The candidates in the order of the selection rule, each with the tier of the rule it falls in.
+
+    First the candidates that pass (smallest share and stability thresholds), then those with a
+    large enough smallest segment only, then the rest; within a tier, the best silhouette first,
+    ties to the smaller k, then to the algorithm listed first.
+    """
+    order = {c.algorithm: i for i, c in reversed(list(enumerate(candidates)))}
+
+    def tier(c: Candidate) -> tuple[int, str]:
+        if passes(c, train):
+            return 0, "passed thresholds"
+        if c.smallest_share >= train.min_smallest_share:
+            return 1, "no candidate stable enough: best silhouette with large enough segments"
+        return 2, "no candidate passed: best silhouette"
+
+    ranked = sorted(candidates, key=lambda c: (tier(c)[0], -round(c.silhouette, 6), c.k, order[c.algorithm]))
+    return [(c, tier(c)[1]) for c in ranked]
+
+
+def choose(candidates: list[Candidate], train: TrainConfig) -> tuple[Candidate, str]:
+    """The selection rule's choice (the first of ``rank``) and the tier of the rule that made it."""
+    return rank(candidates, train)[0]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One model to train: a layer within a macro segment, on the features somebody in it has."""
+
+    layer: str
+    macro: str
+    features: list[str]
+    rows: int
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.layer, self.macro
+
+    def sweeps(self, train: TrainConfig) -> bool:
+        return self.rows >= train.min_macro_size and bool(self.features)
+
+
+def score_text(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+@dataclass
+class Sweep:
+    """The outcome of a sweep: every candidate measured, the one chosen (None: a single segment) and why."""
+
+    candidates: list[Candidate]
+    chosen: Candidate | None
+    rule: str
+    pca_k: int | None
+    rows: int
+    seconds: float
+    refits: list[str] = field(default_factory=list)  # candidates whose refit fell short, and by how much
+
+
+def choice(p: Plan, candidates: list[Candidate], sample: sweep.Sample | None, train: TrainConfig) -> Sweep:
+    """The selection rule applied to one (layer, macro)'s measured candidates (none: a single segment)."""
+    seconds = sum(c.seconds or 0.0 for c in candidates)
+    if not candidates:
+        rule = f"one segment: {p.rows} rows < min_macro_size {train.min_macro_size}" if p.features else "no features"
+        return Sweep([], None, rule, None, p.rows, seconds)
+    chosen, rule = choose(candidates, train)
+    return Sweep(candidates, chosen, rule, sample.pca_k, len(sample.scaled), seconds)

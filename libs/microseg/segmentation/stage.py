@@ -1,0 +1,313 @@
+"""Train stage: per layer and macro segment, sweep algorithms and k, choose, refit, track, register.
+
+The sweep measures every (layer, macro, algorithm, k) candidate with scikit-learn on a bounded
+sample, all in one Spark job (``sweep.py``); the chosen candidate is refitted with MLlib on all
+rows (or ``fit_sample``), and that PipelineModel is what the registry serves.
+
+MLflow layout: one parent run per training run; per (layer, macro) a child run per candidate
+(created and filled with batch calls) and a child run for the final model (its artifacts: the
+candidates table and k-selection curves, centroids, sizes, the stable-id mapping). The model is
+registered as ``microseg-<layer>-<macro>``; the alias ``champion`` moves to it only when it passes
+the selection rule and is at least as good as the champion on today's data (or
+``train.force_promote``); the former champion keeps the alias ``previous``. A champion that cannot
+be scored keeps its alias: promotion fails closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+
+import mlflow
+import mlflow.spark
+import pandas as pd
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from microseg.features.catalog import Catalog, load_catalog
+from microseg.runtime import provenance, tables
+from microseg.runtime.config import Config, TrainConfig
+from microseg.runtime.errors import ConfigError
+from microseg.runtime.runlog import Entry, RunContext, StageReport
+from microseg.runtime.sparkops import cached, described
+from microseg.segmentation import registry, sweep
+from microseg.segmentation.artifacts import log_candidates, log_final
+from microseg.segmentation.metrics import Candidate
+from microseg.segmentation.pipeline import (
+    ALL,
+    model_name,
+)
+from microseg.segmentation.refit import fit_final
+from microseg.segmentation.registry import champion_score_today, champion_version, promote
+from microseg.segmentation.selection import Plan, choice, score_text
+from microseg.segmentation.stable_ids import stable_ids
+
+log = logging.getLogger(__name__)
+
+
+def snapshot(spark: SparkSession, cfg: Config, as_of: object) -> DataFrame:
+    """customer_id, macro_segment and every layer's features (as doubles) of one snapshot."""
+    columns = sorted({f for layer in cfg.train.active_layers.values() for f in layer.features})
+    features = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(as_of))
+    return features.select("customer_id", "macro_segment", *[F.col(c).cast("double") for c in columns])
+
+
+def macros_of(layer: str, cfg: Config, present: list[str]) -> list[str]:
+    if not cfg.train.by_macro:
+        return [ALL]
+    wanted = cfg.train.active_layers[layer].macros
+    return [m for m in present if wanted is None or m in wanted]
+
+
+def rows_of(data: DataFrame, macro: str) -> DataFrame:
+    return data if macro == ALL else data.where(F.col("macro_segment") == macro)
+
+
+def _check_features(cfg: Config, catalog: Catalog) -> None:
+    for layer, spec in cfg.train.active_layers.items():
+        unknown = [f for f in spec.features if f not in catalog.names]
+        if unknown:
+            raise ConfigError(f"train.layers.{layer}.features names {unknown}, not in the feature catalog")
+
+
+def macro_stats(data: DataFrame, cfg: Config) -> dict[str, dict]:
+    """Per macro segment (and ``all``): rows, and how many rows have each feature. One Spark job."""
+    columns = [c for c in data.columns if c not in ("customer_id", "macro_segment")]
+    grouped = data.groupBy("macro_segment").agg(F.count("*").alias("_rows"), *[F.count(c).alias(c) for c in columns])
+    stats = {r["macro_segment"]: {"rows": r["_rows"], "filled": {c: r[c] for c in columns}} for r in grouped.collect()}
+    if not cfg.train.by_macro:
+        stats = {
+            ALL: {
+                "rows": sum(s["rows"] for s in stats.values()),
+                "filled": {c: sum(s["filled"][c] for s in stats.values()) for c in columns},
+            }
+        }
+    return stats
+
+
+def plans(cfg: Config, stats: dict[str, dict]) -> list[Plan]:
+    present = sorted(m for m in stats if m is not None)
+    return [
+        Plan(layer, macro, [f for f in spec.features if stats[macro]["filled"].get(f, 0) > 0], stats[macro]["rows"])
+        for layer, spec in cfg.train.active_layers.items()
+        for macro in macros_of(layer, cfg, present)
+    ]
+
+
+def sweep_samples(data: DataFrame, todo: list[Plan], train: TrainConfig) -> dict[str, pd.DataFrame]:
+    """At most ``sweep_sample`` rows of each macro segment that has a model to sweep, in one Spark job."""
+    sizes = {p.macro: p.rows for p in todo if p.sweeps(train)}
+    if not sizes:
+        return {}
+    fractions = {m: min(1.0, train.sweep_sample / n) for m, n in sizes.items()}
+    if ALL in fractions:
+        sample = data.sample(fraction=fractions[ALL], seed=train.seed) if fractions[ALL] < 1 else data
+        frame = sample.drop("customer_id").toPandas()
+        return {ALL: frame}
+    sample = data.where(F.col("macro_segment").isin(list(fractions))).sampleBy("macro_segment", fractions, train.seed)
+    frame = sample.drop("customer_id").toPandas()
+    return {m: part.reset_index(drop=True) for m, part in frame.groupby("macro_segment")}
+
+
+def prepare(todo: list[Plan], raw: dict[str, pd.DataFrame], catalog: Catalog, train: TrainConfig) -> dict:
+    """Each swept (layer, macro)'s sample preprocessed as its MLlib pipeline would, with PCA where GMM is tried."""
+    samples = {}
+    for p in todo:
+        if not p.sweeps(train) or p.macro not in raw:
+            continue
+        scaled = sweep.preprocess(raw[p.macro], p.features, catalog)
+        with_pca = "gaussian_mixture" in train.active_layers[p.layer].algorithms and train.gmm_pca_variance
+        samples[p.key] = sweep.Sample(scaled, sweep.pca(scaled, train.gmm_pca_variance) if with_pca else None)
+    return samples
+
+
+def sweep_tasks(todo: list[Plan], samples: dict, train: TrainConfig) -> list[sweep.Task]:
+    return [
+        sweep.Task(p.key, algorithm, k)
+        for p in todo
+        if p.key in samples
+        for algorithm in train.active_layers[p.layer].algorithms
+        for k in range(train.k_min, min(train.k_max, len(samples[p.key].scaled) - 1) + 1)
+    ]
+
+
+def training_rows(spark: SparkSession, cfg: Config, as_of: object) -> DataFrame:
+    """The snapshot in a fixed layout (hash partitions, sorted within), so that a rerun on the same rows
+    samples and fits the same: sampling and k-means|| initialisation depend on which rows sit where."""
+    return (
+        snapshot(spark, cfg, as_of)
+        .repartition(sweep.parallelism(spark), "customer_id")
+        .sortWithinPartitions("customer_id")
+    )
+
+
+def sweep_inputs(spark: SparkSession, cfg: Config, as_of: object) -> tuple[list[sweep.Task], dict]:
+    """The sweep's tasks and preprocessed samples for a snapshot, as the train stage builds them (for benchmarks)."""
+    with cached(training_rows(spark, cfg, as_of)) as data:
+        todo = plans(cfg, macro_stats(data, cfg))
+        samples = prepare(todo, sweep_samples(data, todo, cfg.train), load_catalog(cfg), cfg.train)
+    return sweep_tasks(todo, samples, cfg.train), samples
+
+
+def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
+    """Train every (layer, macro) model of the snapshot run.as_of under one MLflow parent run."""
+    train, catalog = cfg.train, load_catalog(cfg)
+    _check_features(cfg, catalog)
+    registry.configure(cfg)
+    with cached(training_rows(spark, cfg, run.as_of)) as data:
+        with described(spark, "train: rows and filled features per macro segment"):
+            stats = macro_stats(data, cfg)
+        todo = plans(cfg, stats)
+        with described(spark, "train: sweep samples"):
+            raw = sweep_samples(data, todo, train)
+        samples = prepare(todo, raw, catalog, train)
+        tasks = sweep_tasks(todo, samples, train)
+        started = time.perf_counter()
+        with described(spark, f"train: sweep of {len(tasks)} candidates (scikit-learn, one task per slot)"):
+            results = sweep.run(spark, tasks, samples, train)
+        sweep_seconds = time.perf_counter() - started
+        per_candidate = [r["seconds"] for r in results]
+        log.info(
+            "sweep: %d candidates of %d models in %.1fs (per candidate: median %.3fs, max %.3fs)",
+            len(tasks), len(samples), sweep_seconds, statistics.median(per_candidate or [0]), max(per_candidate or [0]),
+        )  # fmt: skip
+        by_key: dict[tuple[str, str], list[Candidate]] = {}
+        for task, result in zip(tasks, results, strict=True):
+            by_key.setdefault(task.key, []).append(_candidate(task, result))
+        tags = {
+            "git_commit": provenance.git_commit(),
+            "config_hash": provenance.config_hash(cfg),
+            "as_of": str(run.as_of),
+            "pipeline_run_id": run.run_id,
+            "seed": str(train.seed),
+            **provenance.input_versions(spark, cfg, ["gold.customer_features"]),
+        }
+        summaries = []
+        with mlflow.start_run(run_name=f"train-{run.as_of}", tags={**tags, "kind": "training"}) as parent:
+            mlflow.log_params(
+                {
+                    "by_macro": train.by_macro,
+                    "k_range": f"{train.k_min}-{train.k_max}",
+                    "sweep_sample": train.sweep_sample,
+                    "fit_sample": train.fit_sample or "all",
+                    "seed": train.seed,
+                    "feature_version": catalog.version,
+                }
+            )
+            for macro in sorted({p.macro for p in todo}):
+                with cached(rows_of(data, macro)) as rows:
+                    for p in (p for p in todo if p.macro == macro):
+                        with described(spark, f"train: {p.layer} / {p.macro}"):
+                            summary = train_one(
+                                rows, p, raw.get(macro), samples.get(p.key), by_key.get(p.key, []), catalog, cfg,
+                                {**tags, MLFLOW_PARENT_RUN_ID: parent.info.run_id},
+                            )  # fmt: skip
+                        summaries.append(summary)
+                        log.info(
+                            "model %d/%d %s: %s k=%d silhouette %s, %s (candidates %d/%d swept)",
+                            len(summaries), len(todo), summary["model"], summary["algorithm"], summary["k"],
+                            score_text(summary["silhouette"]), summary["promotion"],
+                            sum(len(c["candidates"]) for c in summaries), len(tasks),
+                        )  # fmt: skip
+            mlflow.log_dict({"models": summaries}, "training_summary.json")
+            parent_id = parent.info.run_id
+    info = {
+        "mlflow_run_id": parent_id,
+        "models": summaries,
+        "sweep": {
+            "candidates": len(tasks),
+            "seconds": round(sweep_seconds, 3),
+            "candidate_seconds": [round(s, 4) for s in per_candidate],
+        },
+    }
+    report = StageReport("train", info=info)
+    for s in summaries:
+        report.entries.append(Entry(s["model"], rows_in=s["rows"], details=s))
+    return report
+
+
+def _candidate(task: sweep.Task, result: dict) -> Candidate:
+    return Candidate(
+        algorithm=task.algorithm,
+        k=task.k,
+        silhouette=result["silhouette"],
+        smallest_share=result["smallest_share"],
+        stability=result["stability"],
+        sizes=result["sizes"],
+        wssse=result["wssse"],
+        log_likelihood=result["log_likelihood"],
+        bic=result["bic"],
+        seconds=result["seconds"],
+        error=result["error"],
+    )
+
+
+def train_one(
+    rows: DataFrame, p: Plan, raw: pd.DataFrame | None, sample: sweep.Sample | None, candidates: list[Candidate],
+    catalog: Catalog, cfg: Config, tags: dict,
+) -> dict:  # fmt: skip
+    """Choose, refit, give stable ids, log and register the model of one (layer, macro)."""
+    name = model_name(p.layer, p.macro)
+    tags = {**tags, "layer": p.layer, "macro": p.macro}
+    swept = choice(p, candidates, sample, cfg.train)
+    final = fit_final(rows, p, catalog, cfg.train, swept, raw, sample)
+    started = time.perf_counter()
+    log_candidates(cfg, swept, p, tags)
+    champion = champion_version(cfg, name)
+    mapping, same_as_champion = stable_ids(champion, final, p.features)
+    run_id, model_uri = log_final(final, swept, mapping, p.features, p.rows, f"{p.layer} / {p.macro}", cfg, tags)
+    champion_score, unscored = None, None
+    if champion is not None and not same_as_champion and final.k > 1:
+        champion_score, unscored = champion_score_today(champion, rows, p.rows, cfg.train)
+    version, decision = promote(
+        cfg, name, model_uri, champion, same_as_champion, swept, final, champion_score, unscored
+    )
+    client = registry.client(cfg)
+    client.set_tag(run_id, "promotion", decision)
+    if champion_score is not None:
+        client.log_metric(run_id, "champion_silhouette_today", champion_score)
+    return {
+        "model": name,
+        "layer": p.layer,
+        "macro": p.macro,
+        "algorithm": final.algorithm,
+        "k": final.k,
+        "silhouette": final.silhouette,
+        "sweep_silhouette": swept.chosen.silhouette if swept.chosen else None,
+        "refit_agreement_ari": final.agreement,
+        "rows": p.rows,
+        "sizes": {str(mapping["cluster_to_id"][c]): s for c, s in sorted(final.sizes.items())},
+        "version": version,
+        "promotion": decision,
+        "run_id": run_id,
+        "candidates": [{"algorithm": c.algorithm, "k": c.k, "seconds": c.seconds} for c in swept.candidates],
+        "sweep_seconds": round(swept.seconds, 3),
+        "fit_seconds": round(final.seconds, 2),
+        "mlflow_seconds": round(time.perf_counter() - started, 2),
+        "sweep_rows": swept.rows,
+        "vanished_ids": mapping["vanished"],
+        "refits_fell_short": swept.refits,
+    }
+
+
+def summary_lines(info: dict) -> list[str]:
+    lines = ["models (layer / macro: algorithm, k, silhouette, sizes by segment id, registry):"]
+    for m in info.get("models", []):
+        lines.append(
+            f"  {m['layer']:<11} {m['macro']:<12} {m['algorithm']:<17} k={m['k']:<2} "
+            f"silhouette {score_text(m['silhouette']):<6} "
+            f"sizes {json.dumps(m['sizes'])}  v{m['version']} ({m['promotion']}); "
+            f"{len(m['candidates'])} candidates on {m['sweep_rows']:,} rows in {m['sweep_seconds']:.1f}s, "
+            f"final fit {m['fit_seconds']:.1f}s on {m['rows']:,}"
+        )
+    sweep_info = info.get("sweep")
+    if sweep_info and sweep_info["candidates"]:
+        seconds = sweep_info["candidate_seconds"]
+        lines.append(
+            f"  sweep: {sweep_info['candidates']} candidates in {sweep_info['seconds']:.1f}s wall "
+            f"(per candidate median {statistics.median(seconds):.3f}s, max {max(seconds):.3f}s)"
+        )
+    return lines

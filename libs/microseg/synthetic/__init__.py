@@ -1,0 +1,1 @@
+"""Synthetic data with planted customer groups, and the benchmark."""
