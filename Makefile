@@ -53,8 +53,9 @@ bench: install
 env-archive: install
 	scripts/pack_env.sh $(VENV)
 
+# Style (ruff, pinned in pyproject.toml) and the import rule between stages (import-linter).
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 clean:
 	rm -rf lake data bench build reports spark-warehouse
