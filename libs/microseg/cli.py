@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time a plain scikit-learn KMeans sweep on the same preprocessed samples and print the ratio",
     )
 
+    registry = commands.add_parser("tables", help="write the table registry as Markdown (docs/TABLES.md)")
+    _common(registry)
+    registry.add_argument("--out", default="docs/TABLES.md")
+
     catalog = commands.add_parser("catalog", help="write the feature catalog as Markdown (docs/FEATURES.md)")
     _common(catalog)
     catalog.add_argument("--out", default="docs/FEATURES.md")
@@ -151,7 +155,23 @@ def cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "datagen": cmd_datagen, "bench": cmd_bench, "catalog": cmd_catalog}
+def cmd_tables(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.runtime import lake
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(lake.markdown())
+    log.info("wrote %d tables (and the per-source bronze and quarantine tables) to %s", len(lake.TABLES), args.out)
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "train": cmd_train,
+    "datagen": cmd_datagen,
+    "bench": cmd_bench,
+    "catalog": cmd_catalog,
+    "tables": cmd_tables,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from microseg.cli import main
 from microseg.features.catalog import load_catalog
 from microseg.features.lifecycle import ENTERED, LEFT
 from microseg.features.stage import Inputs, build_features
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.keys import customer_id_from_crm
 from microseg.synthetic.datagen import SOURCES
 
@@ -102,6 +102,19 @@ def test_every_table_is_delta(spark, demo, first_run):
     missing = [name for name in expected if not tables.exists(spark, demo["cfg"], name)]
     assert missing == []
     assert Path(demo["cfg"].lake_root, "ops", "data_docs", "index.html").exists()
+
+
+def test_every_table_has_the_columns_its_registry_entry_declares(spark, demo, first_run):
+    """The registry (runtime/lake.py, docs/TABLES.md) says what a table holds; the tables written agree."""
+    written = [lake.bronze(s) for s in SOURCES] + [lake.quarantine(s) for s in SOURCES]
+    written += [t for t in lake.TABLES if tables.exists(spark, demo["cfg"], t)]
+    assert len(written) >= 2 * len(SOURCES) + 17  # all but the migrations of a second snapshot
+    for table in written:
+        declared = {f.name: f.dataType.simpleString() for f in spark.createDataFrame([], table.ddl).schema}
+        actual = {f.name: f.dataType.simpleString() for f in tables.read(spark, demo["cfg"], table).schema}
+        assert {name: actual.get(name) for name in declared} == declared, table.name
+        if table.more_columns is None:
+            assert set(actual) == set(declared), table.name
 
 
 def test_rows_reconcile_with_manifest_source_by_source(spark, demo, first_run):

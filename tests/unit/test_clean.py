@@ -234,14 +234,17 @@ def test_publish_reconciles_rows_in_with_rows_written_and_quarantined(spark, mak
         [("a", 1, None), ("b", -1, None), ("c", 2, None)], "id STRING, n INT, _corrupt_record STRING"
     )
     tables.overwrite(rows, cfg, "bronze.src")
-    outputs = {"silver.src": lambda good: good.select("id", "n")}
+    from microseg.runtime.lake import OVERWRITE, Table
+
+    src = Table("silver.src", "a test silver table", (("id", "string"), ("n", "int")), (OVERWRITE,))
+    outputs = {src: lambda good: good.select("id", "n")}
 
     bronze, rows_in = read_bronze(spark, cfg, "src")
     flagged = flag_rules(bronze, [Rule("negative_n", "n < 0", F.col("n") < 0)])
     entry = publish(cfg, "src", bronze, rows_in, flagged, outputs)
     assert (entry.rows_in, entry.rows_written, entry.rows_quarantined) == (3, 2, 1)
     assert entry.details["quarantined_by_rule"] == {"negative_n": 1}
-    assert sorted(r["id"] for r in tables.read(spark, cfg, "silver.src").collect()) == ["a", "c"]
+    assert sorted(r["id"] for r in tables.read(spark, cfg, src).collect()) == ["a", "c"]
     assert [(r["rule"], r["reason"]) for r in tables.read(spark, cfg, "quarantine.src").collect()] == [
         ("negative_n", "n < 0")
     ]

@@ -1,37 +1,49 @@
-"""Delta writes report what they committed (operation metrics), so no stage counts rows a second time."""
+"""Delta writes report what they committed (operation metrics), so no stage counts rows a second time;
+every write is one its table's registry entry allows."""
 
-from microseg.runtime import tables
+from pathlib import Path
+
+import pytest
+
+from microseg.runtime import lake, tables
+from microseg.runtime.lake import APPEND, MERGE, OVERWRITE, REPLACE, Table
+
+ANY_WRITE = Table(
+    "silver.t", "a test table", (("id", "int"), ("k", "string")), (OVERWRITE, APPEND, REPLACE, MERGE), ("id",)
+)
 
 
 def test_writes_return_the_rows_they_committed(spark, make_config):
     cfg = make_config()
     df = spark.createDataFrame([(1, "a"), (2, "a"), (3, "b"), (4, "b"), (5, "c")], "id INT, k STRING")
 
-    created = tables.overwrite(df, cfg, "silver.t")
+    created = tables.overwrite(df, cfg, ANY_WRITE)
     assert (created["numOutputRows"], created.rows_written) == (5, 5)
 
-    appended = tables.append(df.where("k = 'c'"), cfg, "silver.t")
+    appended = tables.append(df.where("k = 'c'"), cfg, ANY_WRITE)
     assert (appended["numOutputRows"], appended.rows_written) == (1, 1)
 
     # Replace the 2 rows with k = 'b' by 3 new ones; rows of other keys in rewritten files are copied, not written.
     new_b = spark.createDataFrame([(6, "b"), (7, "b"), (8, "b")], "id INT, k STRING")
-    replaced = tables.replace_where(new_b, cfg, "silver.t", "k = 'b'")
+    replaced = tables.replace_where(new_b, cfg, ANY_WRITE, "k = 'b'")
     assert replaced["numDeletedRows"] == 2
     assert replaced["numOutputRows"] - replaced.get("numCopiedRows", 0) == 3
     assert replaced.rows_written == 3
-    assert tables.read(spark, cfg, "silver.t").count() == 7
+    assert tables.read(spark, cfg, ANY_WRITE).count() == 7
 
     # MERGE: ids 1 and 2 are updated, 9 is inserted, the other 5 rows are untouched.
     upserts = spark.createDataFrame([(1, "x"), (2, "x"), (9, "x")], "id INT, k STRING")
-    merged = tables.merge(upserts, cfg, "silver.t", keys=["id"])
+    merged = tables.merge(upserts, cfg, ANY_WRITE)  # on the declared key, id
     assert (merged["numSourceRows"], merged["numTargetRowsUpdated"], merged["numTargetRowsInserted"]) == (3, 2, 1)
     assert merged["numTargetRowsDeleted"] == 0
     assert merged.rows_written == 3
 
-    first = tables.merge(upserts, cfg, "silver.new", keys=["id"])  # creates the table: a plain write
+    first = tables.merge(
+        upserts, cfg, Table("silver.new", "", (), (MERGE,), ("id",))
+    )  # creates the table: a plain write
     assert (first["numOutputRows"], first.rows_written) == (3, 3)
 
-    empty = tables.overwrite(df.where("false"), cfg, "silver.empty")
+    empty = tables.overwrite(df.where("false"), cfg, Table("silver.empty", "", (), (OVERWRITE,)))
     assert empty.rows_written == 0
 
 
@@ -39,11 +51,45 @@ def test_metrics_are_read_only_when_looked_at(spark, make_config):
     from microseg.runtime import sparkops
 
     cfg = make_config()
-    tables.overwrite(spark.createDataFrame([(1,), (2,)], "id INT"), cfg, "silver.u")
+    table = Table("silver.u", "", (), (OVERWRITE,))
+    tables.overwrite(spark.createDataFrame([(1,), (2,)], "id INT"), cfg, table)
     with sparkops.job_group(spark, "unit-metrics-unread", "metrics not looked at"):
-        metrics = tables.CommitMetrics(spark, tables.table_path(cfg, "silver.u"))
+        metrics = tables.CommitMetrics(spark, tables.table_path(cfg, table))
     assert sparkops.jobs_in_group(spark, "unit-metrics-unread") == 0
     with sparkops.job_group(spark, "unit-metrics-read", "metrics looked at"):
         assert dict(metrics)["numOutputRows"] == 2
         assert metrics.rows_written == 2
     assert sparkops.jobs_in_group(spark, "unit-metrics-read") == 1  # Delta's history, read once
+
+
+def test_a_write_the_entry_does_not_declare_is_refused(spark, make_config):
+    cfg = make_config()
+    df = spark.createDataFrame([(1, "a")], "id INT, k STRING")
+    with pytest.raises(ValueError, match=r"ops.run_log allows append writes \(runtime/lake.py\), not overwrite"):
+        tables.overwrite(df, cfg, lake.RUN_LOG)
+    with pytest.raises(ValueError, match="not merge"):
+        tables.merge(df, cfg, "gold.customer_features")  # a name resolves to its entry
+    assert not tables.exists(spark, cfg, lake.RUN_LOG)
+    with pytest.raises(KeyError, match=r"no table 'gold\.segments' in the registry"):
+        tables.read(spark, cfg, "gold.segments")
+
+
+def test_registry_entries_are_complete():
+    names = [t.name for t in lake.TABLES]
+    assert len(names) == len(set(names))
+    for table in lake.TABLES:
+        assert table.layer in ("silver", "gold", "ops") and table.description and table.columns and table.writes
+        assert set(table.writes) <= set(lake.WRITES)
+        declared = {name for name, _ in table.columns}
+        assert set(table.keys) <= declared and set(table.partition_by) <= declared, table.name
+    assert lake.named("bronze.orders").columns == lake.BRONZE_METADATA
+    assert lake.SEGMENT_ASSIGNMENTS.change_data_feed and lake.SEGMENT_ASSIGNMENTS.keys == (
+        "customer_id",
+        "as_of",
+        "layer",
+    )
+
+
+def test_docs_tables_md_is_generated_from_the_registry():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "TABLES.md"
+    assert docs.read_text() == lake.markdown(), "docs/TABLES.md is stale: run microseg tables --out docs/TABLES.md"

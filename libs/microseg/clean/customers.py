@@ -11,7 +11,7 @@ from pyspark.sql.window import Window
 from microseg.ingest.standardise import clean_code, with_country_code
 from microseg.quality.rules import Rule, flag_rules, malformed, missing
 from microseg.runtime.keys import customer_id_from_crm
-from microseg.runtime.tables import CORRUPT
+from microseg.runtime.lake import CORRUPT
 
 
 def _customer_keys(customers: DataFrame) -> DataFrame:

@@ -9,7 +9,7 @@ from microseg.clean.customers import _customer_keys
 from microseg.clean.identity import anonymous_links
 from microseg.ingest.standardise import clean_code
 from microseg.quality.rules import Rule, flag_rules, future, malformed, missing, orphan
-from microseg.runtime.tables import CORRUPT
+from microseg.runtime.lake import CORRUPT
 
 
 def clean_web_events(df: DataFrame, customers: DataFrame) -> DataFrame:

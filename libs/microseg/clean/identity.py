@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.sparkops import cached
 
@@ -35,15 +35,15 @@ def _linked_keys(customers: DataFrame, column: str) -> DataFrame:
 
 
 def write_identity_map(spark: SparkSession, cfg: Config) -> dict:
-    """silver.identity_map: every deterministic key -> its one customer_id; ops.identity_conflicts: keys
-    that point at several customers (reported, never guessed).
+    """Write the identity map: every deterministic key -> its one customer_id; and the identity
+    conflicts: keys that point at several customers (reported, never guessed).
 
     Returns counts of linked keys and conflicts by key type.
     """
-    customers = tables.read(spark, cfg, "silver.customers")
+    customers = tables.read(spark, cfg, lake.CUSTOMERS)
     keys = [_linked_keys(customers, c) for c in ("crm_id", "email_hash", "phone_hash")]
-    if tables.exists(spark, cfg, "silver.web_events"):
-        web = tables.read(spark, cfg, "silver.web_events").where(F.col("customer_id").isNotNull())
+    if tables.exists(spark, cfg, lake.WEB_EVENTS):
+        web = tables.read(spark, cfg, lake.WEB_EVENTS).where(F.col("customer_id").isNotNull())
         keys.append(
             web.where(F.col("anonymous_id").isNotNull())
             .groupBy(F.col("anonymous_id").alias("key_value"))
@@ -60,8 +60,8 @@ def write_identity_map(spark: SparkSession, cfg: Config) -> dict:
         conflicts = linked.where(several).select(
             "key_type", "key_value", "customer_ids", F.size("customer_ids").alias("customers")
         )
-        tables.overwrite(single, cfg, "silver.identity_map")
-        tables.overwrite(conflicts, cfg, "ops.identity_conflicts")
+        tables.overwrite(single, cfg, lake.IDENTITY_MAP)
+        tables.overwrite(conflicts, cfg, lake.IDENTITY_CONFLICTS)
     return {
         "linked_keys": {r["key_type"]: r["count"] for r in by_type if r["one"]},
         "conflicts": {r["key_type"]: r["count"] for r in by_type if r["several"]},

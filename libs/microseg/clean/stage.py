@@ -9,6 +9,7 @@ same tables. Rows in must equal rows written plus rows quarantined, or the stage
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
@@ -33,21 +34,23 @@ from microseg.clean.orders import (
     line_orders_table,
     orders_table,
 )
-from microseg.ingest.mapping import CLEAN_ORDER, SourceSpec, canonical, load_mapping
+from microseg.ingest.mapping import ENTITIES, SourceSpec, canonical, load_mapping
 from microseg.quality.rules import quarantine_records
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ReconciliationError
+from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.runtime.sparkops import cached, described
 
-Outputs = dict[str, Callable[[DataFrame], DataFrame]]
+Outputs = dict[Table, Callable[[DataFrame], DataFrame]]  # silver table -> its shape from the good rows
+Cleaned = tuple[DataFrame, Outputs]  # rows flagged by the rules (_rule, _reason), and where good rows go
 
 
 def read_bronze(spark: SparkSession, cfg: Config, source: str) -> tuple[DataFrame, Observation]:
-    """bronze.<source>, and an Observation that counts its rows (``rows``) in the pass that cleans them."""
+    """The bronze table of ``source``, and an Observation counting its rows (``rows``) in the pass that cleans them."""
     rows_in = Observation()
-    return tables.read(spark, cfg, f"bronze.{source}").observe(rows_in, F.count(F.lit(1)).alias("rows")), rows_in
+    return tables.read(spark, cfg, lake.bronze(source)).observe(rows_in, F.count(F.lit(1)).alias("rows")), rows_in
 
 
 def publish(
@@ -77,10 +80,10 @@ def publish(
                 f"a join in the clean rules duplicated or lost rows"
             )
         good = kept.where(F.col("_rule").isNull())
-        for name, transform in outputs.items():
-            tables.overwrite(transform(good), cfg, name)
+        for table, transform in outputs.items():
+            tables.overwrite(transform(good), cfg, table)
         bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
-        tables.overwrite(quarantine_records(kept, source, bronze_columns), cfg, f"quarantine.{source}")
+        tables.overwrite(quarantine_records(kept, source, bronze_columns), cfg, lake.quarantine(source))
     details: dict = {"quarantined_by_rule": dict(sorted(by_rule.items()))}
     if has_customer:
         good_linked = sum(r["count"] for r in counts if r["_rule"] is None and r["_linked"])
@@ -88,76 +91,91 @@ def publish(
     return Entry(source, rows_read, written, quarantined, details=details)
 
 
-# -- customers (CRM) ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Inputs:
+    """What a cleaner may read beside its own source: silver tables cleaned before it, and the config."""
+
+    spark: SparkSession
+    cfg: Config
+    spec: SourceSpec
+    customers: DataFrame | None  # silver.customers, when the source links to the CRM
+
+    def silver(self, name: str) -> DataFrame:
+        return tables.read(self.spark, self.cfg, lake.silver(name))
 
 
-# -- order lines (one row per invoice line, as in the Online Retail data) ---------------------------
+def _customers(df: DataFrame, given: Inputs) -> Cleaned:
+    return clean_customers(df, given.cfg.sources.country_aliases), {lake.CUSTOMERS: customers_table}
 
 
-# -- orders and items (separate feeds) --------------------------------------------------------------
+def _order_lines(df: DataFrame, given: Inputs) -> Cleaned:
+    sources = given.cfg.sources
+    flagged = clean_order_lines(df, given.customers, sources.currency_rates, given.spec.product_code_pattern)
+    outputs: Outputs = {lake.ORDER_ITEMS: line_items_table, lake.ORDERS: line_orders_table}
+    if given.customers is None:  # no CRM source: the order lines are the customers' only record
+        outputs[lake.CUSTOMERS] = line_customers_table(sources.country_aliases)
+    return flagged, outputs
 
 
-# -- engagement ----------------------------------------------------------------------------------------
+def _orders(df: DataFrame, given: Inputs) -> Cleaned:
+    return clean_orders(df, given.customers, given.cfg.sources.currency_rates), {lake.ORDERS: orders_table}
 
 
-# -- the stage -------------------------------------------------------------------------------------------
+def _order_items(df: DataFrame, given: Inputs) -> Cleaned:
+    return clean_order_items(df, given.silver("orders")), {lake.ORDER_ITEMS: items_table}
 
 
-def clean_source(
-    spark: SparkSession, cfg: Config, spec: SourceSpec, by_entity: dict[str, SourceSpec], mapping_file: str
-) -> Entry:
+def _web_events(df: DataFrame, given: Inputs) -> Cleaned:
+    return clean_web_events(df, given.customers), {lake.WEB_EVENTS: web_events_table}
+
+
+def _email_events(df: DataFrame, given: Inputs) -> Cleaned:
+    return clean_email_events(df, given.customers), {lake.EMAIL_EVENTS: email_events_table}
+
+
+def _support_tickets(df: DataFrame, given: Inputs) -> Cleaned:
+    return clean_by_customer_ref(df, given.customers, "created_at"), {lake.SUPPORT_TICKETS: tickets_table}
+
+
+def _survey_responses(df: DataFrame, given: Inputs) -> Cleaned:
+    return clean_by_customer_ref(df, given.customers, "submitted_at"), {lake.SURVEY_RESPONSES: surveys_table}
+
+
+# Entity -> cleaner: the rows flagged by its rules, and the silver table(s) its good rows feed.
+CLEANERS: dict[str, Callable[[DataFrame, Inputs], Cleaned]] = {
+    "customers": _customers,
+    "order_lines": _order_lines,
+    "orders": _orders,
+    "order_items": _order_items,
+    "web_events": _web_events,
+    "email_events": _email_events,
+    "support_tickets": _support_tickets,
+    "survey_responses": _survey_responses,
+}
+assert set(CLEANERS) == set(ENTITIES), "every entity has a cleaner"
+
+
+def clean_source(spark: SparkSession, cfg: Config, spec: SourceSpec, by_entity: dict[str, SourceSpec]) -> Entry:
     """Clean one source's bronze table into its silver table(s) and quarantine.<source>."""
     entity = spec.entity
-    rates, aliases = cfg.sources.currency_rates, cfg.sources.country_aliases
-
-    def silver(name: str) -> DataFrame:
-        return tables.read(spark, cfg, f"silver.{name}")
-
     bronze, rows_in = read_bronze(spark, cfg, spec.name)
-    df = canonical(bronze, spec, mapping_file)
+    df = canonical(bronze, spec, str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml")))
     crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
-    customers = silver("customers") if crm_needed else None
-    match entity:
-        case "customers":
-            flagged = clean_customers(df, aliases)
-            outputs: Outputs = {"silver.customers": customers_table}
-        case "order_lines":
-            flagged = clean_order_lines(df, customers, rates, spec.product_code_pattern)
-            outputs = {"silver.order_items": line_items_table, "silver.orders": line_orders_table}
-            if customers is None:
-                outputs["silver.customers"] = line_customers_table(aliases)
-        case "orders":
-            flagged = clean_orders(df, customers, rates)
-            outputs = {"silver.orders": orders_table}
-        case "order_items":
-            flagged = clean_order_items(df, silver("orders"))
-            outputs = {"silver.order_items": items_table}
-        case "web_events":
-            flagged = clean_web_events(df, customers)
-            outputs = {"silver.web_events": web_events_table}
-        case "email_events":
-            flagged = clean_email_events(df, customers)
-            outputs = {"silver.email_events": email_events_table}
-        case "support_tickets":
-            flagged = clean_by_customer_ref(df, customers, "created_at")
-            outputs = {"silver.support_tickets": tickets_table}
-        case "survey_responses":
-            flagged = clean_by_customer_ref(df, customers, "submitted_at")
-            outputs = {"silver.survey_responses": surveys_table}
+    customers = tables.read(spark, cfg, lake.CUSTOMERS) if crm_needed else None
+    flagged, outputs = CLEANERS[entity](df, Inputs(spark, cfg, spec, customers))
     return publish(cfg, spec.name, bronze, rows_in, flagged, outputs)
 
 
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Clean every source of the mapping into silver, in dependency order (customers first)."""
     specs = load_mapping(cfg)
-    mapping_file = str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml"))
     by_entity = {spec.entity: spec for spec in specs.values()}
     report = StageReport("clean")
-    for entity in CLEAN_ORDER:
+    for entity in ENTITIES:
         spec = by_entity.get(entity)
         if spec is not None:
             with described(spark, f"clean {spec.name} ({entity})"):
-                report.entries.append(clean_source(spark, cfg, spec, by_entity, mapping_file))
+                report.entries.append(clean_source(spark, cfg, spec, by_entity))
     with described(spark, "clean: identity map"):
         report.info["identity"] = write_identity_map(spark, cfg)
     return report

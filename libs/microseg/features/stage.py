@@ -28,7 +28,7 @@ from microseg.features.builders import (
 from microseg.features.catalog import Catalog, load_catalog
 from microseg.features.lifecycle import STAGES as MACRO_SEGMENTS
 from microseg.features.lifecycle import lifecycle_stage, transition_counts
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config, FeaturesConfig
 from microseg.runtime.errors import ReconciliationError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
@@ -100,7 +100,7 @@ def unsupported_features(inputs: Inputs, catalog: Catalog) -> dict[str, str]:
 def build_features(
     inputs: Inputs, as_of: dt.date, catalog: Catalog, cfg: FeaturesConfig, unsupported: dict[str, str] | None = None
 ) -> DataFrame:
-    """gold.customer_features rows for one as_of: one per eligible customer, the catalog's columns in order."""
+    """The feature rows of one as_of: one per eligible customer, the catalog's columns in order."""
     unsupported = unsupported_features(inputs, catalog) if unsupported is None else unsupported
     lifecycle = cfg.lifecycle
     joined = eligible_customers(inputs.customers, as_of).join(
@@ -157,7 +157,7 @@ def build_features(
 
 def _silver_inputs(spark: SparkSession, cfg: Config) -> Inputs:
     def read(name: str) -> DataFrame | None:
-        return tables.read(spark, cfg, f"silver.{name}") if tables.exists(spark, cfg, f"silver.{name}") else None
+        return tables.read(spark, cfg, lake.silver(name)) if tables.exists(spark, cfg, lake.silver(name)) else None
 
     return Inputs(**{f.name: read(f.name) for f in fields(Inputs)})
 
@@ -183,31 +183,29 @@ def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepo
         macro, *[F.count_if(F.col("macro_segment") == s).alias(s) for s in MACRO_SEGMENTS]
     )
     with described(spark, "features: gold.customer_features"):
-        n_written = tables.replace_where(
-            features, cfg, "gold.customer_features", f"as_of = '{run.as_of}'", partition_by="as_of"
-        ).rows_written
+        n_written = tables.replace_where(features, cfg, lake.CUSTOMER_FEATURES, f"as_of = '{run.as_of}'").rows_written
     counts = {segment: n for segment, n in macro.get.items() if n}
     refused = consent.get["refused"]
     if sum(counts.values()) != n_written:
         raise ReconciliationError(
-            f"gold.customer_features as_of {run.as_of}: {sum(counts.values())} customers in macro segments "
+            f"{lake.CUSTOMER_FEATURES} as_of {run.as_of}: {sum(counts.values())} customers in macro segments "
             f"{MACRO_SEGMENTS} but {n_written} rows committed; a lifecycle rule gives a segment not in that list"
         )
-    previous = tables.previous_as_of(spark, cfg, "gold.customer_features", run.as_of)
+    previous = tables.previous_as_of(spark, cfg, lake.CUSTOMER_FEATURES, run.as_of)
     transitions = None
     if previous is not None:
-        snapshot = tables.read(spark, cfg, "gold.customer_features")
+        snapshot = tables.read(spark, cfg, lake.CUSTOMER_FEATURES)
         before, after = (snapshot.where(F.col("as_of") == F.lit(d)) for d in (previous, run.as_of))
         moves = transition_counts(before, after, "macro_segment").select(
             F.lit(run.as_of).alias("as_of"), F.lit(previous).alias("previous_as_of"), "*"
         )
         with described(spark, "features: gold.lifecycle_transitions"), cached(moves) as kept:
-            tables.replace_where(kept, cfg, "gold.lifecycle_transitions", f"as_of = '{run.as_of}'")
+            tables.replace_where(kept, cfg, lake.LIFECYCLE_TRANSITIONS, f"as_of = '{run.as_of}'")
             transitions = {f"{r['from_segment']} -> {r['to_segment']}": r["customers"] for r in kept.collect()}
     report = StageReport("features")
     report.entries.append(
         Entry(
-            "gold.customer_features",
+            lake.CUSTOMER_FEATURES.name,
             rows_in=n_written + refused,
             rows_written=n_written,
             rows_quarantined=0,

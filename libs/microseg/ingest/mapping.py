@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -14,26 +15,76 @@ from pyspark.sql.types import StructType
 from microseg.ingest.privacy import tokenise
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError, SchemaDriftError
+from microseg.runtime.lake import CORRUPT
 from microseg.runtime.loader import interpolate
-from microseg.runtime.tables import CORRUPT
 
-ENTITIES = (
-    "customers",
-    "order_lines",
-    "orders",
-    "order_items",
-    "web_events",
-    "email_events",
-    "support_tickets",
-    "survey_responses",
-)
+
+@dataclass(frozen=True)
+class Entity:
+    """A canonical entity a source maps onto: the columns it must have, those it may have (with their
+    types), and the timestamps converted to UTC."""
+
+    required: tuple[str, ...]
+    optional: dict[str, str] = field(default_factory=dict)
+    time_columns: tuple[str, ...] = ()
+
+
+# Every entity, declared once, in the order clean takes them: later ones link to the customers and
+# orders of earlier ones. Emails and phones arrive hashed from ingest (privacy.tokenise); names never
+# leave the contact table. A new entity: its entry here, its cleaner (clean/stage.py CLEANERS), its
+# quality rules (conf/quality), its silver table (runtime/lake.py) and its generator (synthetic).
+ENTITIES: dict[str, Entity] = {
+    "customers": Entity(
+        ("customer_ref", "updated_at"),
+        {
+            "email_hash": "string",
+            "email_valid": "boolean",
+            "phone_hash": "string",
+            "phone_valid": "boolean",
+            "country": "string",
+            "signup_date": "date",
+            "consent_email": "boolean",
+            "consent_sms": "boolean",
+            "consent_profiling": "boolean",
+        },
+        ("updated_at",),
+    ),
+    "order_lines": Entity(
+        ("order_id", "customer_ref", "order_ts", "product_id", "quantity", "unit_price", "currency"),
+        {"description": "string", "country": "string", "channel": "string", "consent_profiling": "boolean"},
+        ("order_ts",),
+    ),
+    "orders": Entity(
+        ("order_id", "customer_ref", "order_ts", "currency", "amount"),
+        {"discount": "double", "channel": "string", "is_return": "boolean", "offer_code": "string"},
+        ("order_ts",),
+    ),
+    "order_items": Entity(
+        ("order_id", "line_no", "product_id", "quantity", "unit_price"),
+        {"category": "string", "description": "string"},
+    ),
+    "web_events": Entity(
+        ("event_id", "event_ts", "event_type"),
+        {"anonymous_id": "string", "customer_ref": "string", "session_id": "string", "channel": "string"},
+        ("event_ts",),
+    ),
+    "email_events": Entity(
+        ("event_id", "email_hash", "event_type", "event_ts"), {"campaign_id": "string"}, ("event_ts",)
+    ),
+    "support_tickets": Entity(
+        ("ticket_id", "customer_ref", "created_at"),
+        {"channel": "string", "topic": "string", "satisfaction": "int"},
+        ("created_at",),
+    ),
+    "survey_responses": Entity(("response_id", "customer_ref", "submitted_at"), {"nps": "int"}, ("submitted_at",)),
+}
 
 
 class SourceSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = ""
-    entity: Literal[ENTITIES]  # type: ignore[valid-type]
+    entity: str = Field(description="the canonical entity the source maps onto (ingest/mapping.py ENTITIES)")
     format: Literal["csv", "json", "parquet", "jdbc"]
     path: str = Field("", description="file path or glob, relative to sources.root (files only)")
     schema_ddl: str = Field(alias="schema")
@@ -49,6 +100,13 @@ class SourceSpec(BaseModel):
     pii: dict[str, Literal["email", "phone", "first_name", "last_name", "address"]] = Field(
         default_factory=dict, description="source column -> kind of direct identifier; hashed or dropped at ingest"
     )
+
+    @field_validator("entity")
+    @classmethod
+    def _known_entity(cls, entity: str) -> str:
+        if entity not in ENTITIES:
+            raise ValueError(f"unknown entity {entity!r}; known entities: {', '.join(ENTITIES)}")
+        return entity
 
     @property
     def captures_corrupt_records(self) -> bool:
@@ -95,54 +153,6 @@ def check_columns(spec: SourceSpec, found: list[str]) -> list[str]:
 
 
 # Canonical columns each entity needs after mapping (others are optional, null when absent).
-REQUIRED = {
-    "customers": ["customer_ref", "updated_at"],
-    "order_lines": ["order_id", "customer_ref", "order_ts", "product_id", "quantity", "unit_price", "currency"],
-    "orders": ["order_id", "customer_ref", "order_ts", "currency", "amount"],
-    "order_items": ["order_id", "line_no", "product_id", "quantity", "unit_price"],
-    "web_events": ["event_id", "event_ts", "event_type"],
-    "email_events": ["event_id", "email_hash", "event_type", "event_ts"],
-    "support_tickets": ["ticket_id", "customer_ref", "created_at"],
-    "survey_responses": ["response_id", "customer_ref", "submitted_at"],
-}
-
-
-OPTIONAL = {
-    # Emails and phones arrive hashed from ingest (privacy.tokenise); names never leave the contact table.
-    "customers": {
-        "email_hash": "string",
-        "email_valid": "boolean",
-        "phone_hash": "string",
-        "phone_valid": "boolean",
-        "country": "string",
-        "signup_date": "date",
-        "consent_email": "boolean",
-        "consent_sms": "boolean",
-        "consent_profiling": "boolean",
-    },
-    "order_lines": {"description": "string", "country": "string", "channel": "string", "consent_profiling": "boolean"},
-    "orders": {"discount": "double", "channel": "string", "is_return": "boolean", "offer_code": "string"},
-    "order_items": {"category": "string", "description": "string"},
-    "web_events": {"anonymous_id": "string", "customer_ref": "string", "session_id": "string", "channel": "string"},
-    "email_events": {"campaign_id": "string"},
-    "support_tickets": {"channel": "string", "topic": "string", "satisfaction": "int"},
-    "survey_responses": {"nps": "int"},
-}
-
-
-TIME_COLUMNS = {
-    "customers": ["updated_at"],
-    "order_lines": ["order_ts"],
-    "orders": ["order_ts"],
-    "web_events": ["event_ts"],
-    "email_events": ["event_ts"],
-    "support_tickets": ["created_at"],
-    "survey_responses": ["submitted_at"],
-}
-
-
-# Entities are cleaned in this order: later ones link to the customers and orders of earlier ones.
-CLEAN_ORDER = list(REQUIRED)
 
 
 def canonical(bronze: DataFrame, spec: SourceSpec, mapping_file: str) -> DataFrame:
@@ -165,16 +175,16 @@ def canonical(bronze: DataFrame, spec: SourceSpec, mapping_file: str) -> DataFra
                 f"does not fit the source's schema ({exc.getMessage().splitlines()[0]})"
             ) from None
         mapped[column] = F.expr(expression)
-    missing_columns = [c for c in REQUIRED[spec.entity] if c not in mapped]
+    missing_columns = [c for c in ENTITIES[spec.entity].required if c not in mapped]
     if missing_columns:
         raise ConfigError(
             f"source mapping {mapping_file}: source {spec.name} (entity {spec.entity}) has no column(s) "
             f"{missing_columns}; add them to its schema or map them under columns:"
         )
-    for column, kind in OPTIONAL[spec.entity].items():
+    for column, kind in ENTITIES[spec.entity].optional.items():
         mapped.setdefault(column, F.lit(None).cast(kind))
     if spec.timezone:
-        for column in TIME_COLUMNS.get(spec.entity, []):
+        for column in ENTITIES[spec.entity].time_columns:
             mapped[column] = F.to_utc_timestamp(mapped[column], spec.timezone)
     return bronze.select(*[expr.alias(name) for name, expr in mapped.items()], *metadata)
 

@@ -10,7 +10,7 @@ from pyspark.sql.window import Window
 
 from microseg.ingest.standardise import clean_text, is_valid_email, normalise_email, phone_e164
 from microseg.runtime.keys import customer_id_from_crm, hmac_sha256
-from microseg.runtime.tables import CORRUPT
+from microseg.runtime.lake import CORRUPT
 
 
 def tokenise(df: DataFrame, pii: dict[str, str], key: bytes, region: str) -> DataFrame:

@@ -12,7 +12,7 @@ from pyspark.sql.types import StringType, StructField, StructType
 from microseg.ingest.mapping import SourceSpec, check_columns, schema_of
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError, SchemaDriftError, SourceMissingError
-from microseg.runtime.tables import CORRUPT
+from microseg.runtime.lake import CORRUPT
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
@@ -23,17 +22,14 @@ from microseg.ingest.mapping import SourceSpec, check_mapping, load_mapping
 from microseg.ingest.privacy import contact_records, tokenise
 from microseg.ingest.readers import SourceFile, list_files, location, read_files, read_jdbc
 from microseg.ingest.standardise import with_nfkc
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ReconciliationError, SourceMissingError
 from microseg.runtime.keys import hash_key
+from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.runtime.sparkops import described
 
-INGEST_LOG = "ops.ingest_log"
-INGEST_LOG_SCHEMA = (
-    "source STRING, path STRING, size BIGINT, modified_ms BIGINT, rows BIGINT, batch_id STRING, ingested_at TIMESTAMP"
-)
 Seen = dict[str, tuple[int, int]]  # path -> (size, modified_ms) of its latest ingestion
 OBSERVED_FILES = 100  # a batch of up to this many files is counted per file in the pass that writes it
 
@@ -47,9 +43,13 @@ def batch_id(source: str, files: list[SourceFile]) -> str:
 
 def ingested_files(spark: SparkSession, cfg: Config) -> dict[str, Seen]:
     """source -> the files ops.ingest_log holds for it (the latest row of each), read once for all sources."""
-    if not tables.exists(spark, cfg, INGEST_LOG):
+    if not tables.exists(spark, cfg, lake.INGEST_LOG):
         return {}
-    rows = tables.read(spark, cfg, INGEST_LOG).select("source", "path", "size", "modified_ms", "ingested_at").collect()
+    rows = (
+        tables.read(spark, cfg, lake.INGEST_LOG)
+        .select("source", "path", "size", "modified_ms", "ingested_at")
+        .collect()
+    )
     seen: dict[str, Seen] = {}
     for r in sorted(rows, key=lambda r: r["ingested_at"]):
         seen.setdefault(r["source"], {})[r["path"]] = (r["size"], r["modified_ms"])
@@ -63,7 +63,7 @@ def new_files(seen: Seen, files: list[SourceFile]) -> tuple[list[SourceFile], li
     return fresh, changed
 
 
-def _write_bronze(bronze: DataFrame, cfg: Config, name: str, batch: str, paths: list[str]) -> tuple[int, dict]:
+def _write_bronze(bronze: DataFrame, cfg: Config, name: Table, batch: str, paths: list[str]) -> tuple[int, dict]:
     """Write one batch to ``name``: replace the batch's own rows, or the whole table when ``paths`` is empty.
 
     The rows are counted in the pass that writes them: in all, and per source file when the batch
@@ -102,7 +102,7 @@ def ingest_snapshot(spark: SparkSession, cfg: Config, run: RunContext, spec: Sou
         raw = _split_identifiers(cfg, spec, raw)
     batch = f"s-{run.run_id}"
     bronze = raw.withColumns({"_ingested_at": F.lit(run.started_at).cast("timestamp"), "_batch_id": F.lit(batch)})
-    rows, _ = _write_bronze(bronze, cfg, f"bronze.{spec.name}", batch, [])
+    rows, _ = _write_bronze(bronze, cfg, lake.bronze(spec.name), batch, [])
     return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={"snapshot": batch})
 
 
@@ -128,7 +128,7 @@ def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: Sourc
     if spec.pii:
         raw = _split_identifiers(cfg, spec, raw)
     bronze = raw.withColumns({"_ingested_at": F.lit(run.started_at).cast("timestamp"), "_batch_id": F.lit(batch)})
-    name = f"bronze.{spec.name}"
+    name = lake.bronze(spec.name)
     if changed and tables.exists(spark, cfg, name):
         _drop_rows_of(spark, cfg, name, paths, batch)
     rows, counts = _write_bronze(bronze, cfg, name, batch, paths)
@@ -154,15 +154,13 @@ def _split_identifiers(cfg: Config, spec: SourceSpec, raw: DataFrame) -> DataFra
             spec.columns.get("updated_at", "updated_at"),
             region,
         )
-        tables.merge(contact, cfg, "silver.customer_contact", keys=["customer_id"], newer_than="updated_at")
+        tables.merge(contact, cfg, lake.CUSTOMER_CONTACT)
     return tokenise(raw, spec.pii, key, region)
 
 
-def _drop_rows_of(spark: SparkSession, cfg: Config, name: str, paths: list[str], batch: str) -> None:
+def _drop_rows_of(spark: SparkSession, cfg: Config, table: Table, paths: list[str], batch: str) -> None:
     """Delete older rows of files being ingested again (they changed in place)."""
-    DeltaTable.forPath(spark, tables.table_path(cfg, name)).delete(
-        F.col("_source_file").isin(paths) & (F.col("_batch_id") != batch)
-    )
+    tables.delta_table(spark, cfg, table).delete(F.col("_source_file").isin(paths) & (F.col("_batch_id") != batch))
 
 
 def _log_files(
@@ -175,7 +173,7 @@ def _log_files(
     at: dt.datetime,
 ) -> None:
     rows = [(source, f.path, f.size, f.modified_ms, counts.get(f.path, 0), batch, at) for f in files]
-    tables.append(spark.createDataFrame(rows, INGEST_LOG_SCHEMA), cfg, INGEST_LOG)
+    tables.append(spark.createDataFrame(rows, lake.INGEST_LOG.ddl), cfg, lake.INGEST_LOG)
 
 
 def run_ingest(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:

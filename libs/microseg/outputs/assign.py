@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 
 from microseg.features.catalog import load_catalog
 from microseg.outputs.profiles import PROFILES, build_profiles, snapshot_features
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.errors import MicrosegError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
@@ -27,7 +27,7 @@ from microseg.segmentation.pipeline import CLUSTER, PROBABILITY, clustering_colu
 from microseg.segmentation.registry import load_champion
 from microseg.segmentation.stage import macros_of, rows_of, snapshot
 
-ASSIGNMENTS, HISTORY = "gold.segment_assignments", "gold.segment_history"
+ASSIGNMENTS, HISTORY = lake.SEGMENT_ASSIGNMENTS, lake.SEGMENT_HISTORY
 MEMBERSHIP = "array<struct<segment_id:string,probability:double>>"
 
 
@@ -105,8 +105,6 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
     Raises:
         MicrosegError: as_of is before the latest valid_from in gold.segment_history.
     """
-    from delta.tables import DeltaTable
-
     incoming = assigned.select("customer_id", "layer", "segment_id", "macro_segment")
     if not tables.exists(spark, cfg, HISTORY):
         opened = incoming.select(
@@ -115,8 +113,8 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
             F.lit(None).cast("date").alias("valid_to"),
             F.lit(True).alias("is_current"),
         )
-        return {"opened": tables.overwrite(opened, cfg, HISTORY)["numOutputRows"], "closed": 0}
-    history = DeltaTable.forPath(spark, tables.table_path(cfg, HISTORY))
+        return {"opened": tables.create(opened, cfg, HISTORY)["numOutputRows"], "closed": 0}
+    history = tables.delta_table(spark, cfg, HISTORY)
     latest = history.toDF().agg(F.max("valid_from")).first()[0]
     if latest is not None and str(latest) > str(as_of):
         raise MicrosegError(
@@ -189,13 +187,11 @@ def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
                 "model_name", "model_version", "training_run_id",
             )  # fmt: skip
             with described(spark, f"assign: MERGE into {ASSIGNMENTS}"):
-                merged = tables.merge(
-                    assigned, cfg, ASSIGNMENTS, keys=["customer_id", "as_of", "layer"], change_data_feed=True
-                )
+                merged = tables.merge(assigned, cfg, ASSIGNMENTS)
                 rows_in = merged.get("numSourceRows", merged.get("numOutputRows", 0))
                 written = merged.rows_written
     with described(spark, "assign: segment profiles"):
-        tables.replace_where(profiles, cfg, PROFILES, f"as_of = '{run.as_of}'", partition_by="as_of")
+        tables.replace_where(profiles, cfg, PROFILES, f"as_of = '{run.as_of}'")
     with described(spark, f"assign: {HISTORY}"):
         current = tables.read(spark, cfg, ASSIGNMENTS).where(F.col("as_of") == F.lit(run.as_of))
         history = update_history(spark, cfg, current, run.as_of)
@@ -206,5 +202,5 @@ def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
     report = StageReport(
         "assign", info={"segments": dict(sorted(sizes.items(), key=str)), "models": facts, "history": history}
     )
-    report.entries.append(Entry(ASSIGNMENTS, rows_in=rows_in, rows_written=written, details={"history": history}))
+    report.entries.append(Entry(ASSIGNMENTS.name, rows_in=rows_in, rows_written=written, details={"history": history}))
     return report

@@ -6,7 +6,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.features.lifecycle import transition_counts
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 
 MACRO = "macro_segment"  # the pseudo-layer of lifecycle macro segments in migration tables
@@ -30,9 +30,9 @@ def migration_matrix(assignments: DataFrame, from_as_of: object, to_as_of: objec
 
 def snapshot_migrations(spark: SparkSession, cfg: Config, as_of: object) -> tuple[DataFrame | None, object]:
     """The migrations into ``as_of`` from the snapshot before it in gold.segment_assignments (None if none)."""
-    previous = tables.previous_as_of(spark, cfg, "gold.segment_assignments", as_of)
+    previous = tables.previous_as_of(spark, cfg, lake.SEGMENT_ASSIGNMENTS, as_of)
     if previous is None:
         return None, None
-    assignments = tables.read(spark, cfg, "gold.segment_assignments")
+    assignments = tables.read(spark, cfg, lake.SEGMENT_ASSIGNMENTS)
     matrix = migration_matrix(assignments, previous, as_of)
     return matrix.select(F.lit(as_of).alias("as_of"), F.lit(previous).alias("previous_as_of"), "*"), previous

@@ -17,12 +17,12 @@ from pyspark.sql import types as T
 
 from microseg.features.catalog import Catalog, load_catalog
 from microseg.outputs.migrations import snapshot_migrations
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.segmentation.pipeline import ALL
 
-PROFILES = "gold.segment_profiles"
+PROFILES = lake.SEGMENT_PROFILES
 KEYS = ["layer", "macro_segment", "segment_id"]
 TYPICAL = "typical"
 
@@ -115,7 +115,7 @@ def profile_schema(names: list[str]) -> T.StructType:
 
 
 def snapshot_features(spark: SparkSession, cfg: Config, as_of: object, catalog: Catalog) -> DataFrame:
-    features = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(as_of))
+    features = tables.read(spark, cfg, lake.CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(as_of))
     return features.select("customer_id", *[F.col(f).cast("double") for f in catalog.names])
 
 
@@ -129,22 +129,27 @@ def run_profile(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
 
     catalog = load_catalog(cfg)
     on_date = F.col("as_of") == F.lit(run.as_of)
-    assignments = tables.read(spark, cfg, "gold.segment_assignments").where(on_date)
+    assignments = tables.read(spark, cfg, lake.SEGMENT_ASSIGNMENTS).where(on_date)
     profiles = tables.read(spark, cfg, PROFILES).where(on_date) if tables.exists(spark, cfg, PROFILES) else None
     sizes = profiles.select("size").collect() if profiles is not None else []
     if not sizes:
         profiles = build_profiles(
             assignments, snapshot_features(spark, cfg, run.as_of, catalog), catalog, cfg, run.as_of
         )
-        tables.replace_where(profiles, cfg, PROFILES, f"as_of = '{run.as_of}'", partition_by="as_of")
+        tables.replace_where(profiles, cfg, PROFILES, f"as_of = '{run.as_of}'")
         sizes = profiles.select("size").collect()
     migrations, previous = snapshot_migrations(spark, cfg, run.as_of)
     if migrations is not None:
-        tables.replace_where(migrations, cfg, "gold.segment_migrations", f"as_of = '{run.as_of}'")
+        tables.replace_where(migrations, cfg, lake.SEGMENT_MIGRATIONS, f"as_of = '{run.as_of}'")
     report_path = write_report(spark, cfg, run, catalog)
     report = StageReport("profile", info={"report": report_path, "previous_as_of": str(previous) if previous else None})
     # Every assignment of the snapshot belongs to exactly one profiled segment.
     report.entries.append(
-        Entry(PROFILES, rows_in=sum(r["size"] for r in sizes), rows_written=len(sizes), details={"report": report_path})
+        Entry(
+            PROFILES.name,
+            rows_in=sum(r["size"] for r in sizes),
+            rows_written=len(sizes),
+            details={"report": report_path},
+        )
     )
     return report

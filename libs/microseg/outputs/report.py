@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from microseg.features.catalog import Catalog
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.runlog import RunContext
 from microseg.segmentation import registry
@@ -157,12 +157,12 @@ def _k_selection_images(cfg: Config, run_ids: list[str]) -> list[tuple[str, str]
 def build_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Catalog) -> str:
     """The report's HTML for run.as_of, from the gold tables and the champions' MLflow artifacts."""
     on_date = F.col("as_of") == F.lit(run.as_of)
-    profiles = [r.asDict() for r in tables.read(spark, cfg, "gold.segment_profiles").where(on_date).collect()]
+    profiles = [r.asDict() for r in tables.read(spark, cfg, lake.SEGMENT_PROFILES).where(on_date).collect()]
     migrations = []
-    if tables.exists(spark, cfg, "gold.segment_migrations"):
-        migrations = [r.asDict() for r in tables.read(spark, cfg, "gold.segment_migrations").where(on_date).collect()]
-    assignments = tables.read(spark, cfg, "gold.segment_assignments").where(on_date)
-    features = tables.read(spark, cfg, "gold.customer_features").where(on_date)
+    if tables.exists(spark, cfg, lake.SEGMENT_MIGRATIONS):
+        migrations = [r.asDict() for r in tables.read(spark, cfg, lake.SEGMENT_MIGRATIONS).where(on_date).collect()]
+    assignments = tables.read(spark, cfg, lake.SEGMENT_ASSIGNMENTS).where(on_date)
+    features = tables.read(spark, cfg, lake.CUSTOMER_FEATURES).where(on_date)
     parts = [
         f"<h1>Customer segments as of {run.as_of}</h1>",
         f'<p class="note">microseg run {html.escape(run.run_id)}; feature catalog version {catalog.version}. '

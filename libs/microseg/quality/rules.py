@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from microseg.runtime.config import QualityRule
-from microseg.runtime.tables import CORRUPT
+from microseg.runtime.lake import CORRUPT
 
 
 @dataclass(frozen=True)

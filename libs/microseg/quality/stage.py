@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from microseg.quality.gx import RuleResult, load_rules, validate
 from microseg.quality.rules import Rule, flag_rules, quarantine_records, violation
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config, QualityRule
 from microseg.runtime.errors import DataQualityError, ReconciliationError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
@@ -24,13 +24,8 @@ from microseg.runtime.sparkops import cached, described
 # GX reports usage statistics over the network unless told not to; this machine has none.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
-DQ_SCHEMA = (
-    "run_id STRING, as_of DATE, table STRING, rule STRING, expectation STRING, column STRING, severity STRING, "
-    "success BOOLEAN, evaluated BIGINT, unexpected_count BIGINT, unexpected_percent DOUBLE"
-)
 
-
-def quarantine_rows(spark: SparkSession, cfg: Config, table: str, rules: list[QualityRule]) -> Entry:
+def quarantine_rows(spark: SparkSession, cfg: Config, name: str, rules: list[QualityRule]) -> Entry:
     """Move the rows of ``table`` that break quarantine rules to quarantine.<table>, each with its first rule.
 
     Returns:
@@ -40,21 +35,22 @@ def quarantine_rows(spark: SparkSession, cfg: Config, table: str, rules: list[Qu
     Raises:
         ReconciliationError: if rows in != rows kept + rows moved.
     """
+    table = lake.named(name)
     df = tables.read(spark, cfg, table)
     row_rules = [Rule(r.name, r.reason or f"{r.expectation} on {r.column}", violation(r)) for r in rules]
     with cached(flag_rules(df, row_rules)) as flagged:
         by_rule = {r["_rule"]: r["count"] for r in flagged.groupBy("_rule").count().collect()}
         rows_in, kept = sum(by_rule.values()), by_rule.pop(None, 0)
         if by_rule:
-            tables.append(quarantine_records(flagged, table, df.columns), cfg, f"quarantine.{table.split('.', 1)[1]}")
+            tables.append(quarantine_records(flagged, name, df.columns), cfg, lake.quarantine(table.short_name))
             good = flagged.where(F.col("_rule").isNull()).select(*[F.col(f"`{c}`") for c in df.columns])
             kept = tables.overwrite(good, cfg, table).rows_written
     moved = sum(by_rule.values())
     if rows_in != kept + moved:
         raise ReconciliationError(
-            f"{table}: {rows_in} rows in but {kept} kept + {moved} quarantined; rerun the quality stage"
+            f"{name}: {rows_in} rows in but {kept} kept + {moved} quarantined; rerun the quality stage"
         )
-    return Entry(table, rows_in, kept, moved, details={"quarantined_by_rule": dict(sorted(by_rule.items()))})
+    return Entry(name, rows_in, kept, moved, details={"quarantined_by_rule": dict(sorted(by_rule.items()))})
 
 
 def results_frame(spark: SparkSession, run: RunContext, results: list[RuleResult]) -> DataFrame:
@@ -74,7 +70,7 @@ def results_frame(spark: SparkSession, run: RunContext, results: list[RuleResult
         )
         for r in results
     ]
-    return spark.createDataFrame(rows, DQ_SCHEMA)
+    return spark.createDataFrame(rows, lake.DQ_RESULTS.ddl)
 
 
 def run_quality(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
@@ -83,7 +79,7 @@ def run_quality(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
     frames = {s.table: tables.read(spark, cfg, s.table) for s in suites}
     results = validate(frames, suites, docs_dir=f"{cfg.lake_root}/ops/data_docs")
     with described(spark, "quality: ops.dq_results"):
-        tables.append(results_frame(spark, run, results), cfg, "ops.dq_results")
+        tables.append(results_frame(spark, run, results), cfg, lake.DQ_RESULTS)
     report = StageReport("quality")
     critical = [r for r in results if not r.success and r.rule.severity == "critical"]
     for suite in suites:

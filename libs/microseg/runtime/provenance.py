@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 
 from microseg.runtime import tables
 from microseg.runtime.config import Config
+from microseg.runtime.lake import Table
 
 
 def git_commit() -> str:
@@ -28,6 +29,6 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def input_versions(spark: SparkSession, cfg: Config, names: list[str]) -> dict[str, str]:
+def input_versions(spark: SparkSession, cfg: Config, inputs: list[Table]) -> dict[str, str]:
     """Tags naming the Delta version of each input table, so a run can be reproduced."""
-    return {f"input_version.{name}": str(tables.version(spark, cfg, name)) for name in names}
+    return {f"input_version.{table.name}": str(tables.version(spark, cfg, table)) for table in inputs}

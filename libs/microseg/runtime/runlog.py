@@ -9,13 +9,8 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
-from microseg.runtime import tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
-
-RUN_LOG_SCHEMA = (
-    "run_id STRING, as_of DATE, stage STRING, source STRING, rows_in BIGINT, rows_written BIGINT, "
-    "rows_quarantined BIGINT, seconds DOUBLE, status STRING, details STRING, logged_at TIMESTAMP"
-)
 
 
 @dataclass(frozen=True)
@@ -73,4 +68,4 @@ def log_stage(spark: SparkSession, cfg: Config, run: RunContext, report: StageRe
         )
         for e in entries
     ]
-    tables.append(spark.createDataFrame(rows, RUN_LOG_SCHEMA), cfg, "ops.run_log")
+    tables.append(spark.createDataFrame(rows, lake.RUN_LOG.ddl), cfg, lake.RUN_LOG)

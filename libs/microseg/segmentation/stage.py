@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.features.catalog import Catalog, load_catalog
-from microseg.runtime import provenance, tables
+from microseg.runtime import lake, provenance, tables
 from microseg.runtime.config import Config, TrainConfig
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 def snapshot(spark: SparkSession, cfg: Config, as_of: object) -> DataFrame:
     """customer_id, macro_segment and every layer's features (as doubles) of one snapshot."""
     columns = sorted({f for layer in cfg.train.active_layers.values() for f in layer.features})
-    features = tables.read(spark, cfg, "gold.customer_features").where(F.col("as_of") == F.lit(as_of))
+    features = tables.read(spark, cfg, lake.CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(as_of))
     return features.select("customer_id", "macro_segment", *[F.col(c).cast("double") for c in columns])
 
 
@@ -183,7 +183,7 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
             "as_of": str(run.as_of),
             "pipeline_run_id": run.run_id,
             "seed": str(train.seed),
-            **provenance.input_versions(spark, cfg, ["gold.customer_features"]),
+            **provenance.input_versions(spark, cfg, [lake.CUSTOMER_FEATURES]),
         }
         summaries = []
         with mlflow.start_run(run_name=f"train-{run.as_of}", tags={**tags, "kind": "training"}) as parent:

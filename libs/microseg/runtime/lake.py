@@ -1,0 +1,359 @@
+"""The table registry: every table microseg reads or writes, declared once.
+
+Each entry gives the table's name (``<layer>.<table>``, stored at ``<lake.root>/<layer>/<table>``),
+what it holds, its key, partition columns, the writes it allows, whether it records a change data
+feed, and its expected columns with their Spark SQL types. ``runtime.tables`` reads and writes
+only through these entries, and refuses a write the entry does not allow. Per-source tables
+(bronze, quarantine) are made by ``bronze(source)`` and ``quarantine(source)``.
+``microseg tables --out docs/TABLES.md`` writes the registry as Markdown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OVERWRITE, REPLACE, APPEND, MERGE, TYPE2 = "overwrite", "replace", "append", "merge", "type2"
+WRITES = {
+    OVERWRITE: "overwrite: the whole table replaced",
+    REPLACE: "replace: the rows of one slice (an as_of, a batch) replaced atomically",
+    APPEND: "append",
+    MERGE: "merge: upsert on the key",
+    TYPE2: "type 2 merge: rows closed and opened, never updated in place",
+}
+CORRUPT = "_corrupt_record"  # bronze: the raw line a source row came from when it could not be parsed
+BRONZE_METADATA = (
+    (CORRUPT, "string"),
+    ("_source_file", "string"),
+    ("_ingested_at", "timestamp"),
+    ("_batch_id", "string"),
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    description: str
+    columns: tuple[tuple[str, str], ...]
+    writes: tuple[str, ...]
+    keys: tuple[str, ...] = ()
+    partition_by: tuple[str, ...] = ()
+    change_data_feed: bool = False
+    newer_than: str | None = None  # merge: a matched row is replaced only by a row at least this new
+    more_columns: str | None = None  # columns not known until run time (a source's, the catalog's)
+    written_by: str = ""
+
+    @property
+    def layer(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split(".", 1)[1]
+
+    @property
+    def ddl(self) -> str:
+        """The expected columns as a Spark DDL schema (``"`a` string, `b` date"``)."""
+        return ", ".join(f"`{name}` {kind}" for name, kind in self.columns)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def _columns(spec: str) -> tuple[tuple[str, str], ...]:
+    """``"a string, b date"`` -> (("a", "string"), ("b", "date")); commas inside <> belong to the type."""
+    parts, depth, current = [], 0, ""
+    for char in spec:
+        depth += {"<": 1, ">": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    parts.append(current)
+    return tuple(tuple(p.split(None, 1)) for p in (p.strip() for p in parts) if p)  # type: ignore[misc]
+
+
+QUARANTINE_COLUMNS = _columns(
+    "source string, rule string, reason string, record string, raw_line string, _source_file string, _batch_id string"
+)
+
+# -- silver ---------------------------------------------------------------------------------------------
+CUSTOMER_CONTACT = Table(
+    "silver.customer_contact",
+    "Raw name, email and phone per customer: the only table with PII; restricted, never read by analytics.",
+    _columns(
+        "customer_id string, first_name string, last_name string, email string, phone string, updated_at timestamp"
+    ),
+    (MERGE,),
+    keys=("customer_id",),
+    newer_than="updated_at",
+    written_by="ingest",
+)
+CUSTOMERS = Table(
+    "silver.customers",
+    "One row per customer: CRM key, hashed email and phone, country, signup date, consents.",
+    _columns(
+        "customer_id string, crm_id string, email_hash string, phone_hash string, email_valid boolean, "
+        "phone_valid boolean, country string, signup_date date, updated_at timestamp, consent_email boolean, "
+        "consent_sms boolean, consent_profiling boolean"
+    ),
+    (OVERWRITE,),
+    keys=("customer_id",),
+    written_by="clean, quality",
+)
+ORDERS = Table(
+    "silver.orders",
+    "Orders in the base currency, linked to customers; returns flagged.",
+    _columns(
+        "order_id string, customer_id string, order_ts timestamp, currency string, amount double, "
+        "amount_base double, discount_base double, channel string, is_return boolean, offer_code string"
+    ),
+    (OVERWRITE,),
+    keys=("order_id",),
+    written_by="clean, quality",
+)
+ORDER_ITEMS = Table(
+    "silver.order_items",
+    "Order lines with category and amount in the base currency.",
+    _columns(
+        "order_id string, customer_id string, line_no integer, product_id string, description string, "
+        "category string, quantity integer, unit_price double, line_amount_base double, is_return boolean, "
+        "is_product boolean"
+    ),
+    (OVERWRITE,),
+    keys=("order_id", "line_no"),
+    written_by="clean, quality",
+)
+WEB_EVENTS = Table(
+    "silver.web_events",
+    "Clickstream events; anonymous visitors linked to customers where a login ties them.",
+    _columns(
+        "event_id string, customer_id string, anonymous_id string, session_id string, event_ts timestamp, "
+        "event_type string, channel string"
+    ),
+    (OVERWRITE,),
+    keys=("event_id",),
+    written_by="clean, quality",
+)
+EMAIL_EVENTS = Table(
+    "silver.email_events",
+    "Email sends, opens, clicks and unsubscribes, linked to customers by hashed email.",
+    _columns("event_id string, customer_id string, campaign_id string, event_type string, event_ts timestamp"),
+    (OVERWRITE,),
+    keys=("event_id",),
+    written_by="clean, quality",
+)
+SUPPORT_TICKETS = Table(
+    "silver.support_tickets",
+    "Support tickets with channel, topic and satisfaction.",
+    _columns(
+        "ticket_id string, customer_id string, created_at timestamp, channel string, topic string, satisfaction integer"
+    ),
+    (OVERWRITE,),
+    keys=("ticket_id",),
+    written_by="clean, quality",
+)
+SURVEY_RESPONSES = Table(
+    "silver.survey_responses",
+    "Survey answers (NPS).",
+    _columns("response_id string, customer_id string, submitted_at timestamp, nps integer"),
+    (OVERWRITE,),
+    keys=("response_id",),
+    written_by="clean, quality",
+)
+IDENTITY_MAP = Table(
+    "silver.identity_map",
+    "Every deterministic key (CRM id, email hash, phone hash, web anonymous id) -> its one customer_id.",
+    _columns("key_type string, key_value string, customer_id string"),
+    (OVERWRITE,),
+    keys=("key_type", "key_value"),
+    written_by="clean",
+)
+
+# -- gold -----------------------------------------------------------------------------------------------
+CUSTOMER_FEATURES = Table(
+    "gold.customer_features",
+    "One row per customer per as_of: the catalog's features, the lifecycle macro segment, why values are null.",
+    _columns(
+        "customer_id string, as_of date, macro_segment string, null_reasons map<string,string>, feature_version string"
+    ),
+    (REPLACE,),
+    keys=("customer_id", "as_of"),
+    partition_by=("as_of",),
+    more_columns="one column per catalog feature (conf/catalog.yaml), after macro_segment",
+    written_by="features",
+)
+LIFECYCLE_TRANSITIONS = Table(
+    "gold.lifecycle_transitions",
+    "Customers moving between lifecycle macro segments from the previous as_of to this one.",
+    _columns("as_of date, previous_as_of date, from_segment string, to_segment string, customers long, share double"),
+    (REPLACE,),
+    keys=("as_of", "from_segment", "to_segment"),
+    written_by="features",
+)
+SEGMENT_ASSIGNMENTS = Table(
+    "gold.segment_assignments",
+    "Each customer's segment per layer per as_of, with its distance or membership probabilities and the model.",
+    _columns(
+        "customer_id string, as_of date, macro_segment string, layer string, segment_id string, "
+        "segment_label string, distance_to_centroid double, membership_probability double, "
+        "memberships array<struct<segment_id:string,probability:double>>, model_name string, "
+        "model_version string, training_run_id string"
+    ),
+    (MERGE,),
+    keys=("customer_id", "as_of", "layer"),
+    change_data_feed=True,
+    written_by="assign",
+)
+SEGMENT_HISTORY = Table(
+    "gold.segment_history",
+    "Type 2 history of (customer, layer): the segment held from valid_from until valid_to.",
+    _columns(
+        "customer_id string, layer string, segment_id string, macro_segment string, valid_from date, "
+        "valid_to date, is_current boolean"
+    ),
+    (TYPE2,),
+    keys=("customer_id", "layer", "valid_from"),
+    written_by="assign",
+)
+SEGMENT_PROFILES = Table(
+    "gold.segment_profiles",
+    "Per segment and as_of: size, shares, label, top features, and each feature's mean, median and z-score.",
+    _columns(
+        "as_of date, layer string, macro_segment string, segment_id string, size long, share double, "
+        "share_of_macro double, label string, top_features array<string>"
+    ),
+    (REPLACE,),
+    keys=("as_of", "layer", "segment_id"),
+    partition_by=("as_of",),
+    more_columns="mean_<feature>, median_<feature>, z_<feature> (double) per catalog feature",
+    written_by="assign, profile",
+)
+SEGMENT_MIGRATIONS = Table(
+    "gold.segment_migrations",
+    "Customers moving between segments (and macro segments) from the previous as_of to this one.",
+    _columns(
+        "as_of date, previous_as_of date, layer string, from_segment string, to_segment string, customers long, "
+        "share double"
+    ),
+    (REPLACE,),
+    keys=("as_of", "layer", "from_segment", "to_segment"),
+    written_by="profile",
+)
+
+# -- ops ------------------------------------------------------------------------------------------------
+RUN_LOG = Table(
+    "ops.run_log",
+    "One row per stage and source of every run: rows in, written and quarantined, seconds, status.",
+    _columns(
+        "run_id string, as_of date, stage string, source string, rows_in long, rows_written long, "
+        "rows_quarantined long, seconds double, status string, details string, logged_at timestamp"
+    ),
+    (APPEND,),
+    written_by="every stage",
+)
+DQ_RESULTS = Table(
+    "ops.dq_results",
+    "Every data-quality rule's outcome per run.",
+    _columns(
+        "run_id string, as_of date, table string, rule string, expectation string, column string, "
+        "severity string, success boolean, evaluated long, unexpected_count long, unexpected_percent double"
+    ),
+    (APPEND,),
+    written_by="quality",
+)
+INGEST_LOG = Table(
+    "ops.ingest_log",
+    "Every source file ingested: size, modification time, rows, batch.",
+    _columns(
+        "source string, path string, size long, modified_ms long, rows long, batch_id string, ingested_at timestamp"
+    ),
+    (APPEND,),
+    written_by="ingest",
+)
+IDENTITY_CONFLICTS = Table(
+    "ops.identity_conflicts",
+    "Keys that point at several customers: reported, never guessed.",
+    _columns("key_type string, key_value string, customer_ids array<string>, customers integer"),
+    (OVERWRITE,),
+    keys=("key_type", "key_value"),
+    written_by="clean",
+)
+
+TABLES: tuple[Table, ...] = (
+    CUSTOMER_CONTACT, CUSTOMERS, ORDERS, ORDER_ITEMS, WEB_EVENTS, EMAIL_EVENTS, SUPPORT_TICKETS,
+    SURVEY_RESPONSES, IDENTITY_MAP, CUSTOMER_FEATURES, LIFECYCLE_TRANSITIONS, SEGMENT_ASSIGNMENTS,
+    SEGMENT_HISTORY, SEGMENT_PROFILES, SEGMENT_MIGRATIONS, RUN_LOG, DQ_RESULTS, INGEST_LOG, IDENTITY_CONFLICTS,
+)  # fmt: skip
+BY_NAME = {t.name: t for t in TABLES}
+
+
+def bronze(source: str) -> Table:
+    """A source's raw rows as ingested, PII hashed; one batch per ingest run (a snapshot source: the whole table)."""
+    return Table(
+        f"bronze.{source}",
+        f"Source {source} as ingested: its mapped columns (emails and phones hashed), then ingest metadata.",
+        BRONZE_METADATA,
+        (REPLACE, OVERWRITE),
+        more_columns="the source's columns (conf/sources/*.yaml), before the metadata",
+        written_by="ingest",
+    )
+
+
+def quarantine(source: str) -> Table:
+    """Rows of a source (or of a silver table) that broke a rule, with the rule and the reason."""
+    return Table(
+        f"quarantine.{source}",
+        f"Rows of {source} that broke a rule: the rule, the reason, the record as JSON, the raw line.",
+        QUARANTINE_COLUMNS,
+        (OVERWRITE, APPEND),
+        written_by="clean (overwrite), quality (append)",
+    )
+
+
+def silver(name: str) -> Table:
+    """A silver table by its short name (orders, web_events...)."""
+    return named(f"silver.{name}")
+
+
+def named(name: str) -> Table:
+    """A table by its full name (gold.segment_profiles), per-source tables included.
+
+    Raises:
+        KeyError: naming the known tables.
+    """
+    layer = name.split(".", 1)[0]
+    if layer == "bronze":
+        return bronze(name.split(".", 1)[1])
+    if layer == "quarantine":
+        return quarantine(name.split(".", 1)[1])
+    if name not in BY_NAME:
+        raise KeyError(f"no table {name!r} in the registry; known: {', '.join(BY_NAME)}, bronze.*, quarantine.*")
+    return BY_NAME[name]
+
+
+def markdown() -> str:
+    """The registry as Markdown (docs/TABLES.md)."""
+    lines = [
+        "# Tables",
+        "",
+        "Generated from `libs/microseg/runtime/lake.py` by `microseg tables --out docs/TABLES.md`; do not edit.",
+        "Each table is stored at `<lake.root>/<layer>/<table>` as a Delta table.",
+        "",
+        "| table | written by | writes | key | partitioned by | change feed | description |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    examples = [bronze("<source>"), quarantine("<source>")]
+    for t in (*examples, *TABLES):
+        lines.append(
+            f"| `{t.name}` | {t.written_by} | {', '.join(t.writes)} | {', '.join(t.keys) or '-'} | "
+            f"{', '.join(t.partition_by) or '-'} | {'yes' if t.change_data_feed else '-'} | {t.description} |"
+        )
+    lines += ["", "Writes: " + "; ".join(WRITES.values()) + ".", ""]
+    for t in (*examples, *TABLES):
+        lines += [f"## `{t.name}`", "", t.description, "", "| column | type |", "|---|---|"]
+        lines += [f"| `{name}` | {kind} |" for name, kind in t.columns]
+        if t.more_columns:
+            lines.append(f"| ... | {t.more_columns} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
