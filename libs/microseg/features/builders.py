@@ -11,6 +11,11 @@ from pyspark.sql.window import Window
 from microseg.runtime.config import FeaturesConfig
 
 
+def activity_column(table: str) -> str:
+    """The builders' column holding a customer's latest activity in ``table`` (for days_since_activity)."""
+    return f"_activity_{table}"
+
+
 def _cutoff(as_of: dt.date) -> Column:
     """The first instant after the as_of day (UTC): events strictly before it are in."""
     return F.lit(as_of + dt.timedelta(days=1)).cast("timestamp")
@@ -23,7 +28,7 @@ def _within_days(column: str, as_of: dt.date, days: int, ending_days_ago: int = 
     return (F.col(column) >= start) & (F.col(column) < _cutoff(end))
 
 
-def _days_since(ts: Column, as_of: dt.date) -> Column:
+def days_since(ts: Column, as_of: dt.date) -> Column:
     return F.datediff(F.lit(as_of), F.to_date(ts))
 
 
@@ -56,7 +61,7 @@ def order_features(orders: DataFrame, as_of: dt.date, channels: list[str], churn
     agg = gaps.groupBy("customer_id").agg(
         F.max(F.when(sale, F.col("order_ts"))).alias("_last_sale"),
         F.min(F.when(sale, F.col("order_ts"))).alias("_first_sale"),
-        F.max("order_ts").alias("_last_order_event"),
+        F.max("order_ts").alias(activity_column("orders")),
         *[F.count_if(sale_in[d]).alias(f"frequency_{d}d") for d in (30, 90, 365)],
         *[
             F.sum(F.when(sale_in[d], F.col("amount_base")).otherwise(0.0)).alias(f"monetary_{d}d")
@@ -77,13 +82,13 @@ def order_features(orders: DataFrame, as_of: dt.date, channels: list[str], churn
     recent, previous = F.col("monetary_90d"), F.col("_spend_previous_90d")
     return agg.select(
         "customer_id",
-        _days_since(F.col("_last_sale"), as_of).alias("recency_days"),
+        days_since(F.col("_last_sale"), as_of).alias("recency_days"),
         "frequency_30d",
         "frequency_90d",
         "frequency_365d",
         *[F.round(f"monetary_{d}d", 2).alias(f"monetary_{d}d") for d in (30, 90, 365)],
         F.round("avg_order_value", 2).alias("avg_order_value"),
-        _days_since(F.col("_first_sale"), as_of).alias("days_since_first_purchase"),
+        days_since(F.col("_first_sale"), as_of).alias("days_since_first_purchase"),
         F.round("interpurchase_days_mean", 3).alias("interpurchase_days_mean"),
         F.round("interpurchase_days_std", 3).alias("interpurchase_days_std"),
         F.round(_rate(recent - previous, recent + previous), 4).alias("spend_trend_90d"),
@@ -91,8 +96,8 @@ def order_features(orders: DataFrame, as_of: dt.date, channels: list[str], churn
         F.round(_rate(F.col("_returns_365d"), year_orders), 4).alias("return_rate"),
         F.round(_rate(F.col("_offers_365d"), year_orders), 4).alias("offer_redemption_rate"),
         *[F.round(_rate(F.col(f"_channel_{c}"), year_orders), 4).alias(f"channel_share_{c}") for c in channels],
-        _days_since(F.col("_reactivated_at"), as_of).alias("_days_since_reactivation"),
-        "_last_order_event",
+        days_since(F.col("_reactivated_at"), as_of).alias("_days_since_reactivation"),
+        activity_column("orders"),
     )
 
 
@@ -136,7 +141,7 @@ def web_features(web: DataFrame, orders: DataFrame, as_of: dt.date, cfg: Feature
         count("add_to_cart").alias("cart_adds_90d"),
         count("wishlist_add").alias("wishlist_adds_90d"),
         count("checkout_start").alias("checkout_starts_90d"),
-        F.max("event_ts").alias("_last_web_event"),
+        F.max("event_ts").alias(activity_column("web_events")),
     )
     browsing = browsing.withColumn(
         "pages_per_session_90d", F.round(_rate(F.col("_page_views"), F.col("web_sessions_90d")), 3)
@@ -202,7 +207,9 @@ def email_features(email: DataFrame, as_of: dt.date) -> DataFrame:
         messages("open").alias("_opened"),
         messages("click").alias("_clicked"),
         messages("unsubscribe").alias("_unsubscribed"),
-        F.max(F.when(F.col("event_type").isin("open", "click"), F.col("event_ts"))).alias("_last_email_engagement"),
+        F.max(F.when(F.col("event_type").isin("open", "click"), F.col("event_ts"))).alias(
+            activity_column("email_events")
+        ),
     )
     sent = F.col("_sent")
     return agg.select(
@@ -210,7 +217,7 @@ def email_features(email: DataFrame, as_of: dt.date) -> DataFrame:
         F.round(_rate(F.least(F.col("_opened"), sent), sent), 4).alias("email_open_rate"),
         F.round(_rate(F.least(F.col("_clicked"), sent), sent), 4).alias("email_click_rate"),
         F.round(_rate(F.least(F.col("_unsubscribed"), sent), sent), 4).alias("email_unsubscribe_rate"),
-        "_last_email_engagement",
+        activity_column("email_events"),
     )
 
 
@@ -220,14 +227,15 @@ def support_features(tickets: DataFrame, as_of: dt.date) -> DataFrame:
     return past.groupBy("customer_id").agg(
         F.count_if(year).alias("support_tickets_365d"),
         F.round(F.avg(F.when(year, F.col("satisfaction"))), 3).alias("support_satisfaction_mean"),
-        F.max("created_at").alias("_last_ticket"),
+        F.max("created_at").alias(activity_column("support_tickets")),
     )
 
 
 def survey_features(surveys: DataFrame, as_of: dt.date) -> DataFrame:
     answered = surveys.where((F.col("submitted_at") < _cutoff(as_of)) & F.col("nps").isNotNull())
     return answered.groupBy("customer_id").agg(
-        F.max_by("nps", "submitted_at").alias("nps_latest"), F.max("submitted_at").alias("_last_survey")
+        F.max_by("nps", "submitted_at").alias("nps_latest"),
+        F.max("submitted_at").alias(activity_column("survey_responses")),
     )
 
 

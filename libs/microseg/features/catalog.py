@@ -29,6 +29,21 @@ class Feature(BaseModel):
     high: str
     low: str
     null_when: str | None = Field(None, description="why a customer can have no value; None: never null")
+    requires: str | None = Field(
+        None, pattern=r"^[a-z_]+(\.[a-z_]+)?$", description="<silver table> or <silver table>.<column> it is built from"
+    )
+    zero_fill: bool = Field(False, description="a count: 0 for a customer without events, when its source exists")
+    activity_of: list[str] = Field(default_factory=list, description="tables whose latest event counts as activity")
+
+    @property
+    def source(self) -> str | None:
+        """The silver table the feature requires (None: customers and orders, always present)."""
+        return self.requires.split(".", 1)[0] if self.requires else None
+
+    @property
+    def column(self) -> str | None:
+        """The column of ``source`` that must have values somewhere, if one is named."""
+        return self.requires.split(".", 1)[1] if self.requires and "." in self.requires else None
 
 
 class Catalog(BaseModel):

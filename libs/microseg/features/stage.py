@@ -16,8 +16,9 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.features.builders import (
-    _days_since,
+    activity_column,
     category_features,
+    days_since,
     eligible_customers,
     email_features,
     order_features,
@@ -48,52 +49,23 @@ class Inputs:
     survey_responses: DataFrame | None = None
 
 
-# Which source (and column) each feature needs; a prefix ending in "_" covers a family.
-REQUIREMENTS: list[tuple[str, str, str | None]] = [
-    ("discount_share", "orders", "discount_base"),
-    ("offer_redemption_rate", "orders", "offer_code"),
-    ("channel_share_", "orders", "channel"),
-    ("category_", "order_items", "category"),
-    ("web_sessions_90d", "web_events", None),
-    ("pages_per_session_90d", "web_events", None),
-    ("product_views_90d", "web_events", None),
-    ("searches_90d", "web_events", None),
-    ("cart_", "web_events", None),
-    ("wishlist_adds_90d", "web_events", None),
-    ("checkout_starts_90d", "web_events", None),
-    ("email_", "email_events", None),
-    ("support_tickets_365d", "support_tickets", None),
-    ("support_satisfaction_mean", "support_tickets", "satisfaction"),
-    ("nps_latest", "survey_responses", "nps"),
-]
-# Counts that are 0 (not null) for a customer without events, when their source exists.
-COUNTS = [
-    "frequency_30d", "frequency_90d", "frequency_365d", "monetary_30d", "monetary_90d", "monetary_365d",
-    "web_sessions_90d", "product_views_90d", "searches_90d", "cart_adds_90d", "wishlist_adds_90d",
-    "checkout_starts_90d", "support_tickets_365d",
-]  # fmt: skip
-
-
-# The latest event of each source, for days_since_activity.
-LAST_SEEN = ("_last_order_event", "_last_web_event", "_last_email_engagement", "_last_ticket", "_last_survey")
-
-
 def unsupported_features(inputs: Inputs, catalog: Catalog) -> dict[str, str]:
-    """Features the data set cannot support, with why: a missing source, or a column that is always null."""
+    """Features the data set cannot support (the catalog's ``requires``), with why: a missing source,
+    or a column that is always null."""
     filled: dict[tuple[str, str], bool] = {}
-    for _prefix, source, column in REQUIREMENTS:
-        df = getattr(inputs, source)
-        if column and df is not None and (source, column) not in filled:
-            filled[(source, column)] = column in df.columns and not df.where(F.col(column).isNotNull()).isEmpty()
     reasons = {}
-    for name in catalog.names:
-        for prefix, source, column in REQUIREMENTS:
-            if name == prefix or (prefix.endswith("_") and name.startswith(prefix)):
-                if getattr(inputs, source) is None:
-                    reasons[name] = f"the data set has no {source} source"
-                elif column and not filled[(source, column)]:
-                    reasons[name] = f"{source} has no {column} values"
-                break
+    for feature in catalog.features:
+        source, column = feature.source, feature.column
+        if source is None:
+            continue
+        df = getattr(inputs, source)
+        if df is None:
+            reasons[feature.name] = f"the data set has no {source} source"
+            continue
+        if column and (source, column) not in filled:
+            filled[(source, column)] = column in df.columns and not df.where(F.col(column).isNotNull()).isEmpty()
+        if column and not filled[(source, column)]:
+            reasons[feature.name] = f"{source} has no {column} values"
     return reasons
 
 
@@ -117,22 +89,24 @@ def build_features(
         df = getattr(inputs, source)
         if df is not None:
             joined = joined.join(build(df), "customer_id", "left")
-    last_seen = [c for c in LAST_SEEN if c in joined.columns]
+    activity = [activity_column(t) for f in catalog.features for t in f.activity_of]
+    last_seen = [c for c in activity if c in joined.columns]
     joined = joined.withColumns(
         {
             "tenure_days": F.datediff(F.lit(as_of), F.col("signup_date")),
-            "days_since_activity": _days_since(F.greatest(*[F.col(c) for c in last_seen], F.lit(None)), as_of),
+            "days_since_activity": days_since(F.greatest(*[F.col(c) for c in last_seen], F.lit(None)), as_of),
         }
     )
+    counts = [f.name for f in catalog.features if f.zero_fill]
     columns = {}
     for name in catalog.names:
         if name in unsupported or name not in joined.columns:
             columns[name] = F.lit(None).cast("double")
-        elif name in COUNTS:
+        elif name in counts:
             columns[name] = F.coalesce(F.col(name), F.lit(0))
         else:
             columns[name] = F.col(name)
-    for name in COUNTS:  # one type per column whatever the data set supports, so snapshots can share a table
+    for name in counts:  # one type per column whatever the data set supports, so snapshots can share a table
         if name in columns:
             columns[name] = columns[name].cast("double" if name.startswith("monetary") else "int")
     reasons = F.array(
