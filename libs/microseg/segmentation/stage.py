@@ -33,7 +33,7 @@ from microseg.runtime.config import Config, TrainConfig
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.runtime.sparkops import cached, described
-from microseg.segmentation import registry, sweep
+from microseg.segmentation import algorithms, registry, sweep
 from microseg.segmentation.artifacts import log_candidates, log_final
 from microseg.segmentation.metrics import Candidate
 from microseg.segmentation.pipeline import (
@@ -113,13 +113,15 @@ def sweep_samples(data: DataFrame, todo: list[Plan], train: TrainConfig) -> dict
 
 
 def prepare(todo: list[Plan], raw: dict[str, pd.DataFrame], catalog: Catalog, train: TrainConfig) -> dict:
-    """Each swept (layer, macro)'s sample preprocessed as its MLlib pipeline would, with PCA where GMM is tried."""
+    """Each swept (layer, macro)'s sample preprocessed as its MLlib pipeline would, with PCA where an algorithm
+    that uses it (``Algorithm.uses_pca``) is tried."""
     samples = {}
     for p in todo:
         if not p.sweeps(train) or p.macro not in raw:
             continue
         scaled = sweep.preprocess(raw[p.macro], p.features, catalog)
-        with_pca = "gaussian_mixture" in train.active_layers[p.layer].algorithms and train.gmm_pca_variance
+        uses_pca = any(algorithms.get(a).uses_pca for a in train.active_layers[p.layer].algorithms)
+        with_pca = uses_pca and train.gmm_pca_variance
         samples[p.key] = sweep.Sample(scaled, sweep.pca(scaled, train.gmm_pca_variance) if with_pca else None)
     return samples
 
