@@ -73,6 +73,21 @@ def _check_features(cfg: Config, catalog: Catalog) -> None:
             raise ConfigError(f"train.layers.{layer}.features names {unknown}, not in the feature catalog")
 
 
+def check_algorithms(cfg: Config) -> None:
+    """Every switched-on layer names registered algorithms only (``algorithms.ALGORITHMS``).
+
+    Raises:
+        ConfigError: naming ``train.layers.<layer>.algorithms``, the unknown names and the known ones.
+    """
+    for layer, spec in cfg.train.active_layers.items():
+        unknown = [a for a in spec.algorithms if a not in algorithms.ALGORITHMS]
+        if unknown:
+            raise ConfigError(
+                f"train.layers.{layer}.algorithms names unknown algorithm(s) {unknown}; "
+                f"known algorithms: {list(algorithms.ALGORITHMS)}"
+            )
+
+
 def macro_stats(data: DataFrame, cfg: Config) -> dict[str, dict]:
     """Per macro segment (and ``all``): rows, and how many rows have each feature. One Spark job."""
     columns = [c for c in data.columns if c not in ("customer_id", "macro_segment")]
@@ -156,6 +171,7 @@ def sweep_inputs(spark: SparkSession, cfg: Config, as_of: object) -> tuple[list[
 
 def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Train every (layer, macro) model of the snapshot run.as_of under one MLflow parent run."""
+    check_algorithms(cfg)
     train, catalog = cfg.train, load_catalog(cfg)
     _check_features(cfg, catalog)
     registry.configure(cfg)
