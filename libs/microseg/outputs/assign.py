@@ -41,7 +41,7 @@ def _literal_map(pairs: dict) -> Column:
 def score_layer(model: object, rows: DataFrame, layer: str, macro: str, info: dict, threshold: float) -> DataFrame:
     """The champion's clusters as stable segment ids, with distance or membership probabilities.
 
-    Which of the two is the registry entry's of the champion's algorithm (``info["algorithm"]``); the
+    Which of the two, the registry entry of the champion's algorithm (``info["algorithm"]``) says; the
     one-segment model has neither.
     """
     ids = {c: segment_id(layer, macro, i) for c, i in info["cluster_to_id"].items()}
