@@ -16,7 +16,7 @@ from microseg.quality.stage import run_quality
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runner import PipelineResult, StageFunction, run_stages
-from microseg.segmentation.stage import run_train, summary_lines
+from microseg.segmentation.stage import check_algorithms, run_train, summary_lines
 
 # The one stage list: every stage's name and function, in the order a run takes them.
 STAGES: dict[str, StageFunction] = {
@@ -40,13 +40,15 @@ def run_pipeline(
     """Run the named ``stages`` (default: cfg.run.stages) for ``as_of`` (default: cfg.run.as_of).
 
     Raises:
-        ConfigError: a stage name is unknown (before anything runs).
+        ConfigError: a stage name, or a layer's algorithm when train is to run, is unknown (before anything runs).
     """
     names = stages or cfg.run.stages
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         origin = "run.stages" if not stages else "stages"
         raise ConfigError(f"{origin} has unknown stage(s) {unknown}; known stages: {list(STAGES)}")
+    if "train" in names:
+        check_algorithms(cfg)  # before anything runs, as the stage names
     return run_stages(spark, cfg, [(name, STAGES[name]) for name in names], as_of, progress)
 
 

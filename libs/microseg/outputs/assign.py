@@ -1,8 +1,9 @@
 """Assign stage: score each customer with its (layer, macro) champion, write assignments and their history.
 
 gold.segment_assignments: one row per (customer_id, as_of, layer) with the stable segment id, its
-label, the distance to the centroid (KMeans, BisectingKMeans) or the membership probability and
-every membership above ``assign.membership_threshold`` (GaussianMixture), and the model version and
+label, the distance to the centroid or the membership probability and every membership above
+``assign.membership_threshold`` (as the champion's algorithm says: ``Algorithm.scores_by``, KMeans
+and BisectingKMeans by distance, GaussianMixture by probability), and the model version and
 training run. MERGEd on its key, with Delta's change data feed on. gold.segment_history is a
 type-2 slowly changing dimension of (customer_id, layer): a change of segment closes the current
 row and opens a new one (the row keeps the macro segment the customer had when it opened).
@@ -23,6 +24,8 @@ from microseg.runtime.config import Config
 from microseg.runtime.errors import MicrosegError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.runtime.sparkops import cached, described
+from microseg.segmentation import algorithms
+from microseg.segmentation.algorithms import SINGLE_SEGMENT
 from microseg.segmentation.pipeline import CLUSTER, PROBABILITY, clustering_column, segment_id
 from microseg.segmentation.registry import load_champion
 from microseg.segmentation.stage import macros_of, rows_of, snapshot
@@ -36,25 +39,29 @@ def _literal_map(pairs: dict) -> Column:
 
 
 def score_layer(model: object, rows: DataFrame, layer: str, macro: str, info: dict, threshold: float) -> DataFrame:
-    """The champion's clusters as stable segment ids, with distance or membership probabilities."""
+    """The champion's clusters as stable segment ids, with distance or membership probabilities.
+
+    Which of the two, the registry entry of the champion's algorithm (``info["algorithm"]``) says; the
+    one-segment model has neither.
+    """
     ids = {c: segment_id(layer, macro, i) for c, i in info["cluster_to_id"].items()}
     scored = model.transform(rows)
-    clusterer = model.stages[-1]
+    scores_by = None if info["algorithm"] == SINGLE_SEGMENT else algorithms.get(info["algorithm"]).scores_by
     distance = F.lit(None).cast("double")
     probability = F.lit(None).cast("double")
     memberships = F.lit(None).cast(MEMBERSHIP)
-    if hasattr(clusterer, "clusterCenters"):
+    if scores_by == "distance":
         centers = F.create_map(
             *[
                 x
-                for i, c in enumerate(clusterer.clusterCenters())
+                for i, c in enumerate(model.stages[-1].clusterCenters())
                 for x in (F.lit(i), F.array(*[F.lit(float(v)) for v in c]))
             ]
         )
         vector, center = vector_to_array(F.col(clustering_column(model))), centers[F.col(CLUSTER)]
         squares = F.zip_with(vector, center, lambda a, b: (a - b) * (a - b))
         distance = F.sqrt(F.aggregate(squares, F.lit(0.0), lambda acc, x: acc + x))
-    elif PROBABILITY in scored.columns:
+    elif scores_by == "probability":
         p = vector_to_array(F.col(PROBABILITY))
         probability = F.array_max(p)
         all_memberships = F.transform(
@@ -92,7 +99,7 @@ def score(features: DataFrame, cfg: Config) -> tuple[DataFrame, list[dict]]:
             parts.append(
                 score_layer(model, rows_of(features, macro), layer, macro, info, cfg.assign.membership_threshold)
             )
-            facts.append({k: v for k, v in info.items() if k != "cluster_to_id"})
+            facts.append({k: v for k, v in info.items() if k not in ("cluster_to_id", "algorithm")})
     return reduce(DataFrame.unionByName, parts), facts
 
 

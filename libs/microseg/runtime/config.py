@@ -128,8 +128,10 @@ class FeaturesConfig(_Strict):
 
 class LayerConfig(_Strict):
     features: list[str] = Field(min_length=1, description="catalog features the layer clusters on")
-    algorithms: list[Literal["kmeans", "bisecting_kmeans", "gaussian_mixture"]] = Field(
-        default_factory=lambda: ["kmeans"], min_length=1
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["kmeans"],
+        min_length=1,
+        description="algorithms to sweep, by name in microseg.segmentation.algorithms (checked when train starts)",
     )
     macros: list[str] | None = Field(None, description="macro segments the layer applies to; None: all")
 

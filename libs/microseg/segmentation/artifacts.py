@@ -15,7 +15,8 @@ from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
 from microseg.runtime.config import Config
-from microseg.segmentation import registry
+from microseg.segmentation import algorithms, registry
+from microseg.segmentation.algorithms import SINGLE_SEGMENT
 from microseg.segmentation.metrics import Candidate
 from microseg.segmentation.pipeline import (
     CLUSTER,
@@ -40,7 +41,7 @@ def log_candidates(cfg: Config, swept: Sweep, p: Plan, tags: dict) -> None:
             "k": c.k,
             "features": ",".join(p.features),
             "sample_rows": swept.rows,
-            "pca_components": swept.pca_k if c.algorithm == "gaussian_mixture" and swept.pca_k else "none",
+            "pca_components": swept.pca_k if algorithms.get(c.algorithm).uses_pca and swept.pca_k else "none",
             "sizes": json.dumps({str(k): v for k, v in c.sizes.items()}),
         }
         metrics = {**c.metrics(), "fit_seconds": c.seconds or 0.0}
@@ -71,7 +72,7 @@ def log_final(
                 "fit_rows": final.fit_rows,
                 "sweep_rows": swept.rows,
                 "selection": swept.rule,
-                "pca_components": swept.pca_k if final.algorithm == "gaussian_mixture" else "none",
+                "pca_components": swept.pca_k if _uses_pca(final.algorithm) else "none",
                 "seed": train.seed,
             }
         )
@@ -146,8 +147,9 @@ def log_final(
         return run.info.run_id, info.model_uri
 
 
-# One colour per algorithm in every panel and every report.
-ALGORITHM_COLORS = {"kmeans": "tab:blue", "bisecting_kmeans": "tab:orange", "gaussian_mixture": "tab:green"}
+def _uses_pca(algorithm: str) -> bool:
+    """Whether the final model fits on the PCA (the one-segment model is no algorithm: it does not)."""
+    return algorithm != SINGLE_SEGMENT and algorithms.get(algorithm).uses_pca
 
 
 def _log_curves(candidates: list[Candidate], title: str) -> None:
@@ -161,7 +163,7 @@ def _log_curves(candidates: list[Candidate], title: str) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (attr, label) in zip(axes, panels, strict=True):
         for algorithm in sorted({c.algorithm for c in candidates}):
-            color = ALGORITHM_COLORS.get(algorithm)
+            color = algorithms.get(algorithm).color  # one colour per algorithm in every panel and report
             points = [(c.k, getattr(c, attr)) for c in candidates if c.algorithm == algorithm]
             points = [(k, v) for k, v in points if v is not None]
             if points:

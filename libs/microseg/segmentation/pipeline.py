@@ -1,8 +1,8 @@
 """Clustering models: the MLlib pipeline of a layer, the candidate metrics, the selection rule and stable ids.
 
 A layer's model is one PipelineModel that scores raw feature rows: the catalog's transforms
-(log1p, clipping at a fitted 99th percentile) in SQL, a median imputer, a standard scaler, for
-GaussianMixture an optional PCA, then the clusterer. The train stage (``training.py``) sweeps
+(log1p, clipping at a fitted 99th percentile) in SQL, a median imputer, a standard scaler, for an
+algorithm that uses it an optional PCA, then the clusterer (``algorithms.py``). The train stage (``training.py``) sweeps
 algorithms and k on a sample in scikit-learn (``sweep.py``), chooses by the rule in ``choose``,
 refits the choice with this pipeline on all rows and keeps segment ids stable across retrains by
 ``match_segment_ids``.
@@ -11,12 +11,12 @@ refits the choice with this pipeline on all rows and keeps segment ids stable ac
 from __future__ import annotations
 
 from pyspark.ml import Estimator, Pipeline, PipelineModel, Transformer
-from pyspark.ml.clustering import BisectingKMeans, GaussianMixture, KMeans
 from pyspark.ml.feature import PCA, Imputer, SQLTransformer, StandardScaler, StandardScalerModel, VectorAssembler
 from pyspark.sql import DataFrame
 
 from microseg.features.catalog import Catalog
 from microseg.runtime.config import TrainConfig
+from microseg.segmentation import algorithms
 
 ALL = "all"  # the macro segment of models trained over every customer (train.by_macro: false)
 RAW, SCALED, PCA_COL, CLUSTER, PROBABILITY = "features_raw", "features_scaled", "features_pca", "cluster", "probability"
@@ -76,21 +76,8 @@ def preprocessing(features: list[str], catalog: Catalog, limits: dict[str, float
 def clusterer(
     algorithm: str, k: int, seed: int, max_iter: int, features_col: str = SCALED, suffix: str = ""
 ) -> Estimator:
-    prediction = CLUSTER + suffix
-    if algorithm == "kmeans":
-        return KMeans(k=k, seed=seed, maxIter=max_iter, featuresCol=features_col, predictionCol=prediction)
-    if algorithm == "bisecting_kmeans":
-        return BisectingKMeans(k=k, seed=seed, maxIter=max_iter, featuresCol=features_col, predictionCol=prediction)
-    if algorithm == "gaussian_mixture":
-        return GaussianMixture(
-            k=k,
-            seed=seed,
-            maxIter=max_iter,
-            featuresCol=features_col,
-            predictionCol=prediction,
-            probabilityCol=PROBABILITY + suffix,
-        )
-    raise ValueError(f"unknown algorithm {algorithm!r}; use kmeans, bisecting_kmeans or gaussian_mixture")
+    """The MLlib estimator of ``algorithm`` (a registry name), writing ``cluster`` (and ``probability``) + suffix."""
+    return algorithms.get(algorithm).mllib(k, seed, max_iter, features_col, CLUSTER + suffix, PROBABILITY + suffix)
 
 
 def pca_stage(k: int) -> PCA:
@@ -109,7 +96,7 @@ def full_pipeline(
 ) -> Pipeline:  # fmt: skip
     stages = preprocessing(features, catalog, limits)
     features_col = SCALED
-    if algorithm == "gaussian_mixture" and pca_k is not None:
+    if algorithms.get(algorithm).uses_pca and pca_k is not None:
         stages.append(pca_stage(pca_k))
         features_col = PCA_COL
     stages.append(clusterer(algorithm, k, train.seed, train.max_iter, features_col))

@@ -16,7 +16,8 @@ from pyspark.sql import types as T
 
 from microseg.features.catalog import Catalog
 from microseg.runtime.config import TrainConfig
-from microseg.segmentation import sweep
+from microseg.segmentation import algorithms, sweep
+from microseg.segmentation.algorithms import SINGLE_SEGMENT
 from microseg.segmentation.metrics import Candidate
 from microseg.segmentation.pipeline import (
     CLUSTER,
@@ -66,7 +67,7 @@ def fit_final(
     limits = clip_limits(fit_rows, features, catalog)
     if swept.chosen is None:
         pipeline = single_segment_pipeline(features, catalog, limits)
-        final = _refit(rows, n, fit_rows, pipeline, "single_segment", 1, features, train)
+        final = _refit(rows, n, fit_rows, pipeline, SINGLE_SEGMENT, 1, features, train)
     else:
         tried = []
         for candidate, rule in rank(swept.candidates, train)[: train.max_refits]:
@@ -148,8 +149,9 @@ def refit_agreement(
     """Adjusted Rand index between the MLlib refit and its scikit-learn candidate, both labelling the sweep sample."""
     from sklearn.metrics import adjusted_rand_score
 
-    space = sample.pca if chosen.algorithm == "gaussian_mixture" and sample.pca is not None else sample.scaled
-    candidate = sweep.fit(chosen.algorithm, chosen.k, train.seed, train.max_iter, space).predict(space)
+    algorithm = algorithms.get(chosen.algorithm)
+    space = sample.space(algorithm)
+    candidate = algorithm.sweep(chosen.k, train.seed, train.max_iter, space).predict(space)
     schema = T.StructType(
         [T.StructField("_row", T.IntegerType()), *[T.StructField(f, T.DoubleType()) for f in features]]
     )

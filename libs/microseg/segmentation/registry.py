@@ -106,7 +106,7 @@ def champion_score_today(
 
 
 def load_champion(cfg: Config, layer: str, macro: str) -> tuple[PipelineModel, dict]:
-    """A (layer, macro) champion, its registry facts and its cluster -> stable id mapping.
+    """A (layer, macro) champion, its registry facts and algorithm (its run's param), its cluster -> stable id mapping.
 
     Raises:
         ModelMissingError: the model has no champion (train has not run for this layer and macro).
@@ -125,5 +125,6 @@ def load_champion(cfg: Config, layer: str, macro: str) -> tuple[PipelineModel, d
         "model": name,
         "version": str(version.version),
         "run_id": version.run_id,
+        "algorithm": client(cfg).get_run(version.run_id).data.params.get("algorithm"),
         "cluster_to_id": {int(c): int(i) for c, i in ids["cluster_to_id"].items()},
     }

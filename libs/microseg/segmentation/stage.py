@@ -33,7 +33,7 @@ from microseg.runtime.config import Config, TrainConfig
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.runtime.sparkops import cached, described
-from microseg.segmentation import registry, sweep
+from microseg.segmentation import algorithms, registry, sweep
 from microseg.segmentation.artifacts import log_candidates, log_final
 from microseg.segmentation.metrics import Candidate
 from microseg.segmentation.pipeline import (
@@ -71,6 +71,21 @@ def _check_features(cfg: Config, catalog: Catalog) -> None:
         unknown = [f for f in spec.features if f not in catalog.names]
         if unknown:
             raise ConfigError(f"train.layers.{layer}.features names {unknown}, not in the feature catalog")
+
+
+def check_algorithms(cfg: Config) -> None:
+    """Every switched-on layer names registered algorithms only (``algorithms.ALGORITHMS``).
+
+    Raises:
+        ConfigError: naming ``train.layers.<layer>.algorithms``, the unknown names and the known ones.
+    """
+    for layer, spec in cfg.train.active_layers.items():
+        unknown = [a for a in spec.algorithms if a not in algorithms.ALGORITHMS]
+        if unknown:
+            raise ConfigError(
+                f"train.layers.{layer}.algorithms names unknown algorithm(s) {unknown}; "
+                f"known algorithms: {list(algorithms.ALGORITHMS)}"
+            )
 
 
 def macro_stats(data: DataFrame, cfg: Config) -> dict[str, dict]:
@@ -113,13 +128,15 @@ def sweep_samples(data: DataFrame, todo: list[Plan], train: TrainConfig) -> dict
 
 
 def prepare(todo: list[Plan], raw: dict[str, pd.DataFrame], catalog: Catalog, train: TrainConfig) -> dict:
-    """Each swept (layer, macro)'s sample preprocessed as its MLlib pipeline would, with PCA where GMM is tried."""
+    """Each swept (layer, macro)'s sample preprocessed as its MLlib pipeline would, with PCA where an algorithm
+    that uses it (``Algorithm.uses_pca``) is tried."""
     samples = {}
     for p in todo:
         if not p.sweeps(train) or p.macro not in raw:
             continue
         scaled = sweep.preprocess(raw[p.macro], p.features, catalog)
-        with_pca = "gaussian_mixture" in train.active_layers[p.layer].algorithms and train.gmm_pca_variance
+        uses_pca = any(algorithms.get(a).uses_pca for a in train.active_layers[p.layer].algorithms)
+        with_pca = uses_pca and train.gmm_pca_variance
         samples[p.key] = sweep.Sample(scaled, sweep.pca(scaled, train.gmm_pca_variance) if with_pca else None)
     return samples
 
@@ -154,6 +171,7 @@ def sweep_inputs(spark: SparkSession, cfg: Config, as_of: object) -> tuple[list[
 
 def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Train every (layer, macro) model of the snapshot run.as_of under one MLflow parent run."""
+    check_algorithms(cfg)
     train, catalog = cfg.train, load_catalog(cfg)
     _check_features(cfg, catalog)
     registry.configure(cfg)

@@ -3,7 +3,7 @@
 A sweep sample is small (at most ``train.sweep_sample`` rows per macro segment), so fitting its
 candidates with MLlib would pay a Spark job per iteration for a few milliseconds of arithmetic.
 Instead each sample is preprocessed in NumPy exactly as the MLlib pipeline does it (the catalog's
-transforms, median imputation, standard scaling, PCA for GaussianMixture), and every candidate is
+transforms, median imputation, standard scaling, PCA for the algorithms that use it), and every candidate is
 fitted with scikit-learn inside one Spark job: one task per slot, each taking its share of the
 candidates, with BLAS/OpenMP held to one thread per task. The chosen candidate is refitted with
 MLlib on all rows by the train stage; that model is what the registry serves.
@@ -18,7 +18,7 @@ import heapq
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,21 +27,43 @@ from pyspark.sql import SparkSession
 
 from microseg.features.catalog import Catalog
 from microseg.runtime.config import TrainConfig
+from microseg.segmentation import algorithms
+from microseg.segmentation.algorithms import Algorithm
+from microseg.segmentation.algorithms import gmm_bic as gmm_bic  # re-exported: its home was here
 
 RESULT_SCHEMA = (
     "task INT, silhouette DOUBLE, smallest_share DOUBLE, stability DOUBLE, wssse DOUBLE, log_likelihood DOUBLE, "
     "bic DOUBLE, sizes STRING, seconds DOUBLE, error STRING"
 )
+
+
+class _Costs(Mapping[str, float]):
+    """Relative cost of one fit of each registered algorithm (``Algorithm.cost``), read from the registry."""
+
+    def __getitem__(self, name: str) -> float:
+        return algorithms.get(name).cost
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(algorithms.ALGORITHMS))
+
+    def __len__(self) -> int:
+        return len(algorithms.ALGORITHMS)
+
+
 # Relative cost of one fit, to deal the candidates evenly over the tasks (longest first).
-COST = {"kmeans": 1.0, "bisecting_kmeans": 2.0, "gaussian_mixture": 4.0}
+COST: Mapping[str, float] = _Costs()
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One (layer, macro) sweep sample, preprocessed: the scaled matrix and, for GaussianMixture, its PCA."""
+    """One (layer, macro) sweep sample, preprocessed: the scaled matrix and, for algorithms that use it, its PCA."""
 
     scaled: np.ndarray
     pca: np.ndarray | None = None
+
+    def space(self, algorithm: Algorithm) -> np.ndarray:
+        """The matrix ``algorithm`` fits on: the PCA if it uses one and the sample has it, else the scaled matrix."""
+        return self.pca if algorithm.uses_pca and self.pca is not None else self.scaled
 
     @property
     def pca_k(self) -> int | None:
@@ -124,61 +146,26 @@ def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     return float(np.where(own_size > 1, score, 0.0).mean())
 
 
-def gmm_bic(log_likelihood: float, k: int, dimensions: int, rows: int) -> float:
-    """BIC of a full-covariance Gaussian mixture: parameters k*d means, k*d(d+1)/2 covariances, k-1 weights."""
-    parameters = k * dimensions + k * dimensions * (dimensions + 1) / 2 + (k - 1)
-    return parameters * math.log(rows) - 2 * log_likelihood
+def fit(algorithm: str | Algorithm, k: int, seed: int, max_iter: int, x: np.ndarray) -> object:
+    """One scikit-learn clusterer of ``algorithm`` (a registry name or entry) fitted on ``x``."""
+    return algorithms.get(algorithm).sweep(k, seed, max_iter, x)
 
 
-def fit(algorithm: str, k: int, seed: int, max_iter: int, x: np.ndarray) -> object:
-    """One scikit-learn clusterer of ``algorithm`` fitted on ``x``."""
-    from sklearn.cluster import BisectingKMeans, KMeans
-    from sklearn.mixture import GaussianMixture
-
-    if algorithm == "kmeans":
-        model = KMeans(n_clusters=k, n_init=1, max_iter=max_iter, random_state=seed)
-    elif algorithm == "bisecting_kmeans":
-        model = BisectingKMeans(n_clusters=k, n_init=1, max_iter=max_iter, random_state=seed)
-    elif algorithm == "gaussian_mixture":
-        weights, means, precisions = mllib_gmm_start(x, k, seed)
-        model = GaussianMixture(
-            n_components=k,
-            covariance_type="full",
-            max_iter=max_iter,
-            random_state=seed,
-            weights_init=weights,
-            means_init=means,
-            precisions_init=precisions,
-        )
-    else:
-        raise ValueError(f"unknown algorithm {algorithm!r}; use kmeans, bisecting_kmeans or gaussian_mixture")
-    return model.fit(x)
-
-
-def mllib_gmm_start(x: np.ndarray, k: int, seed: int, per_component: int = 5) -> tuple:
-    """MLlib's GaussianMixture start: equal weights; each component the mean and diagonal variance of
-    ``per_component`` rows drawn with replacement. Starting as MLlib does, the sweep measures the
-    solutions an MLlib refit can reach, not those of scikit-learn's k-means start.
-    """
-    rows = x[np.random.default_rng(seed).integers(0, len(x), size=k * per_component)].reshape(k, per_component, -1)
-    variances = np.maximum(rows.var(axis=1), 1e-6)
-    precisions = np.stack([np.diag(1.0 / v) for v in variances])
-    return np.full(k, 1.0 / k), rows.mean(axis=1), precisions
-
-
-def evaluate(x: np.ndarray, algorithm: str, k: int, params: dict) -> dict:
-    """Fit one candidate and measure it: silhouette, smallest share, stability ARI, WSSSE or log-likelihood and BIC.
+def evaluate(x: np.ndarray, algorithm: str | Algorithm, k: int, params: dict) -> dict:
+    """Fit one candidate and measure it: silhouette, smallest share, stability ARI and the algorithm's extra metrics
+    (``Algorithm.metrics``: WSSSE for the k-means family, log-likelihood and BIC for GaussianMixture).
 
     Stability is the adjusted Rand index between this fit and one with seed+1 on a
     ``stability_fraction`` subsample, both labelling the whole sample.
     """
     from sklearn.metrics import adjusted_rand_score
 
+    entry = algorithms.get(algorithm)
     seed, max_iter = params["seed"], params["max_iter"]
-    model = fit(algorithm, k, seed, max_iter, x)
+    model = entry.sweep(k, seed, max_iter, x)
     labels = model.predict(x)
     subsample = np.random.default_rng(seed + 1).random(len(x)) < params["stability_fraction"]
-    other = fit(algorithm, k, seed + 1, max_iter, x[subsample]).predict(x)
+    other = entry.sweep(k, seed + 1, max_iter, x[subsample]).predict(x)
     sizes = np.bincount(labels, minlength=k)
     scored = np.random.default_rng(seed).permutation(len(x))[: params["silhouette_sample"]]
     result = {
@@ -187,20 +174,18 @@ def evaluate(x: np.ndarray, algorithm: str, k: int, params: dict) -> dict:
         "stability": float(adjusted_rand_score(labels, other)),
         "sizes": json.dumps({str(c): int(n) for c, n in enumerate(sizes) if n > 0}),
     }
-    if algorithm == "gaussian_mixture":
-        log_likelihood = float(model.score(x) * len(x))
-        result.update(log_likelihood=log_likelihood, bic=gmm_bic(log_likelihood, k, x.shape[1], len(x)))
-    else:
-        result["wssse"] = float(((x - model.cluster_centers_[labels]) ** 2).sum())
-    return result
+    return {**result, **entry.metrics(model, x, labels)}
 
 
-def evaluate_task(task: Task, sample: Sample, params: dict) -> dict:
-    """``evaluate`` on the task's space (PCA for GaussianMixture when configured), timed; errors are recorded."""
+def evaluate_task(task: Task, sample: Sample, params: dict, algorithm: Algorithm | None = None) -> dict:
+    """``evaluate`` on the task's space (the PCA for an algorithm that uses it), timed; errors are recorded.
+
+    ``algorithm`` is the task's registry entry (in a Spark worker, the one shipped with the job).
+    """
     started = time.perf_counter()
-    x = sample.pca if task.algorithm == "gaussian_mixture" and sample.pca is not None else sample.scaled
     try:
-        result = {"error": None, **evaluate(x, task.algorithm, task.k, params)}
+        entry = algorithms.get(algorithm or task.algorithm)
+        result = {"error": None, **evaluate(sample.space(entry), entry, task.k, params)}
     except Exception as exc:  # one candidate that cannot be fitted must not sink the sweep: it is recorded
         result = {"silhouette": -1.0, "smallest_share": 0.0, "stability": 0.0, "sizes": "{}", "error": repr(exc)}
     return {**result, "seconds": time.perf_counter() - started}
@@ -249,6 +234,9 @@ def run(
         "stability_fraction": train.stability_fraction,
         "silhouette_sample": train.silhouette_sample,
     }
+    # The registry entries travel in the job's closure (cloudpickle), not the broadcast (pickle): an algorithm
+    # registered in this process only is known to the workers, and its functions may be pickled by value.
+    entries = {name: algorithms.get(name) for name in dict.fromkeys(t.algorithm for t in tasks)}
     dealt = deal(tasks, samples, min(len(tasks), parallelism(spark)))
     data = _shared(spark, {"tasks": tasks, "samples": samples, "dealt": dealt})
 
@@ -260,11 +248,12 @@ def run(
         shared = data()
         with threadpool_limits(limits=1):  # two tasks on two cores must not each start a BLAS/OpenMP pool
             for batch in batches:
-                rows = [
-                    {"task": i, **evaluate_task(shared["tasks"][i], shared["samples"][shared["tasks"][i].key], params)}
-                    for slot in batch["id"]
-                    for i in shared["dealt"][slot]
-                ]
+                rows = []
+                for slot in batch["id"]:
+                    for i in shared["dealt"][slot]:
+                        task = shared["tasks"][i]
+                        result = evaluate_task(task, shared["samples"][task.key], params, entries[task.algorithm])
+                        rows.append({"task": i, **result})
                 yield pd.DataFrame(rows, columns=[c.split()[0] for c in RESULT_SCHEMA.split(", ")])
 
     slots = spark.range(0, len(dealt), 1, len(dealt))
