@@ -13,7 +13,7 @@ from microseg.runtime.config import TrainConfig
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runlog import RunContext
 from microseg.segmentation import algorithms, sweep
-from microseg.segmentation.pipeline import CLUSTER, full_pipeline
+from microseg.segmentation.pipeline import CLUSTER, full_pipeline, preprocessing
 from microseg.segmentation.selection import Plan
 from microseg.segmentation.stage import check_algorithms, run_train, sweep_tasks
 from microseg.stages import run_pipeline
@@ -97,7 +97,7 @@ def test_a_registered_algorithm_fits_in_the_mllib_pipeline(spark, make_config, k
     catalog = load_catalog(make_config())
     train = TrainConfig(layers={"value": {"features": FEATURES}}, seed=11)
     df = spark.createDataFrame(pd.DataFrame(x, columns=FEATURES))
-    model = full_pipeline(FEATURES, catalog, {}, "kmeans_cosine", 3, train, pca_k=7).fit(df)
+    model = full_pipeline(preprocessing(FEATURES, catalog, {}), "kmeans_cosine", 3, train, pca_k=7).fit(df)
     assert model.stages[-1].getDistanceMeasure() == "cosine"
     assert "PCAModel" not in [type(s).__name__ for s in model.stages]  # it does not use the PCA
     labels = [r[CLUSTER] for r in model.transform(df).select(CLUSTER).collect()]

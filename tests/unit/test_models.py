@@ -10,7 +10,14 @@ from sklearn.metrics import adjusted_rand_score
 from microseg.features.catalog import load_catalog
 from microseg.runtime.config import TrainConfig
 from microseg.segmentation.metrics import Candidate, adjusted_rand_index
-from microseg.segmentation.pipeline import CLUSTER, SCALED, full_pipeline, single_segment_pipeline, transform_stage
+from microseg.segmentation.pipeline import (
+    CLUSTER,
+    SCALED,
+    full_pipeline,
+    preprocessing,
+    single_segment_pipeline,
+    transform_stage,
+)
 from microseg.segmentation.selection import choose, rank
 from microseg.segmentation.stable_ids import match_segment_ids
 from microseg.segmentation.sweep import gmm_bic
@@ -142,9 +149,8 @@ def test_peer_check_mllib_kmeans_agrees_with_scikit_learn(spark, make_config):
     ]
     features = ["tenure_days", "frequency_365d", "monetary_365d"]
     df = spark.createDataFrame(rows, ", ".join(f"{f} DOUBLE" for f in features))
-    model = full_pipeline(
-        features, catalog, {}, "kmeans", 4, TrainConfig(layers={"v": {"features": features}}), None
-    ).fit(df)
+    train = TrainConfig(layers={"v": {"features": features}})
+    model = full_pipeline(preprocessing(features, catalog, {}), "kmeans", 4, train, None).fit(df)
     scored = model.transform(df).select(SCALED, CLUSTER).collect()
     matrix = np.array([r[SCALED].toArray() for r in scored])
     mllib = [r[CLUSTER] for r in scored]

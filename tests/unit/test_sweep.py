@@ -172,6 +172,6 @@ def test_mllib_refit_agrees_with_the_scikit_learn_candidate(spark, make_config):
         ours = sweep.fit(algorithm, 4, train.seed, train.max_iter, space).predict(space)
         pca_k = space.shape[1] if algorithm == "gaussian_mixture" else None
         df = spark.createDataFrame(raw)
-        model = full_pipeline(features, catalog, {}, algorithm, 4, train, pca_k).fit(df)
+        model = full_pipeline(preprocessing(features, catalog, {}), algorithm, 4, train, pca_k).fit(df)
         mllib = [r[CLUSTER] for r in model.transform(df).select(CLUSTER).collect()]
         assert adjusted_rand_score(ours, mllib) >= 0.9, algorithm

@@ -132,7 +132,7 @@ def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: Sourc
     if changed and tables.exists(spark, cfg, name):
         _drop_rows_of(spark, cfg, name, paths, batch)
     rows, counts = _write_bronze(bronze, cfg, name, batch, paths)
-    _log_files(spark, cfg, spec.name, todo, counts, batch, run.started_at)
+    _log_files(spark, cfg, _ingest_log_rows(spec.name, todo, counts, batch, run.started_at))
     return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={**details, "batch_id": batch})
 
 
@@ -163,17 +163,15 @@ def _drop_rows_of(spark: SparkSession, cfg: Config, table: Table, paths: list[st
     tables.delta_table(spark, cfg, table).delete(F.col("_source_file").isin(paths) & (F.col("_batch_id") != batch))
 
 
-def _log_files(
-    spark: SparkSession,
-    cfg: Config,
-    source: str,
-    files: list[SourceFile],
-    counts: dict[str, int],
-    batch: str,
-    at: dt.datetime,
-) -> None:
-    rows = [(source, f.path, f.size, f.modified_ms, counts.get(f.path, 0), batch, at) for f in files]
+def _log_files(spark: SparkSession, cfg: Config, rows: list[tuple]) -> None:
     tables.append(spark.createDataFrame(rows, lake.INGEST_LOG.ddl), cfg, lake.INGEST_LOG)
+
+
+def _ingest_log_rows(
+    source: str, files: list[SourceFile], counts: dict[str, int], batch: str, at: dt.datetime
+) -> list[tuple]:
+    """ops.ingest_log rows of one batch: each file with its size, modification time and rows."""
+    return [(source, f.path, f.size, f.modified_ms, counts.get(f.path, 0), batch, at) for f in files]
 
 
 def run_ingest(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:

@@ -22,7 +22,7 @@ from microseg.segmentation.pipeline import (
     CLUSTER,
 )
 from microseg.segmentation.refit import Final
-from microseg.segmentation.selection import Plan, Sweep, passes
+from microseg.segmentation.selection import ModelInputs, Plan, Sweep, passes
 
 
 def log_candidates(cfg: Config, swept: Sweep, p: Plan, tags: dict) -> None:
@@ -55,11 +55,9 @@ def log_candidates(cfg: Config, swept: Sweep, p: Plan, tags: dict) -> None:
         c.run_id = run.info.run_id
 
 
-def log_final(
-    final: Final, swept: Sweep, mapping: dict, features: list[str], n: int, title: str, cfg: Config, tags: dict
-) -> tuple[str, str]:
+def log_final(m: ModelInputs, final: Final, swept: Sweep, mapping: dict) -> tuple[str, str]:
     """The final model's nested MLflow run: params, metrics, artifacts and the model. Returns (run id, model URI)."""
-    train = cfg.train
+    cfg, train, features, n, title, tags = m.cfg, m.train, m.plan.features, m.plan.rows, m.title, m.tags
     with mlflow.start_run(
         run_name=f"{title.replace(' / ', '-')}-final", nested=True, tags={**tags, "kind": "final"}
     ) as run:

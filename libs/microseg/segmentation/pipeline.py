@@ -91,10 +91,10 @@ def single_segment_pipeline(features: list[str], catalog: Catalog, limits: dict[
 
 
 def full_pipeline(
-    features: list[str], catalog: Catalog, limits: dict[str, float], algorithm: str, k: int, train: TrainConfig,
-    pca_k: int | None,
-) -> Pipeline:  # fmt: skip
-    stages = preprocessing(features, catalog, limits)
+    stages: list[Transformer | Estimator], algorithm: str, k: int, train: TrainConfig, pca_k: int | None
+) -> Pipeline:
+    """``stages`` (the preprocessing), then PCA where the algorithm fits on it, then the clusterer."""
+    stages = list(stages)
     features_col = SCALED
     if algorithms.get(algorithm).uses_pca and pca_k is not None:
         stages.append(pca_stage(pca_k))

@@ -6,15 +6,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.functions import vector_to_array
 from pyspark.ml.stat import Summarizer
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from microseg.features.catalog import Catalog
 from microseg.runtime.config import TrainConfig
 from microseg.segmentation import algorithms, sweep
 from microseg.segmentation.algorithms import SINGLE_SEGMENT
@@ -25,10 +23,11 @@ from microseg.segmentation.pipeline import (
     clip_limits,
     clustering_column,
     full_pipeline,
+    preprocessing,
     scaler_of,
     single_segment_pipeline,
 )
-from microseg.segmentation.selection import Plan, Sweep, rank, score_text
+from microseg.segmentation.selection import ModelInputs, Sweep, rank, score_text
 
 
 @dataclass
@@ -48,10 +47,7 @@ class Final:
     agreement: float | None = None  # ARI between the refit and its sweep candidate on the sweep sample
 
 
-def fit_final(
-    rows: DataFrame, p: Plan, catalog: Catalog, train: TrainConfig, swept: Sweep, raw: pd.DataFrame | None = None,
-    sample: sweep.Sample | None = None,
-) -> Final:  # fmt: skip
+def fit_final(m: ModelInputs, swept: Sweep) -> Final:
     """The chosen candidate (or one segment) refitted on all rows, or on fit_sample of them.
 
     The refit must be the model the sweep measured: its silhouette within ``refit_tolerance`` of the
@@ -61,19 +57,20 @@ def fit_final(
     most ``max_refits``; ``swept`` records the choice made and the refits that fell short.
     """
     started = time.perf_counter()
-    n, features = p.rows, p.features
+    train, n, features = m.train, m.plan.rows, m.plan.features
     sampled = bool(train.fit_sample and n > train.fit_sample)
-    fit_rows = rows.sample(fraction=train.fit_sample / n, seed=train.seed) if sampled else rows
-    limits = clip_limits(fit_rows, features, catalog)
+    fit_rows = m.rows.sample(fraction=train.fit_sample / n, seed=train.seed) if sampled else m.rows
+    limits = clip_limits(fit_rows, features, m.catalog)
     if swept.chosen is None:
-        pipeline = single_segment_pipeline(features, catalog, limits)
-        final = _refit(rows, n, fit_rows, pipeline, SINGLE_SEGMENT, 1, features, train)
+        pipeline = single_segment_pipeline(features, m.catalog, limits)
+        final = _refit(m, fit_rows, pipeline, SINGLE_SEGMENT, 1)
     else:
         tried = []
+        prepare = preprocessing(features, m.catalog, limits)
         for candidate, rule in rank(swept.candidates, train)[: train.max_refits]:
-            pipeline = full_pipeline(features, catalog, limits, candidate.algorithm, candidate.k, train, swept.pca_k)
-            final = _refit(rows, n, fit_rows, pipeline, candidate.algorithm, candidate.k, features, train)
-            final.agreement = refit_agreement(rows.sparkSession, final.model, raw, features, candidate, sample, train)
+            pipeline = full_pipeline(prepare, candidate.algorithm, candidate.k, train, swept.pca_k)
+            final = _refit(m, fit_rows, pipeline, candidate.algorithm, candidate.k)
+            final.agreement = refit_agreement(m, final.model, candidate)
             tried.append((final, candidate, rule))
             if refit_holds(final, candidate, train):
                 break
@@ -103,10 +100,8 @@ def refit_holds(final: Final, candidate: Candidate, train: TrainConfig) -> bool:
     return close and final.agreement is not None and final.agreement >= required
 
 
-def _refit(
-    rows: DataFrame, n: int, fit_rows: DataFrame, pipeline: Pipeline, algorithm: str, k: int, features: list[str],
-    train: TrainConfig,
-) -> Final:  # fmt: skip
+def _refit(m: ModelInputs, fit_rows: DataFrame, pipeline: Pipeline, algorithm: str, k: int) -> Final:
+    rows, n, features, train = m.rows, m.plan.rows, m.plan.features, m.train
     model = pipeline.fit(fit_rows)
     predictions = model.transform(rows)
     # Sizes and centroids (mean of the transformed, imputed, unscaled vector) in one aggregation.
@@ -142,13 +137,11 @@ def sample_silhouette(predictions: DataFrame, features_col: str, rows: int, trai
     return sweep.silhouette(np.stack(frame["x"].to_numpy()), frame[CLUSTER].to_numpy())
 
 
-def refit_agreement(
-    spark: SparkSession, model: PipelineModel, raw: pd.DataFrame, features: list[str], chosen: Candidate,
-    sample: sweep.Sample, train: TrainConfig,
-) -> float:  # fmt: skip
+def refit_agreement(m: ModelInputs, model: PipelineModel, chosen: Candidate) -> float:
     """Adjusted Rand index between the MLlib refit and its scikit-learn candidate, both labelling the sweep sample."""
     from sklearn.metrics import adjusted_rand_score
 
+    spark, raw, features, sample, train = m.rows.sparkSession, m.raw, m.plan.features, m.sample, m.train
     algorithm = algorithms.get(chosen.algorithm)
     space = sample.space(algorithm)
     candidate = algorithm.sweep(chosen.k, train.seed, train.max_iter, space).predict(space)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
 import mlflow.spark
 from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
@@ -44,18 +46,27 @@ CHAMPION, PREVIOUS = "champion", "previous"
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ChampionCheck:
+    """The live champion of a model name, as compared with a newly trained model."""
+
+    version: ModelVersion | None  # the registry's version under the champion alias; None: no champion yet
+    same: bool = False  # the new model has the champion's centroids
+    score: float | None = None  # the champion's silhouette on today's rows
+    unscored: str | None = None  # why the champion could not be scored: promotion then fails closed
+
+
 def promote(
-    cfg: Config, name: str, model_uri: str, champion: object | None, same_as_champion: bool, swept: Sweep,
-    final: Final, champion_score: float | None, unscored: str | None = None,
-) -> tuple[str | None, str]:  # fmt: skip
+    cfg: Config, name: str, model_uri: str, champion: ChampionCheck, swept: Sweep, final: Final
+) -> tuple[str | None, str]:
     """Register the model and move the aliases by the promotion rule; returns (version, decision).
 
-    Fails closed: when the champion could not be scored (``unscored`` says why), it keeps its
-    alias unless promotion is forced; the new version is registered for inspection all the same.
+    Fails closed: when the champion could not be scored (``champion.unscored`` says why), it keeps
+    its alias unless promotion is forced; the new version is registered for inspection all the same.
     """
-    train = cfg.train
-    if same_as_champion:
-        return str(champion.version), "same centroids as the champion: kept"
+    train, champion_score, unscored = cfg.train, champion.score, champion.unscored
+    if champion.same:
+        return str(champion.version.version), "same centroids as the champion: kept"
     if not train.register_model:
         return None, "not registered"
     version = str(mlflow.register_model(model_uri, name).version)
@@ -63,7 +74,7 @@ def promote(
     at_least_as_good = champion_score is None or (
         final.silhouette is not None and final.silhouette >= champion_score - train.promotion_tolerance
     )
-    if champion is None or train.force_promote:
+    if champion.version is None or train.force_promote:
         promoted, decision = True, "forced" if train.force_promote else "promoted"
     elif unscored is not None:
         promoted, decision = False, f"kept the champion: {unscored}"
@@ -72,8 +83,8 @@ def promote(
         decision = "promoted" if promoted else "kept the champion"
     if promoted:
         registry = client(cfg)
-        if champion is not None:
-            registry.set_registered_model_alias(name, PREVIOUS, champion.version)
+        if champion.version is not None:
+            registry.set_registered_model_alias(name, PREVIOUS, champion.version.version)
         registry.set_registered_model_alias(name, CHAMPION, version)
     return version, decision
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from microseg.runtime.config import TrainConfig
+import pandas as pd
+from pyspark.sql import DataFrame
+
+from microseg.features.catalog import Catalog
+from microseg.runtime.config import Config, TrainConfig
 from microseg.segmentation import sweep
 from microseg.segmentation.metrics import Candidate
 
@@ -80,3 +84,26 @@ def choice(p: Plan, candidates: list[Candidate], sample: sweep.Sample | None, tr
         return Sweep([], None, rule, None, p.rows, seconds)
     chosen, rule = choose(candidates, train)
     return Sweep(candidates, chosen, rule, sample.pca_k, len(sample.scaled), seconds)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What training one (layer, macro) model works from: its plan, every row of its macro segment
+    (cached by the stage), its sweep sample as read and as preprocessed, the catalog, the config and
+    the tags of its MLflow runs."""
+
+    plan: Plan
+    rows: DataFrame
+    raw: pd.DataFrame | None
+    sample: sweep.Sample | None
+    catalog: Catalog
+    cfg: Config
+    tags: dict
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.cfg.train
+
+    @property
+    def title(self) -> str:
+        return f"{self.plan.layer} / {self.plan.macro}"

@@ -41,8 +41,8 @@ from microseg.segmentation.pipeline import (
     model_name,
 )
 from microseg.segmentation.refit import fit_final
-from microseg.segmentation.registry import champion_score_today, champion_version, promote
-from microseg.segmentation.selection import Plan, choice, score_text
+from microseg.segmentation.registry import ChampionCheck, champion_score_today, champion_version, promote
+from microseg.segmentation.selection import ModelInputs, Plan, choice, score_text
 from microseg.segmentation.stable_ids import stable_ids
 
 log = logging.getLogger(__name__)
@@ -219,10 +219,11 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
                 with cached(rows_of(data, macro)) as rows:
                     for p in (p for p in todo if p.macro == macro):
                         with described(spark, f"train: {p.layer} / {p.macro}"):
-                            summary = train_one(
-                                rows, p, raw.get(macro), samples.get(p.key), by_key.get(p.key, []), catalog, cfg,
-                                {**tags, MLFLOW_PARENT_RUN_ID: parent.info.run_id},
-                            )  # fmt: skip
+                            run_tags = {**tags, MLFLOW_PARENT_RUN_ID: parent.info.run_id, "layer": p.layer}
+                            m = ModelInputs(
+                                p, rows, raw.get(macro), samples.get(p.key), catalog, cfg, {**run_tags, "macro": macro}
+                            )
+                            summary = train_one(m, by_key.get(p.key, []))
                         summaries.append(summary)
                         log.info(
                             "model %d/%d %s: %s k=%d silhouette %s, %s (candidates %d/%d swept)",
@@ -263,30 +264,25 @@ def _candidate(task: sweep.Task, result: dict) -> Candidate:
     )
 
 
-def train_one(
-    rows: DataFrame, p: Plan, raw: pd.DataFrame | None, sample: sweep.Sample | None, candidates: list[Candidate],
-    catalog: Catalog, cfg: Config, tags: dict,
-) -> dict:  # fmt: skip
+def train_one(m: ModelInputs, candidates: list[Candidate]) -> dict:
     """Choose, refit, give stable ids, log and register the model of one (layer, macro)."""
+    p, cfg = m.plan, m.cfg
     name = model_name(p.layer, p.macro)
-    tags = {**tags, "layer": p.layer, "macro": p.macro}
-    swept = choice(p, candidates, sample, cfg.train)
-    final = fit_final(rows, p, catalog, cfg.train, swept, raw, sample)
+    swept = choice(p, candidates, m.sample, cfg.train)
+    final = fit_final(m, swept)
     started = time.perf_counter()
-    log_candidates(cfg, swept, p, tags)
-    champion = champion_version(cfg, name)
-    mapping, same_as_champion = stable_ids(champion, final, p.features)
-    run_id, model_uri = log_final(final, swept, mapping, p.features, p.rows, f"{p.layer} / {p.macro}", cfg, tags)
-    champion_score, unscored = None, None
-    if champion is not None and not same_as_champion and final.k > 1:
-        champion_score, unscored = champion_score_today(champion, rows, p.rows, cfg.train)
-    version, decision = promote(
-        cfg, name, model_uri, champion, same_as_champion, swept, final, champion_score, unscored
-    )
+    log_candidates(cfg, swept, p, m.tags)
+    live = champion_version(cfg, name)
+    mapping, same_as_champion = stable_ids(live, final, p.features)
+    run_id, model_uri = log_final(m, final, swept, mapping)
+    champion = ChampionCheck(live, same_as_champion)
+    if live is not None and not same_as_champion and final.k > 1:
+        champion = ChampionCheck(live, False, *champion_score_today(live, m.rows, p.rows, cfg.train))
+    version, decision = promote(cfg, name, model_uri, champion, swept, final)
     client = registry.client(cfg)
     client.set_tag(run_id, "promotion", decision)
-    if champion_score is not None:
-        client.log_metric(run_id, "champion_silhouette_today", champion_score)
+    if champion.score is not None:
+        client.log_metric(run_id, "champion_silhouette_today", champion.score)
     return {
         "model": name,
         "layer": p.layer,

@@ -11,13 +11,14 @@ from microseg.synthetic.groups import (
     CHANNELS,
     CURRENCIES,
     FUTURE_YEAR,
-    MOVER_ORDER_VALUE,
-    MOVER_ORDERS,
     int_between,
     pick,
     ts,
     uniform,
 )
+
+# Each planted mover places this many orders of about this value in the days after end_date.
+MOVER_ORDERS, MOVER_ORDER_VALUE = 12, 160.0
 
 
 def orders_frames(customers: DataFrame, cfg: DatagenConfig) -> tuple[DataFrame, DataFrame]:

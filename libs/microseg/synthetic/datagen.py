@@ -2,10 +2,10 @@
 
 Every random draw is a hash of (seed, purpose, row key), so the output is the
 same for the same seed whatever the partitioning. Customers come from planted
-behavioural groups; the true group (and whether the customer is a planted mover, see
-``_mover_burst``) goes to ``_ground_truth/`` (the pipeline
-never reads it). Known dirt is injected as extra or altered rows, each dirty
-row carrying exactly one dirt kind, and ``_manifest.json`` counts both rows
+behavioural groups (``groups.GROUPS``); the true group and whether the customer
+is a planted mover (see ``commerce._mover_burst``) go to ``_ground_truth/`` (the
+pipeline never reads it). Known dirt is injected as extra or altered rows, each
+dirty row carrying exactly one dirt kind, and ``_manifest.json`` counts both rows
 per source and injected rows per dirt kind.
 """
 
