@@ -48,9 +48,9 @@ def test_crm_latest_updated_wins(spark):
 
 
 def test_orders_rules(spark):
-    customers = spark.createDataFrame([("C1",)], "crm_id STRING").withColumn(
-        "customer_id", customer_id_from_crm(F.col("crm_id"))
-    )
+    keys = spark.createDataFrame([("crm_id", "C1")], "key_type STRING, key_value STRING").withColumn(
+        "customer_ids", F.array(customer_id_from_crm(F.col("key_value")))
+    )  # the identity keys (clean.identity) of one CRM customer
     schema = (
         "order_id STRING, customer_ref STRING, order_ts TIMESTAMP, currency STRING, amount DOUBLE, "
         "discount DOUBLE, channel STRING, _corrupt_record STRING, _ingested_at TIMESTAMP"
@@ -63,7 +63,7 @@ def test_orders_rules(spark):
         ("O4", "C1", ts, "XXX", 1.0, 0.0, "web", None, INGESTED),
         ("O5", "C9", ts, "EUR", 1.0, 0.0, "web", None, INGESTED),
     ]
-    flagged = clean_orders(spark.createDataFrame(rows, schema), customers, {"EUR": 1.0, "GBP": 1.2})
+    flagged = clean_orders(spark.createDataFrame(rows, schema), keys, {"EUR": 1.0, "GBP": 1.2})
     got = {r["order_id"]: (r["_rule"], r["_rate"]) for r in flagged.collect()}
     assert got == {
         "O1": (None, 1.2),

@@ -1,5 +1,7 @@
 """Identity resolution: deterministic links, and ambiguous keys reported instead of guessed."""
 
+from pyspark.sql import functions as F
+
 from microseg.clean.identity import anonymous_links, write_identity_map
 from microseg.runtime import tables
 
@@ -11,7 +13,7 @@ def test_shared_email_is_a_conflict_not_a_link(spark, make_config):
         "customer_id STRING, crm_id STRING, email_hash STRING, phone_hash STRING",
     )
     tables.overwrite(customers, cfg, "silver.customers")
-    counts = write_identity_map(spark, cfg)
+    counts = write_identity_map(spark, cfg, anonymous_ids=True)
     assert counts["conflicts"] == {"email_hash": 1}
     assert counts["linked_keys"] == {"crm_id": 3, "email_hash": 1, "phone_hash": 2}
     conflict = tables.read(spark, cfg, "ops.identity_conflicts").first()
@@ -29,3 +31,28 @@ def test_anonymous_id_links_only_to_one_customer(spark):
         "anonymous_id STRING, customer_ref STRING",
     )
     assert sorted(map(tuple, anonymous_links(events).collect())) == [("a1", "C1")]
+
+
+def test_cleaners_link_through_the_identity_map(spark, make_config):
+    """A later source's records find their customer through silver.identity_map, and a shared email
+    (a conflict) is ambiguous, not linked to either customer."""
+    from microseg.clean.events import clean_email_events
+    from microseg.clean.identity import crm_links, identity_keys
+
+    cfg = make_config()
+    customers = spark.createDataFrame(
+        [("cu_1", "C1", "e-shared", "p1"), ("cu_2", "C2", "e-shared", "p2"), ("cu_3", "C3", "e3", None)],
+        "customer_id STRING, crm_id STRING, email_hash STRING, phone_hash STRING",
+    )
+    tables.overwrite(customers, cfg, "silver.customers")
+    write_identity_map(spark, cfg, anonymous_ids=False)
+    keys = identity_keys(spark, cfg)
+    assert sorted(map(tuple, crm_links(keys).collect())) == [("C1", "cu_1"), ("C2", "cu_2"), ("C3", "cu_3")]
+    events = spark.createDataFrame(
+        [("m1", "e3", "open", None), ("m2", "e-shared", "open", None), ("m3", "e9", "open", None)],
+        "event_id STRING, email_hash STRING, event_type STRING, _corrupt_record STRING",
+    ).withColumn("event_ts", F.current_timestamp())
+    flagged = {r["event_id"]: (r["customer_id"], r["_rule"]) for r in clean_email_events(events, keys).collect()}
+    assert flagged["m1"] == ("cu_3", None)
+    assert flagged["m2"][1] == "ambiguous_identity"
+    assert flagged["m3"] == (None, "orphan_reference")

@@ -14,11 +14,6 @@ from microseg.runtime.keys import customer_id_from_crm
 from microseg.runtime.lake import CORRUPT
 
 
-def _customer_keys(customers: DataFrame) -> DataFrame:
-    """crm_id -> customer_id; unique because silver.customers holds one row per CRM id."""
-    return customers.select(F.col("crm_id").alias("customer_ref"), "customer_id")
-
-
 def clean_customers(df: DataFrame, aliases: dict[str, str | None]) -> DataFrame:
     """Standardise CRM rows; of several rows per CRM id the latest updated_at wins, the rest are quarantined."""
     latest_first = F.row_number().over(

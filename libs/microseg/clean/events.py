@@ -5,21 +5,19 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from microseg.clean.customers import _customer_keys
-from microseg.clean.identity import anonymous_links
+from microseg.clean.identity import anonymous_links, crm_links, email_links
 from microseg.ingest.standardise import clean_code
 from microseg.quality.rules import Rule, flag_rules, future, malformed, missing, orphan
 from microseg.runtime.lake import CORRUPT
 
 
-def clean_web_events(df: DataFrame, customers: DataFrame) -> DataFrame:
+def clean_web_events(df: DataFrame, keys: DataFrame) -> DataFrame:
     """Logged-in events link by customer_ref; anonymous ones through their anonymous_id's logged-in events."""
     links = anonymous_links(df.where(F.col(CORRUPT).isNull()))
     joined = df.join(links, on="anonymous_id", how="left").withColumn(
         "_ref", F.coalesce(F.col("customer_ref"), F.col("linked_ref"))
     )
-    keys = _customer_keys(customers).withColumnRenamed("customer_ref", "_ref")
-    joined = joined.join(keys, on="_ref", how="left")
+    joined = joined.join(crm_links(keys).withColumnRenamed("customer_ref", "_ref"), on="_ref", how="left")
     rules = [
         malformed(),
         missing("event_id"),
@@ -45,14 +43,9 @@ def web_events_table(good: DataFrame) -> DataFrame:
     )
 
 
-def clean_email_events(df: DataFrame, customers: DataFrame) -> DataFrame:
+def clean_email_events(df: DataFrame, keys: DataFrame) -> DataFrame:
     """Email events link to the one CRM customer with the same (hashed) address."""
-    owners = (
-        customers.where(F.col("email_hash").isNotNull())
-        .groupBy("email_hash")
-        .agg(F.count("*").alias("_owners"), F.min("customer_id").alias("customer_id"))
-    )
-    joined = df.join(owners, on="email_hash", how="left")
+    joined = df.join(email_links(keys), on="email_hash", how="left")
     rules = [
         malformed(),
         missing("email_hash", "missing_email", "no valid email address"),
@@ -68,8 +61,8 @@ def email_events_table(good: DataFrame) -> DataFrame:
     )
 
 
-def clean_by_customer_ref(df: DataFrame, customers: DataFrame, time_column: str) -> DataFrame:
-    joined = df.join(_customer_keys(customers), on="customer_ref", how="left")
+def clean_by_customer_ref(df: DataFrame, keys: DataFrame, time_column: str) -> DataFrame:
+    joined = df.join(crm_links(keys), on="customer_ref", how="left")
     return flag_rules(joined, [malformed(), future(time_column), orphan("customer_id", "customer")])
 
 

@@ -6,14 +6,14 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from microseg.clean.customers import _customer_keys
+from microseg.clean.identity import crm_links
 from microseg.ingest.standardise import clean_code, rate_column
 from microseg.quality.rules import Rule, flag_rules, future, malformed, missing, orphan, unknown_currency
 from microseg.runtime.keys import customer_id_from_crm
 
 
 def clean_order_lines(
-    df: DataFrame, customers: DataFrame | None, rates: dict[str, float], product_pattern: str | None
+    df: DataFrame, keys: DataFrame | None, rates: dict[str, float], product_pattern: str | None
 ) -> DataFrame:
     """Lines of invoices: cancellations become returns; lines without a customer key are quarantined."""
     prepared = df.withColumns(
@@ -24,8 +24,8 @@ def clean_order_lines(
             "is_product": F.col("product_id").rlike(product_pattern) if product_pattern else F.lit(True),
         }
     )
-    if customers is not None:
-        prepared = prepared.join(_customer_keys(customers), on="customer_ref", how="left")
+    if keys is not None:
+        prepared = prepared.join(crm_links(keys), on="customer_ref", how="left")
     else:
         prepared = prepared.withColumn("customer_id", customer_id_from_crm(F.col("customer_ref")))
     rules = [
@@ -78,8 +78,8 @@ def line_orders_table(good: DataFrame) -> DataFrame:
     )
 
 
-def clean_orders(df: DataFrame, customers: DataFrame, rates: dict[str, float]) -> DataFrame:
-    joined = df.join(_customer_keys(customers), on="customer_ref", how="left").withColumn(
+def clean_orders(df: DataFrame, keys: DataFrame, rates: dict[str, float]) -> DataFrame:
+    joined = df.join(crm_links(keys), on="customer_ref", how="left").withColumn(
         "_rate", rate_column(F.col("currency"), rates)
     )
     rules = [

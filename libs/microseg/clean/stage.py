@@ -24,7 +24,7 @@ from microseg.clean.events import (
     tickets_table,
     web_events_table,
 )
-from microseg.clean.identity import write_identity_map
+from microseg.clean.identity import identity_keys, write_identity_map
 from microseg.clean.orders import (
     clean_order_items,
     clean_order_lines,
@@ -98,7 +98,7 @@ class Inputs:
     spark: SparkSession
     cfg: Config
     spec: SourceSpec
-    customers: DataFrame | None  # silver.customers, when the source links to the CRM
+    keys: DataFrame | None  # the identity keys (clean.identity), when the source links to the CRM
 
     def silver(self, name: str) -> DataFrame:
         return tables.read(self.spark, self.cfg, lake.silver(name))
@@ -110,15 +110,15 @@ def _customers(df: DataFrame, given: Inputs) -> Cleaned:
 
 def _order_lines(df: DataFrame, given: Inputs) -> Cleaned:
     sources = given.cfg.sources
-    flagged = clean_order_lines(df, given.customers, sources.currency_rates, given.spec.product_code_pattern)
+    flagged = clean_order_lines(df, given.keys, sources.currency_rates, given.spec.product_code_pattern)
     outputs: Outputs = {lake.ORDER_ITEMS: line_items_table, lake.ORDERS: line_orders_table}
-    if given.customers is None:  # no CRM source: the order lines are the customers' only record
+    if given.keys is None:  # no CRM source: the order lines are the customers' only record
         outputs[lake.CUSTOMERS] = line_customers_table(sources.country_aliases)
     return flagged, outputs
 
 
 def _orders(df: DataFrame, given: Inputs) -> Cleaned:
-    return clean_orders(df, given.customers, given.cfg.sources.currency_rates), {lake.ORDERS: orders_table}
+    return clean_orders(df, given.keys, given.cfg.sources.currency_rates), {lake.ORDERS: orders_table}
 
 
 def _order_items(df: DataFrame, given: Inputs) -> Cleaned:
@@ -126,19 +126,19 @@ def _order_items(df: DataFrame, given: Inputs) -> Cleaned:
 
 
 def _web_events(df: DataFrame, given: Inputs) -> Cleaned:
-    return clean_web_events(df, given.customers), {lake.WEB_EVENTS: web_events_table}
+    return clean_web_events(df, given.keys), {lake.WEB_EVENTS: web_events_table}
 
 
 def _email_events(df: DataFrame, given: Inputs) -> Cleaned:
-    return clean_email_events(df, given.customers), {lake.EMAIL_EVENTS: email_events_table}
+    return clean_email_events(df, given.keys), {lake.EMAIL_EVENTS: email_events_table}
 
 
 def _support_tickets(df: DataFrame, given: Inputs) -> Cleaned:
-    return clean_by_customer_ref(df, given.customers, "created_at"), {lake.SUPPORT_TICKETS: tickets_table}
+    return clean_by_customer_ref(df, given.keys, "created_at"), {lake.SUPPORT_TICKETS: tickets_table}
 
 
 def _survey_responses(df: DataFrame, given: Inputs) -> Cleaned:
-    return clean_by_customer_ref(df, given.customers, "submitted_at"), {lake.SURVEY_RESPONSES: surveys_table}
+    return clean_by_customer_ref(df, given.keys, "submitted_at"), {lake.SURVEY_RESPONSES: surveys_table}
 
 
 # Entity -> cleaner: the rows flagged by its rules, and the silver table(s) its good rows feed.
@@ -161,9 +161,13 @@ def clean_source(spark: SparkSession, cfg: Config, spec: SourceSpec, by_entity: 
     bronze, rows_in = read_bronze(spark, cfg, spec.name)
     df = canonical(bronze, spec, str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml")))
     crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
-    customers = tables.read(spark, cfg, lake.CUSTOMERS) if crm_needed else None
-    flagged, outputs = CLEANERS[entity](df, Inputs(spark, cfg, spec, customers))
-    return publish(cfg, spec.name, bronze, rows_in, flagged, outputs)
+    keys = identity_keys(spark, cfg) if crm_needed else None
+    flagged, outputs = CLEANERS[entity](df, Inputs(spark, cfg, spec, keys))
+    entry = publish(cfg, spec.name, bronze, rows_in, flagged, outputs)
+    if lake.CUSTOMERS in outputs:  # later sources link to these customers through the identity map
+        with described(spark, "clean: identity map of the customers"):
+            write_identity_map(spark, cfg, anonymous_ids=False)
+    return entry
 
 
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
@@ -176,6 +180,6 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
         if spec is not None:
             with described(spark, f"clean {spec.name} ({entity})"):
                 report.entries.append(clean_source(spark, cfg, spec, by_entity))
-    with described(spark, "clean: identity map"):
-        report.info["identity"] = write_identity_map(spark, cfg)
+    with described(spark, "clean: identity map, with the web events' anonymous ids"):
+        report.info["identity"] = write_identity_map(spark, cfg, anonymous_ids=True)
     return report
