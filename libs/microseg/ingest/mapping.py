@@ -152,9 +152,6 @@ def check_columns(spec: SourceSpec, found: list[str]) -> list[str]:
     return [c for c in found if c not in declared]
 
 
-# Canonical columns each entity needs after mapping (others are optional, null when absent).
-
-
 def canonical(bronze: DataFrame, spec: SourceSpec, mapping_file: str) -> DataFrame:
     """Map a source's columns onto its entity's canonical columns, with timestamps in UTC.
 

@@ -1,4 +1,4 @@
-"""Source mappings (conf/sources/<mapping>.yaml) and the readers that turn them into DataFrames."""
+"""Readers: a mapped source's files (csv, json, parquet) or database table (JDBC) as a DataFrame."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Data-quality gates: the one module that talks to Great Expectations.
+"""Quality stage: the data-quality gate over silver (Great Expectations through ``quality.gx``).
 
 Rules are data (conf/quality/*.yaml): each names an expectation, a column and a
 severity. ``warn`` rules are reported; a failing ``critical`` rule raises

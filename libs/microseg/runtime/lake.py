@@ -180,7 +180,7 @@ CUSTOMER_FEATURES = Table(
     (REPLACE,),
     keys=("customer_id", "as_of"),
     partition_by=("as_of",),
-    more_columns="one column per catalog feature (conf/catalog.yaml), after macro_segment",
+    more_columns="one column per catalog feature (conf/features/catalog.yaml), after macro_segment",
     written_by="features",
 )
 LIFECYCLE_TRANSITIONS = Table(

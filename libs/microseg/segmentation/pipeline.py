@@ -1,11 +1,9 @@
-"""Clustering models: the MLlib pipeline of a layer, the candidate metrics, the selection rule and stable ids.
+"""The MLlib pipeline of a layer's model: one PipelineModel that scores raw feature rows.
 
-A layer's model is one PipelineModel that scores raw feature rows: the catalog's transforms
-(log1p, clipping at a fitted 99th percentile) in SQL, a median imputer, a standard scaler, for an
-algorithm that uses it an optional PCA, then the clusterer (``algorithms.py``). The train stage (``training.py``) sweeps
-algorithms and k on a sample in scikit-learn (``sweep.py``), chooses by the rule in ``choose``,
-refits the choice with this pipeline on all rows and keeps segment ids stable across retrains by
-``match_segment_ids``.
+Its stages: the catalog's transforms (log1p, clipping at a fitted 99th percentile) in SQL, a median
+imputer, a standard scaler, a PCA for an algorithm that fits on one, then the clusterer
+(``algorithms.py``). The sweep (``sweep.py``) mirrors the preprocessing in NumPy; the refit
+(``refit.py``) fits this pipeline on all rows.
 """
 
 from __future__ import annotations
@@ -111,9 +109,3 @@ def clustering_column(model: PipelineModel) -> str:
     """The vector column the model's clusterer reads (the scaled features, or their PCA)."""
     last = model.stages[-1]
     return last.getFeaturesCol() if last.hasParam("featuresCol") else SCALED
-
-
-# -- metrics ----------------------------------------------------------------------------------------------
-
-
-# -- centroids and stable ids -------------------------------------------------------------------------------

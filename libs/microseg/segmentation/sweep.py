@@ -77,13 +77,13 @@ class Task:
     k: int
 
 
-# -- preprocessing, as the MLlib pipeline of models.preprocessing does it ------------------------------------
+# -- preprocessing, as pipeline.preprocessing does it in MLlib ------------------------------------
 
 
 def preprocess(raw: pd.DataFrame, features: list[str], catalog: Catalog) -> np.ndarray:
     """Raw feature rows to the scaled matrix: transforms, median imputation, standardisation.
 
-    Mirrors ``models.preprocessing``: log1p of the non-negative part, clipping at the 99th
+    Mirrors ``pipeline.preprocessing``: log1p of the non-negative part, clipping at the 99th
     percentile, the median for missing values (0 if a column has none), then division by the sample
     standard deviation without centring (a constant column becomes 0, as in MLlib's StandardScaler).
     """

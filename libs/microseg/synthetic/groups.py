@@ -99,7 +99,6 @@ COUNTRIES = ["United Kingdom", "germany", "FR", "Netherlands", " Ireland", "ES",
 CATEGORIES = ["fashion", "home", "beauty", "electronics", "sports", "toys", "grocery", "books"]
 CHANNELS = ["web", "app", "store"]
 CURRENCIES = ["EUR", "EUR", "EUR", "GBP", "USD"]
-WEB_EVENT_TYPES = ["page_view", "product_view", "search", "add_to_cart", "checkout_start", "wishlist_add", "purchase"]
 FUTURE_YEAR = 2099
 
 
