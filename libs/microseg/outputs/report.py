@@ -12,7 +12,6 @@ import html
 import io
 from pathlib import Path
 
-import mlflow
 import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -22,6 +21,7 @@ from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.runlog import RunContext
 from microseg.segmentation import registry
+from microseg.segmentation.artifacts import log_report
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }
@@ -222,8 +222,5 @@ def write_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Cat
     path = folder / f"segment_report_{run.as_of}_{run.run_id}.html"
     path.write_text(text)
     registry.configure(cfg)
-    with mlflow.start_run(
-        run_name=f"report-{run.as_of}", tags={"kind": "report", "as_of": str(run.as_of), "pipeline_run_id": run.run_id}
-    ):
-        mlflow.log_artifact(str(path))
+    log_report(str(path), f"report-{run.as_of}", {"as_of": str(run.as_of), "pipeline_run_id": run.run_id})
     return str(path)

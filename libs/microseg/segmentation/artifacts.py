@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -176,3 +178,22 @@ def _log_curves(candidates: list[Candidate], title: str) -> None:
         fig.savefig(path, dpi=90)
         mlflow.log_artifact(str(path))
     plt.close(fig)
+
+
+@contextmanager
+def training_run(name: str, tags: dict, params: dict) -> Iterator[str]:
+    """The parent run of a training run (its candidate and final runs nest under it); yields its id."""
+    with mlflow.start_run(run_name=name, tags={**tags, "kind": "training"}) as parent:
+        mlflow.log_params(params)
+        yield parent.info.run_id
+
+
+def log_summary(summary: dict, artifact: str) -> None:
+    """A JSON artifact on the active run."""
+    mlflow.log_dict(summary, artifact)
+
+
+def log_report(path: str, name: str, tags: dict) -> None:
+    """A run of its own (kind ``report``) holding the segment report."""
+    with mlflow.start_run(run_name=name, tags={**tags, "kind": "report"}):
+        mlflow.log_artifact(path)

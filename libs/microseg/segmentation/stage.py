@@ -20,8 +20,6 @@ import logging
 import statistics
 import time
 
-import mlflow
-import mlflow.spark
 import pandas as pd
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from pyspark.sql import DataFrame, SparkSession
@@ -34,7 +32,7 @@ from microseg.runtime.errors import ConfigError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.runtime.sparkops import cached, described
 from microseg.segmentation import algorithms, registry, sweep
-from microseg.segmentation.artifacts import log_candidates, log_final
+from microseg.segmentation.artifacts import log_candidates, log_final, log_summary, training_run
 from microseg.segmentation.metrics import Candidate
 from microseg.segmentation.pipeline import (
     ALL,
@@ -204,22 +202,20 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
             **provenance.input_versions(spark, cfg, [lake.CUSTOMER_FEATURES]),
         }
         summaries = []
-        with mlflow.start_run(run_name=f"train-{run.as_of}", tags={**tags, "kind": "training"}) as parent:
-            mlflow.log_params(
-                {
-                    "by_macro": train.by_macro,
-                    "k_range": f"{train.k_min}-{train.k_max}",
-                    "sweep_sample": train.sweep_sample,
-                    "fit_sample": train.fit_sample or "all",
-                    "seed": train.seed,
-                    "feature_version": catalog.version,
-                }
-            )
+        params = {
+            "by_macro": train.by_macro,
+            "k_range": f"{train.k_min}-{train.k_max}",
+            "sweep_sample": train.sweep_sample,
+            "fit_sample": train.fit_sample or "all",
+            "seed": train.seed,
+            "feature_version": catalog.version,
+        }
+        with training_run(f"train-{run.as_of}", tags, params) as parent_id:
             for macro in sorted({p.macro for p in todo}):
                 with cached(rows_of(data, macro)) as rows:
                     for p in (p for p in todo if p.macro == macro):
                         with described(spark, f"train: {p.layer} / {p.macro}"):
-                            run_tags = {**tags, MLFLOW_PARENT_RUN_ID: parent.info.run_id, "layer": p.layer}
+                            run_tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_id, "layer": p.layer}
                             m = ModelInputs(
                                 p, rows, raw.get(macro), samples.get(p.key), catalog, cfg, {**run_tags, "macro": macro}
                             )
@@ -231,8 +227,7 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
                             score_text(summary["silhouette"]), summary["promotion"],
                             sum(len(c["candidates"]) for c in summaries), len(tasks),
                         )  # fmt: skip
-            mlflow.log_dict({"models": summaries}, "training_summary.json")
-            parent_id = parent.info.run_id
+            log_summary({"models": summaries}, "training_summary.json")
     info = {
         "mlflow_run_id": parent_id,
         "models": summaries,
