@@ -93,3 +93,46 @@ def test_registry_entries_are_complete():
 def test_docs_tables_md_is_generated_from_the_registry():
     docs = Path(__file__).resolve().parents[2] / "docs" / "TABLES.md"
     assert docs.read_text() == lake.markdown(), "docs/TABLES.md is stale: run microseg tables --out docs/TABLES.md"
+
+
+def test_a_snapshot_merge_reads_only_its_partition_and_a_rerun_changes_nothing(spark, make_config):
+    import datetime as dt
+
+    cfg = make_config()
+    table = Table(
+        "gold.t_snapshots",
+        "a test snapshot table",
+        (("id", "int"), ("as_of", "date"), ("v", "string")),
+        (MERGE,),
+        keys=("id", "as_of"),
+        partition_by=("as_of",),
+        change_data_feed=True,
+    )
+    day1, day2 = dt.date(2025, 1, 1), dt.date(2025, 1, 2)
+    rows = spark.createDataFrame([(i, day1, "a") for i in range(4)], "id INT, as_of DATE, v STRING")
+    tables.merge(rows, cfg, table, within={"as_of": day1})
+    snapshot2 = spark.createDataFrame([(i, day2, "a" if i else "b") for i in range(4)], "id INT, as_of DATE, v STRING")
+    first = tables.merge(snapshot2, cfg, table, within={"as_of": day2})
+    assert (first["numTargetRowsInserted"], first["numTargetRowsUpdated"]) == (4, 0)
+    # The day's MERGE looked at the day's files only: none of day 1's.
+    version = tables.version(spark, cfg, table)
+    # Day 1's files gone from disk: a MERGE that read them would fail. Day 2's MERGEs read day 2 only.
+    day1_files = list(Path(tables.table_path(cfg, table), f"as_of={day1}").glob("*.parquet"))
+    assert day1_files
+    for f in day1_files:
+        f.unlink()
+
+    rerun = tables.merge(snapshot2, cfg, table, within={"as_of": day2})
+    assert not rerun.committed and rerun.rows_written == 0  # nothing new: no commit, no file rewritten
+    assert tables.version(spark, cfg, table) == version
+    # No new version, so nothing in the change data feed for its readers.
+    changes = spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", version + 1)
+
+    changed = spark.createDataFrame([(0, day2, "c")], "id INT, as_of DATE, v STRING")
+    update = tables.merge(changed, cfg, table, within={"as_of": day2})
+    assert (update["numTargetRowsInserted"], update["numTargetRowsUpdated"]) == (0, 1)
+    feed = changes.load(tables.table_path(cfg, table)).collect()
+    assert sorted((r["_change_type"], r["id"], r["v"]) for r in feed) == [
+        ("update_postimage", 0, "c"),
+        ("update_preimage", 0, "b"),
+    ]

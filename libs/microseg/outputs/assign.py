@@ -194,8 +194,10 @@ def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
                 "model_name", "model_version", "training_run_id",
             )  # fmt: skip
             with described(spark, f"assign: MERGE into {ASSIGNMENTS}"):
-                merged = tables.merge(assigned, cfg, ASSIGNMENTS)
-                rows_in = merged.get("numSourceRows", merged.get("numOutputRows", 0))
+                merged = tables.merge(assigned, cfg, ASSIGNMENTS, within={"as_of": run.as_of})
+                # A rerun of the same snapshot commits nothing: its rows in are then counted here.
+                rows_in = merged.get("numSourceRows", merged.get("numOutputRows")) if merged.committed else None
+                rows_in = assigned.count() if rows_in is None else rows_in
                 written = merged.rows_written
     with described(spark, "assign: segment profiles"):
         tables.replace_where(profiles, cfg, PROFILES, f"as_of = '{run.as_of}'")

@@ -202,6 +202,7 @@ SEGMENT_ASSIGNMENTS = Table(
     ),
     (MERGE,),
     keys=("customer_id", "as_of", "layer"),
+    partition_by=("as_of",),
     change_data_feed=True,
     written_by="assign",
 )

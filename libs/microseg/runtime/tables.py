@@ -7,6 +7,7 @@ takes the key, partition columns and change data feed from the entry.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Mapping
 
 from delta.tables import DeltaTable
@@ -82,19 +83,27 @@ class CommitMetrics(Mapping[str, int]):
     numOutputRows (numCopiedRows of them copied from files it rewrote) for a write; numSourceRows,
     numTargetRowsInserted, numTargetRowsUpdated, numTargetRowsDeleted, numTargetRowsCopied... for a
     MERGE. Reading them costs one small Spark job (Delta's history), spent only by a caller that
-    looks: look before anything else commits to the same table.
+    looks: look before anything else commits to the same table. With ``since`` (the version before
+    the write), a write that committed nothing (a MERGE with nothing new) has no metrics at all.
     """
 
-    def __init__(self, spark: SparkSession, path: str) -> None:
-        self._spark, self._path = spark, path
+    def __init__(self, spark: SparkSession, path: str, since: int | None = None) -> None:
+        self._spark, self._path, self._since = spark, path, since
         self._metrics: dict[str, int] | None = None
 
     def _load(self) -> dict[str, int]:
         if self._metrics is None:
-            row = DeltaTable.forPath(self._spark, self._path).history(1).select("operationMetrics").first()
-            found = (row["operationMetrics"] if row else None) or {}
+            history = DeltaTable.forPath(self._spark, self._path).history(1)
+            row = history.select("version", "operationMetrics").first()
+            committed = row is not None and (self._since is None or row["version"] > self._since)
+            found = (row["operationMetrics"] if committed else None) or {}
             self._metrics = {k: int(v) for k, v in found.items() if v is not None and v.lstrip("-").isdigit()}
         return self._metrics
+
+    @property
+    def committed(self) -> bool:
+        """Whether the write committed a new version (False: nothing to change)."""
+        return bool(self._load())
 
     def __getitem__(self, key: str) -> int:
         return self._load()[key]
@@ -150,33 +159,55 @@ def append(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     return CommitMetrics(df.sparkSession, path)
 
 
-def merge(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
+def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object] | None = None) -> CommitMetrics:
     """Upsert ``df`` into the table on the entry's keys; creates the table on first write.
 
-    With the entry's ``newer_than`` (a column), a matched row is replaced only by a row at least as
-    new. With its ``change_data_feed``, the table records its changes for consumers.
+    ``within`` (column -> value, e.g. the as_of of a snapshot) confines the MERGE to the target rows
+    with those values, so Delta reads only their partition. A matched row is rewritten only when one
+    of its values changed, so a rerun of the same rows changes nothing (and adds nothing to the
+    change data feed); with the entry's ``newer_than`` (a column), only by a row at least as new.
 
     Returns the commit's metrics: numTargetRowsInserted, numTargetRowsUpdated, numTargetRowsDeleted,
-    numTargetRowsCopied, numSourceRows... for a MERGE; numOutputRows when this write created the table.
+    numTargetRowsCopied, numSourceRows (rows new or changed)... for a MERGE; numOutputRows when this
+    write created the table; none when nothing was new (no commit).
     """
     table = _allow(table, MERGE)
     spark = df.sparkSession
     path = table_path(cfg, table)
-    keys, newer_than = table.keys, table.newer_than
     if not DeltaTable.isDeltaTable(spark, path):
-        writer = create_writer(df, table)
-        writer.save(path)
+        create_writer(df, table).save(path)
         return CommitMetrics(spark, path)
-    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    target = DeltaTable.forPath(spark, path)
+    before = target.history(1).select("version").first()[0]
+    within_sql = [f"`{column}` = {_sql_literal(value)}" for column, value in (within or {}).items()]
+    # Rows already there as they are would only make Delta rewrite their files: leave them out.
+    current = target.toDF().where(" AND ".join(within_sql) or "true").select(*df.columns)
+    same = [df[c].eqNullSafe(current[c]) for c in df.columns]
+    incoming = df.join(current, same, "left_anti") if same else df
+    matched = [f"t.`{k}` <=> s.`{k}`" for k in table.keys] + [f"t.{p}" for p in within_sql]
+    values = [c for c in df.columns if c not in table.keys]
+    changed = "NOT (" + " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in values) + ")" if values else "false"
+    if table.newer_than:
+        changed = f"{changed} AND s.`{table.newer_than}` >= t.`{table.newer_than}`"
     (
-        DeltaTable.forPath(spark, path)
-        .alias("t")
-        .merge(df.alias("s"), condition)
-        .whenMatchedUpdateAll(condition=f"s.`{newer_than}` >= t.`{newer_than}`" if newer_than else None)
+        target.alias("t")
+        .merge(incoming.alias("s"), " AND ".join(matched))
+        .whenMatchedUpdateAll(condition=changed)
         .whenNotMatchedInsertAll()
         .execute()
     )
-    return CommitMetrics(spark, path)
+    return CommitMetrics(spark, path, since=before)
+
+
+def _sql_literal(value: object) -> str:
+    """A Python value as a Spark SQL literal (dates as DATE'...', strings quoted)."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return f"DATE'{value.isoformat()}'"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if isinstance(value, bool) or value is None:
+        return str(value).upper() if value is not None else "NULL"
+    return repr(value)
 
 
 def create_writer(df: DataFrame, table: Table):  # noqa: ANN201 - pyspark's DataFrameWriter
