@@ -170,7 +170,7 @@ def _log_files(spark: SparkSession, cfg: Config, rows: list[tuple]) -> None:
 def _ingest_log_rows(
     source: str, files: list[SourceFile], counts: dict[str, int], batch: str, at: dt.datetime
 ) -> list[tuple]:
-    """ops.ingest_log rows of one batch: each file with its size, modification time and rows."""
+    """The ingest log rows of one batch: each file with its size, modification time and rows."""
     return [(source, f.path, f.size, f.modified_ms, counts.get(f.path, 0), batch, at) for f in files]
 
 
