@@ -37,12 +37,12 @@ def run_pipeline(
     stages: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
-    """Run the named ``stages`` (default: cfg.run.stages) for ``as_of`` (default: cfg.run.as_of).
+    """Run the named ``stages`` (default: cfg.run.stages, or every stage) for ``as_of`` (default: cfg.run.as_of).
 
     Raises:
         ConfigError: a stage name, or a layer's algorithm when train is to run, is unknown (before anything runs).
     """
-    names = stages or cfg.run.stages
+    names = stages or cfg.run.stages or list(STAGES)
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         origin = "run.stages" if not stages else "stages"

@@ -136,3 +136,10 @@ def test_a_snapshot_merge_reads_only_its_partition_and_a_rerun_changes_nothing(s
         ("update_postimage", 0, "c"),
         ("update_preimage", 0, "b"),
     ]
+
+
+def test_sql_names_follow_the_catalog_and_schema_prefix(make_config):
+    assert lake.SEGMENT_ASSIGNMENTS.sql_name() == "microseg_gold.segment_assignments"
+    cfg = make_config("tables.catalog=main", "tables.schema_prefix=acme_seg")
+    named = lake.named("quarantine.orders").sql_name(cfg.tables.catalog, cfg.tables.schema_prefix)
+    assert named == "main.acme_seg_quarantine.orders"

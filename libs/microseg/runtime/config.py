@@ -196,8 +196,15 @@ class ProfileConfig(_Strict):
 class RunConfig(_Strict):
     as_of: dt.date = dt.date(2025, 12, 31)
     stages: list[str] = Field(
-        default_factory=lambda: ["ingest", "clean", "quality", "features", "train", "assign", "profile"]
+        default_factory=list, description="the stages a run takes, by name; empty: every stage, in order"
     )
+
+
+class TablesConfig(_Strict):
+    """How the tables are named in a catalog: ``[<catalog>.]<schema_prefix>_<layer>.<table>``."""
+
+    catalog: str | None = Field(None, description="a catalog (Unity Catalog, Glue) for three-level names")
+    schema_prefix: str = Field("microseg", pattern=r"^[a-z][a-z0-9_]*$", description="schemas <prefix>_<layer>")
 
 
 class Config(_Strict):
@@ -213,6 +220,7 @@ class Config(_Strict):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     train: TrainConfig
     assign: AssignConfig = Field(default_factory=AssignConfig)
+    tables: TablesConfig = Field(default_factory=TablesConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 

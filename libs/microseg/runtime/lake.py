@@ -50,6 +50,10 @@ class Table:
     def short_name(self) -> str:
         return self.name.split(".", 1)[1]
 
+    def sql_name(self, catalog: str | None = None, schema_prefix: str = "microseg") -> str:
+        """The table's name in a catalog: ``[<catalog>.]<schema_prefix>_<layer>.<table>``."""
+        return f"{catalog + '.' if catalog else ''}{schema_prefix}_{self.layer}.{self.short_name}"
+
     @property
     def ddl(self) -> str:
         """The expected columns as a Spark DDL schema (``"`a` string, `b` date"``)."""
@@ -339,15 +343,16 @@ def markdown() -> str:
         "# Tables",
         "",
         "Generated from `libs/microseg/runtime/lake.py` by `microseg tables --out docs/TABLES.md`; do not edit.",
-        "Each table is stored at `<lake.root>/<layer>/<table>` as a Delta table.",
+        "Each table is stored at `<lake.root>/<layer>/<table>` as a Delta table; its SQL name follows",
+        "`tables.catalog` and `tables.schema_prefix` (conf/base.yaml): `[<catalog>.]<prefix>_<layer>.<table>`.",
         "",
-        "| table | written by | writes | key | partitioned by | change feed | description |",
-        "|---|---|---|---|---|---|---|",
+        "| table | SQL name (default) | written by | writes | key | partitioned by | change feed | description |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     examples = [bronze("<source>"), quarantine("<source>")]
     for t in (*examples, *TABLES):
         lines.append(
-            f"| `{t.name}` | {t.written_by} | {', '.join(t.writes)} | {', '.join(t.keys) or '-'} | "
+            f"| `{t.name}` | `{t.sql_name()}` | {t.written_by} | {', '.join(t.writes)} | {', '.join(t.keys) or '-'} | "
             f"{', '.join(t.partition_by) or '-'} | {'yes' if t.change_data_feed else '-'} | {t.description} |"
         )
     lines += ["", "Writes: " + "; ".join(WRITES.values()) + ".", ""]
