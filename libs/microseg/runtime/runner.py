@@ -40,7 +40,7 @@ def run_stages(
 
     Each stage runs in its own Spark job group (``sparkops.group_id``), is timed, and is
     appended to ops.run_log, also when it fails (status ``failed`` with the error), and the
-    error is raised again. Progress goes to the ``microseg.pipeline`` logger, one line per
+    error is raised again. Progress goes to this module's logger (``microseg.runtime.runner``), one line per
     stage start and end, with the stage's name on the record; a ``progress`` callable gets
     the same lines instead (``lambda _: None`` silences them).
     """
