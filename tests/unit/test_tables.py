@@ -1,6 +1,7 @@
 """Delta writes report what they committed (operation metrics), so no stage counts rows a second time;
 every write is one its table's registry entry allows."""
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -39,11 +40,11 @@ def test_writes_return_the_rows_they_committed(spark, make_config):
     assert merged.rows_written == 3
 
     first = tables.merge(
-        upserts, cfg, Table("silver.new", "", (), (MERGE,), ("id",))
+        upserts, cfg, Table("silver.new", "", ANY_WRITE.columns, (MERGE,), ("id",))
     )  # creates the table: a plain write
     assert (first["numOutputRows"], first.rows_written) == (3, 3)
 
-    empty = tables.overwrite(df.where("false"), cfg, Table("silver.empty", "", (), (OVERWRITE,)))
+    empty = tables.overwrite(df.where("false"), cfg, Table("silver.empty", "", ANY_WRITE.columns, (OVERWRITE,)))
     assert empty.rows_written == 0
 
 
@@ -51,7 +52,7 @@ def test_metrics_are_read_only_when_looked_at(spark, make_config):
     from microseg.runtime import sparkops
 
     cfg = make_config()
-    table = Table("silver.u", "", (), (OVERWRITE,))
+    table = Table("silver.u", "", (("id", "int"),), (OVERWRITE,))
     tables.overwrite(spark.createDataFrame([(1,), (2,)], "id INT"), cfg, table)
     with sparkops.job_group(spark, "unit-metrics-unread", "metrics not looked at"):
         metrics = tables.CommitMetrics(spark, tables.table_path(cfg, table))
@@ -143,3 +144,26 @@ def test_sql_names_follow_the_catalog_and_schema_prefix(make_config):
     cfg = make_config("tables.catalog=main", "tables.schema_prefix=acme_seg")
     named = lake.named("quarantine.orders").sql_name(cfg.tables.catalog, cfg.tables.schema_prefix)
     assert named == "main.acme_seg_quarantine.orders"
+
+
+def test_a_write_with_an_undeclared_column_or_type_is_refused(spark, make_config):
+    from microseg.runtime.errors import TableSchemaError
+
+    cfg = make_config()
+    extra = spark.createDataFrame([("k1", "c1", "x")], "key_type STRING, key_value STRING, surprise STRING")
+    with pytest.raises(TableSchemaError, match=r"silver.identity_map: unexpected column 'surprise' \(string\)"):
+        tables.overwrite(extra, cfg, lake.IDENTITY_MAP)
+    retyped = spark.createDataFrame([("k1", "c1", 7)], "key_type STRING, key_value STRING, customer_id INT")
+    with pytest.raises(TableSchemaError, match="column 'customer_id' is int, declared string"):
+        tables.overwrite(retyped, cfg, lake.IDENTITY_MAP)
+    assert not tables.exists(spark, cfg, lake.IDENTITY_MAP)
+    # A frame may leave declared columns out; a table with run-time columns takes more of them.
+    tables.overwrite(extra.drop("surprise", "key_value"), cfg, lake.IDENTITY_MAP)
+    tables.replace_where(
+        spark.createDataFrame(
+            [("c1", dt.date(2025, 1, 1), 3.0)], "customer_id STRING, as_of DATE, recency_days DOUBLE"
+        ),
+        cfg,
+        lake.CUSTOMER_FEATURES,
+        "as_of = '2025-01-01'",
+    )

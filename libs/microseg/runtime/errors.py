@@ -39,3 +39,7 @@ class ModelMissingError(MicrosegError):
 
 class SparkPackagesError(MicrosegError):
     """Spark's Ivy could not resolve the Maven coordinates of ``spark.packages``."""
+
+
+class TableSchemaError(MicrosegError, ValueError):
+    """A write carries a column its table's registry entry does not declare, or one of another type."""

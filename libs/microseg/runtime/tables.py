@@ -8,6 +8,7 @@ takes the key, partition columns and change data feed from the entry.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterator, Mapping
 
 from delta.tables import DeltaTable
@@ -16,7 +17,7 @@ from pyspark.sql import functions as F
 
 from microseg.runtime import lake
 from microseg.runtime.config import Config
-from microseg.runtime.errors import TableMissingError
+from microseg.runtime.errors import TableMissingError, TableSchemaError
 from microseg.runtime.lake import APPEND, MERGE, OVERWRITE, REPLACE, Table
 
 TableRef = Table | str  # a registry entry, or its name (gold.segment_profiles, bronze.orders)
@@ -66,6 +67,37 @@ def previous_as_of(spark: SparkSession, cfg: Config, table: TableRef, as_of: obj
 def delta_table(spark: SparkSession, cfg: Config, table: TableRef) -> DeltaTable:
     """The DeltaTable, for a write the helpers here do not cover (the type 2 merge of segment history)."""
     return DeltaTable.forPath(spark, table_path(cfg, table))
+
+
+def check_columns(df: DataFrame, table: Table) -> None:
+    """Refuse a write whose columns the entry does not declare, or whose declared columns have another type.
+
+    A frame may leave declared columns out (Delta writes them as null). Tables whose columns depend
+    on a source or on the feature catalog (``more_columns``) take further columns, of any type.
+
+    Raises:
+        TableSchemaError: naming the table, the column, and what to do.
+    """
+    declared = {name: _normalised(kind) for name, kind in table.columns}
+    for field in df.schema.fields:
+        kind = declared.get(field.name)
+        written = field.dataType.simpleString()
+        if kind is None and table.more_columns is None:
+            raise TableSchemaError(
+                f"{table}: unexpected column {field.name!r} ({written}); its columns are declared in "
+                f"libs/microseg/runtime/lake.py (docs/TABLES.md). To add one, declare it there and add it to "
+                f"the existing table (ALTER TABLE ... ADD COLUMNS) before the run that writes it"
+            )
+        if kind is not None and _normalised(written) != kind:
+            raise TableSchemaError(
+                f"{table}: column {field.name!r} is {written}, declared {kind} in libs/microseg/runtime/lake.py; "
+                f"cast it in the stage that writes it, or change the declaration and migrate the table"
+            )
+
+
+def _normalised(kind: str) -> str:
+    """A Spark SQL type in one spelling (Delta's long and integer are Spark's bigint and int)."""
+    return re.sub(r"\blong\b", "bigint", re.sub(r"\binteger\b", "int", kind.replace(" ", "").lower()))
 
 
 def _allow(table: TableRef, write: str) -> Table:
@@ -125,6 +157,7 @@ class CommitMetrics(Mapping[str, int]):
 def overwrite(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Replace the table with ``df`` (schema too); returns the commit's metrics (numOutputRows: rows written)."""
     table = _allow(table, OVERWRITE)
+    check_columns(df, table)
     path = table_path(cfg, table)
     df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
     return CommitMetrics(df.sparkSession, path)
@@ -138,6 +171,7 @@ def replace_where(df: DataFrame, cfg: Config, table: TableRef, condition: str) -
     (``rows_written`` subtracts them), numDeletedRows the rows it replaced.
     """
     table = _allow(table, REPLACE)
+    check_columns(df, table)
     path = table_path(cfg, table)
     writer = df.write.format("delta").option("mergeSchema", "true")
     spark = df.sparkSession
@@ -154,6 +188,7 @@ def replace_where(df: DataFrame, cfg: Config, table: TableRef, condition: str) -
 def append(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Append ``df`` to the table; returns the commit's metrics (numOutputRows: rows written)."""
     table = _allow(table, APPEND)
+    check_columns(df, table)
     path = table_path(cfg, table)
     df.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
     return CommitMetrics(df.sparkSession, path)
@@ -172,6 +207,7 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
     write created the table; none when nothing was new (no commit).
     """
     table = _allow(table, MERGE)
+    check_columns(df, table)
     spark = df.sparkSession
     path = table_path(cfg, table)
     if not DeltaTable.isDeltaTable(spark, path):
@@ -223,6 +259,7 @@ def create_writer(df: DataFrame, table: Table):  # noqa: ANN201 - pyspark's Data
 def create(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Write a table's first rows (any kind of table, a type 2 one too); refuses to replace an existing one."""
     table = entry(table)
+    check_columns(df, table)
     path = table_path(cfg, table)
     if DeltaTable.isDeltaTable(df.sparkSession, path):
         raise ValueError(f"{table} already exists at {path}; create writes a new table only")
