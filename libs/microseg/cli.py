@@ -156,10 +156,10 @@ def cmd_catalog(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_tables(cfg: Config, args: argparse.Namespace) -> int:
-    from microseg.runtime import lake
+    from microseg.runtime import lake, table_docs
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(lake.markdown())
+    Path(args.out).write_text(table_docs.markdown())
     log.info("wrote %d tables (and the per-source bronze and quarantine tables) to %s", len(lake.TABLES), args.out)
     return 0
 

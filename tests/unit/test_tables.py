@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from microseg.runtime import lake, tables
+from microseg.runtime import lake, table_docs, tables
 from microseg.runtime.lake import APPEND, MERGE, OVERWRITE, REPLACE, Table
 
 ANY_WRITE = Table(
@@ -93,7 +93,9 @@ def test_registry_entries_are_complete():
 
 def test_docs_tables_md_is_generated_from_the_registry():
     docs = Path(__file__).resolve().parents[2] / "docs" / "TABLES.md"
-    assert docs.read_text() == lake.markdown(), "docs/TABLES.md is stale: run microseg tables --out docs/TABLES.md"
+    assert docs.read_text() == table_docs.markdown(), (
+        "docs/TABLES.md is stale: run microseg tables --out docs/TABLES.md"
+    )
 
 
 def test_a_snapshot_merge_reads_only_its_partition_and_a_rerun_changes_nothing(spark, make_config):

@@ -100,11 +100,12 @@ def _normalised(kind: str) -> str:
     return re.sub(r"\blong\b", "bigint", re.sub(r"\binteger\b", "int", kind.replace(" ", "").lower()))
 
 
-def _allow(table: TableRef, write: str) -> Table:
-    """The entry of ``table``, if it allows ``write``."""
+def _allow(table: TableRef, write: str, df: DataFrame) -> Table:
+    """The entry of ``table``, if it allows ``write`` of ``df``'s columns (``check_columns``)."""
     table = entry(table)
     if write not in table.writes:
         raise ValueError(f"{table} allows {', '.join(table.writes)} writes (runtime/lake.py), not {write}")
+    check_columns(df, table)
     return table
 
 
@@ -156,8 +157,7 @@ class CommitMetrics(Mapping[str, int]):
 
 def overwrite(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Replace the table with ``df`` (schema too); returns the commit's metrics (numOutputRows: rows written)."""
-    table = _allow(table, OVERWRITE)
-    check_columns(df, table)
+    table = _allow(table, OVERWRITE, df)
     path = table_path(cfg, table)
     df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
     return CommitMetrics(df.sparkSession, path)
@@ -170,25 +170,20 @@ def replace_where(df: DataFrame, cfg: Config, table: TableRef, condition: str) -
     numOutputRows counts the rows written, numCopiedRows of them kept from files it rewrote
     (``rows_written`` subtracts them), numDeletedRows the rows it replaced.
     """
-    table = _allow(table, REPLACE)
-    check_columns(df, table)
+    table = _allow(table, REPLACE, df)
     path = table_path(cfg, table)
-    writer = df.write.format("delta").option("mergeSchema", "true")
     spark = df.sparkSession
     if DeltaTable.isDeltaTable(spark, path):
-        writer = writer.mode("overwrite").option("replaceWhere", condition)
+        writer = df.write.format("delta").mode("overwrite").option("mergeSchema", "true")
+        writer.option("replaceWhere", condition).save(path)
     else:
-        writer = writer.mode("overwrite")
-        if table.partition_by:
-            writer = writer.partitionBy(*table.partition_by)
-    writer.save(path)
+        create_writer(df, table).save(path)
     return CommitMetrics(spark, path)
 
 
 def append(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Append ``df`` to the table; returns the commit's metrics (numOutputRows: rows written)."""
-    table = _allow(table, APPEND)
-    check_columns(df, table)
+    table = _allow(table, APPEND, df)
     path = table_path(cfg, table)
     df.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
     return CommitMetrics(df.sparkSession, path)
@@ -206,8 +201,7 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
     numTargetRowsCopied, numSourceRows (rows new or changed)... for a MERGE; numOutputRows when this
     write created the table; none when nothing was new (no commit).
     """
-    table = _allow(table, MERGE)
-    check_columns(df, table)
+    table = _allow(table, MERGE, df)
     spark = df.sparkSession
     path = table_path(cfg, table)
     if not DeltaTable.isDeltaTable(spark, path):
