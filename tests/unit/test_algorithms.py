@@ -89,7 +89,7 @@ def test_a_registered_algorithm_is_swept_with_the_others(spark, kmeans_cosine):
     # It reports no extra metric; kmeans beside it keeps its WSSSE.
     assert cosine[3]["wssse"] is None and cosine[3]["bic"] is None
     assert all(r["wssse"] is not None for t, r in zip(tasks, results, strict=True) if t.algorithm == "kmeans")
-    assert sweep.COST["kmeans_cosine"] == 1.5
+    assert algorithms.get("kmeans_cosine").cost == 1.5  # what sweep.deal weighs its candidates by
 
 
 def test_a_registered_algorithm_fits_in_the_mllib_pipeline(spark, make_config, kmeans_cosine):

@@ -13,7 +13,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from microseg.features.catalog import load_catalog
 from microseg.runtime.config import TrainConfig
-from microseg.segmentation import sweep
+from microseg.segmentation import algorithms, sweep
 from microseg.segmentation.pipeline import CLUSTER, SCALED, full_pipeline, preprocessing
 
 FEATURES = ["recency_days", "frequency_365d", "return_rate"]  # transforms: none, log1p, clip_p99
@@ -109,7 +109,7 @@ def test_evaluate_finds_planted_blobs_with_every_metric(algorithm):
         # Parameters for k=3, d=2: 6 means, 9 covariances, 2 weights = 17.
         assert result["bic"] == pytest.approx(17 * math.log(600) - 2 * result["log_likelihood"])
     else:
-        labels = sweep.fit(algorithm, 3, PARAMS["seed"], 40, x).predict(x)
+        labels = algorithms.get(algorithm).sweep(3, PARAMS["seed"], 40, x).predict(x)
         assert adjusted_rand_score(labels, truth) >= 0.99
         centres = np.array([x[labels == c].mean(axis=0) for c in range(3)])
         assert result["wssse"] == pytest.approx(((x - centres[labels]) ** 2).sum(), rel=1e-6)
@@ -117,11 +117,12 @@ def test_evaluate_finds_planted_blobs_with_every_metric(algorithm):
 
 def test_deal_spreads_cost_and_keeps_every_task():
     samples = {("v", "a"): sweep.Sample(np.zeros((100, 2)))}
-    tasks = [sweep.Task(("v", "a"), algorithm, k) for algorithm in sweep.COST for k in range(2, 7)]
+    tasks = [sweep.Task(("v", "a"), algorithm, k) for algorithm in algorithms.ALGORITHMS for k in range(2, 7)]
     dealt = sweep.deal(tasks, samples, 2)
     assert sorted(i for slot in dealt for i in slot) == list(range(len(tasks)))
-    loads = [sum(sweep.COST[tasks[i].algorithm] * tasks[i].k for i in slot) for slot in dealt]
-    assert abs(loads[0] - loads[1]) <= max(sweep.COST.values()) * 6  # within the largest single task
+    loads = [sum(algorithms.get(tasks[i].algorithm).cost * tasks[i].k for i in slot) for slot in dealt]
+    largest = max(a.cost for a in algorithms.ALGORITHMS.values()) * 6
+    assert abs(loads[0] - loads[1]) <= largest  # within the largest single task
 
 
 def test_sweep_runs_every_candidate_in_one_spark_job(spark):
@@ -169,7 +170,7 @@ def test_mllib_refit_agrees_with_the_scikit_learn_candidate(spark, make_config):
     for algorithm in ("kmeans", "bisecting_kmeans"):
         scaled = sweep.preprocess(raw, features, catalog)
         space = sweep.pca(scaled, 0.95) if algorithm == "gaussian_mixture" else scaled
-        ours = sweep.fit(algorithm, 4, train.seed, train.max_iter, space).predict(space)
+        ours = algorithms.get(algorithm).sweep(4, train.seed, train.max_iter, space).predict(space)
         pca_k = space.shape[1] if algorithm == "gaussian_mixture" else None
         df = spark.createDataFrame(raw)
         model = full_pipeline(preprocessing(features, catalog, {}), algorithm, 4, train, pca_k).fit(df)

@@ -18,7 +18,7 @@ import heapq
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,23 +35,6 @@ RESULT_SCHEMA = (
     "task INT, silhouette DOUBLE, smallest_share DOUBLE, stability DOUBLE, wssse DOUBLE, log_likelihood DOUBLE, "
     "bic DOUBLE, sizes STRING, seconds DOUBLE, error STRING"
 )
-
-
-class _Costs(Mapping[str, float]):
-    """Relative cost of one fit of each registered algorithm (``Algorithm.cost``), read from the registry."""
-
-    def __getitem__(self, name: str) -> float:
-        return algorithms.get(name).cost
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(algorithms.ALGORITHMS))
-
-    def __len__(self) -> int:
-        return len(algorithms.ALGORITHMS)
-
-
-# Relative cost of one fit, to deal the candidates evenly over the tasks (longest first).
-COST: Mapping[str, float] = _Costs()
 
 
 @dataclass(frozen=True)
@@ -146,11 +129,6 @@ def silhouette(x: np.ndarray, labels: np.ndarray) -> float:
     return float(np.where(own_size > 1, score, 0.0).mean())
 
 
-def fit(algorithm: str | Algorithm, k: int, seed: int, max_iter: int, x: np.ndarray) -> object:
-    """One scikit-learn clusterer of ``algorithm`` (a registry name or entry) fitted on ``x``."""
-    return algorithms.get(algorithm).sweep(k, seed, max_iter, x)
-
-
 def evaluate(x: np.ndarray, algorithm: str | Algorithm, k: int, params: dict) -> dict:
     """Fit one candidate and measure it: silhouette, smallest share, stability ARI and the algorithm's extra metrics
     (``Algorithm.metrics``: WSSSE for the k-means family, log-likelihood and BIC for GaussianMixture).
@@ -196,7 +174,8 @@ def evaluate_task(task: Task, sample: Sample, params: dict, algorithm: Algorithm
 
 def deal(tasks: list[Task], samples: dict[tuple[str, str], Sample], slots: int) -> list[list[int]]:
     """Task indexes dealt over ``slots`` by estimated cost, longest first, each to the least loaded slot."""
-    cost = [COST[t.algorithm] * t.k * len(samples[t.key].scaled) for t in tasks]
+    # Relative cost of a fit (the registry's Algorithm.cost), to deal the candidates evenly, longest first.
+    cost = [algorithms.get(t.algorithm).cost * t.k * len(samples[t.key].scaled) for t in tasks]
     heap = [(0.0, slot) for slot in range(slots)]
     dealt: list[list[int]] = [[] for _ in range(slots)]
     for i in sorted(range(len(tasks)), key=lambda i: (-cost[i], i)):
