@@ -39,10 +39,8 @@ def test_writes_return_the_rows_they_committed(spark, make_config):
     assert merged["numTargetRowsDeleted"] == 0
     assert merged.rows_written == 3
 
-    first = tables.merge(
-        upserts, cfg, Table("silver.new", "", ANY_WRITE.columns, (MERGE,), ("id",))
-    )  # creates the table: a plain write
-    assert (first["numOutputRows"], first.rows_written) == (3, 3)
+    first = tables.merge(upserts, cfg, Table("silver.new", "", ANY_WRITE.columns, (MERGE,), ("id",)))
+    assert first.rows_written == 3  # into the table it created, empty, just before
 
     empty = tables.overwrite(df.where("false"), cfg, Table("silver.empty", "", ANY_WRITE.columns, (OVERWRITE,)))
     assert empty.rows_written == 0
@@ -169,3 +167,38 @@ def test_a_write_with_an_undeclared_column_or_type_is_refused(spark, make_config
         lake.CUSTOMER_FEATURES,
         "as_of = '2025-01-01'",
     )
+
+
+def test_tables_are_named_in_the_metastore_with_their_comments(spark, make_config):
+    cfg = make_config()
+    moves = spark.createDataFrame(
+        [(dt.date(2025, 1, 2), dt.date(2025, 1, 1), "new", "active", 3, 0.75)],
+        "as_of DATE, previous_as_of DATE, from_segment STRING, to_segment STRING, customers BIGINT, share DOUBLE",
+    )
+    tables.replace_where(moves, cfg, lake.LIFECYCLE_TRANSITIONS, "as_of = '2025-01-02'")
+    name = "microseg_gold.lifecycle_transitions"
+    assert spark.table(name).select("to_segment", "customers").collect() == [("active", 3)]
+
+    described = {r["col_name"]: r for r in spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()}
+    assert described["customers"]["comment"] == lake.COMMENTS["customers"] == "Number of customers"
+    assert described["Comment"]["data_type"] == lake.LIFECYCLE_TRANSITIONS.description
+    assert described["Type"]["data_type"] == "EXTERNAL"  # dropping the name would leave the lake's files
+    assert described["Location"]["data_type"].endswith(tables.table_path(cfg, lake.LIFECYCLE_TRANSITIONS))
+
+    # Another lake writing the same table takes the name over; the first lake's table is still there by path.
+    other = make_config()
+    tables.replace_where(moves.withColumn("customers", moves.customers * 2), other, lake.LIFECYCLE_TRANSITIONS, "true")
+    assert spark.table(name).select("customers").collect() == [(6,)]
+    assert tables.read(spark, cfg, lake.LIFECYCLE_TRANSITIONS).select("customers").collect() == [(3,)]
+
+
+def test_a_column_the_table_lacks_fails_until_migrated(spark, make_config):
+    from microseg.runtime.errors import TableSchemaError
+
+    cfg = make_config()
+    narrow = Table("gold.t_narrow", "", (("id", "int"),), (APPEND,))
+    tables.append(spark.createDataFrame([(1,)], "id INT"), cfg, narrow)
+    wider = Table("gold.t_narrow", "", (("id", "int"), ("extra", "string")), (APPEND,))
+    with pytest.raises(TableSchemaError, match=r"gold.t_narrow: the table has no column 'extra' .*microseg migrate"):
+        tables.append(spark.createDataFrame([(2, "x")], "id INT, extra STRING"), cfg, wider)
+    assert tables.read(spark, cfg, narrow).count() == 1

@@ -201,10 +201,18 @@ class RunConfig(_Strict):
 
 
 class TablesConfig(_Strict):
-    """How the tables are named in a catalog: ``[<catalog>.]<schema_prefix>_<layer>.<table>``."""
+    """How the tables are named in a catalog: ``[<catalog>.]<schema_prefix>_<layer>.<table>``, and which metastore.
+
+    ``metastore``: ``embedded``, Spark's Hive metastore in Derby under ``metastore_dir`` (one process at a
+    time); ``hive``, a Hive metastore whose connection ``spark.settings`` give (PostgreSQL: README);
+    ``session``, the catalog the Spark session already has (Unity Catalog, Glue on a cluster);
+    ``none``, tables by path only.
+    """
 
     catalog: str | None = Field(None, description="a catalog (Unity Catalog, Glue) for three-level names")
     schema_prefix: str = Field("microseg", pattern=r"^[a-z][a-z0-9_]*$", description="schemas <prefix>_<layer>")
+    metastore: Literal["embedded", "hive", "session", "none"] = "embedded"
+    metastore_dir: str | None = Field(None, description="embedded: Derby's folder; None: <lake.root>/_metastore")
 
 
 class Config(_Strict):
@@ -241,6 +249,11 @@ class Config(_Strict):
     @property
     def artifact_location(self) -> str:
         return self.mlflow.artifact_location or f"{self.lake_root}/mlflow-artifacts"
+
+    @property
+    def metastore_dir(self) -> str:
+        """Where the embedded metastore keeps its Derby database and warehouse folder."""
+        return self.path(self.tables.metastore_dir) if self.tables.metastore_dir else f"{self.lake_root}/_metastore"
 
     def conf_file(self, *parts: str) -> Path:
         return Path(self.conf_dir, *parts)

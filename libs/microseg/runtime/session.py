@@ -64,6 +64,7 @@ def build_spark(cfg: Config) -> SparkSession:
         # and stages Spark retains, 1,000 each by default, also with the UI off.
         "spark.ui.retainedJobs": "10000",
         "spark.ui.retainedStages": "10000",
+        **metastore_settings(cfg),
         **spark_cfg.settings,
     }
     cores = _local_cores(spark_cfg.master)
@@ -87,6 +88,37 @@ def build_spark(cfg: Config) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(spark_cfg.log_level)
     return spark
+
+
+def metastore_settings(cfg: Config) -> dict[str, str]:
+    """The Spark settings of the metastore ``tables.metastore`` names (none for ``session`` and ``none``).
+
+    ``embedded``: Spark's Hive metastore in Derby under ``cfg.metastore_dir``, created on first use; Derby
+    admits one JVM at a time. ``hive``: Hive support only; the connection comes from ``spark.settings``.
+
+    Raises:
+        ValueError: ``embedded`` with a remote lake and no local ``tables.metastore_dir``.
+    """
+    kind = cfg.tables.metastore
+    if kind not in ("embedded", "hive"):
+        return {}
+    settings = {"spark.sql.catalogImplementation": "hive"}
+    if kind == "embedded":
+        folder = cfg.metastore_dir
+        if "://" in folder and not folder.startswith("file:"):
+            raise ValueError(
+                f"tables.metastore embedded keeps Derby on local disk, not at {folder}: set tables.metastore_dir "
+                "to a local folder, or tables.metastore to hive or session for a shared metastore"
+            )
+        folder = folder.removeprefix("file:")
+        derby = f"jdbc:derby:;databaseName={folder}/metastore_db;create=true"
+        settings |= {
+            "spark.hadoop.javax.jdo.option.ConnectionURL": derby,
+            "spark.sql.warehouse.dir": f"{folder}/warehouse",
+            # derby.log goes beside the database, not into the working directory.
+            "spark.driver.extraJavaOptions": f"-Dderby.system.home={folder}",
+        }
+    return settings
 
 
 def _submitted() -> bool:

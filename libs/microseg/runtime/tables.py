@@ -14,8 +14,9 @@ from collections.abc import Iterator, Mapping
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
-from microseg.runtime import lake
+from microseg.runtime import catalog, lake
 from microseg.runtime.config import Config
 from microseg.runtime.errors import TableMissingError, TableSchemaError
 from microseg.runtime.lake import APPEND, MERGE, OVERWRITE, REPLACE, Table
@@ -69,8 +70,12 @@ def delta_table(spark: SparkSession, cfg: Config, table: TableRef) -> DeltaTable
     return DeltaTable.forPath(spark, table_path(cfg, table))
 
 
-def check_columns(df: DataFrame, table: Table) -> None:
-    """Refuse a write whose columns the entry does not declare, or whose declared columns have another type.
+MIGRATE = "microseg migrate --conf <your conf>"
+
+
+def check_columns(df: DataFrame, table: Table, existing: StructType | None = None) -> None:
+    """Refuse a write whose columns the entry does not declare, or whose declared columns have another type;
+    and, with the ``existing`` table's schema, a column the table does not have yet (unless the table drifts).
 
     A frame may leave declared columns out (Delta writes them as null). Tables whose columns depend
     on a source or on the feature catalog (``more_columns``) take further columns, of any type.
@@ -79,19 +84,32 @@ def check_columns(df: DataFrame, table: Table) -> None:
         TableSchemaError: naming the table, the column, and what to do.
     """
     declared = {name: _normalised(kind) for name, kind in table.columns}
+    present = {f.name: _normalised(f.dataType.simpleString()) for f in existing.fields} if existing else None
     for field in df.schema.fields:
         kind = declared.get(field.name)
         written = field.dataType.simpleString()
         if kind is None and table.more_columns is None:
             raise TableSchemaError(
                 f"{table}: unexpected column {field.name!r} ({written}); its columns are declared in "
-                f"libs/microseg/runtime/lake.py (docs/TABLES.md). To add one, declare it there and add it to "
-                f"the existing table (ALTER TABLE ... ADD COLUMNS) before the run that writes it"
+                f"libs/microseg/runtime/lake.py (docs/TABLES.md). To add one, declare it there, then run "
+                f"`{MIGRATE}` to add it to the existing table before the run that writes it"
             )
         if kind is not None and _normalised(written) != kind:
             raise TableSchemaError(
                 f"{table}: column {field.name!r} is {written}, declared {kind} in libs/microseg/runtime/lake.py; "
-                f"cast it in the stage that writes it, or change the declaration and migrate the table"
+                f"cast it in the stage that writes it, or change the declaration and run `{MIGRATE}`"
+            )
+        if present is None or table.drifts:
+            continue
+        if field.name not in present:
+            raise TableSchemaError(
+                f"{table}: the table has no column {field.name!r} ({written}) yet; schemas change only by an "
+                f"explicit, recorded step: run `{MIGRATE}` to add it (ops.run_log records the change)"
+            )
+        if present[field.name] != _normalised(written):
+            raise TableSchemaError(
+                f"{table}: column {field.name!r} is {present[field.name]} in the table, {written} in this write; "
+                f"cast it in the stage that writes it (a type change needs a new column and `{MIGRATE}`)"
             )
 
 
@@ -100,13 +118,52 @@ def _normalised(kind: str) -> str:
     return re.sub(r"\blong\b", "bigint", re.sub(r"\binteger\b", "int", kind.replace(" ", "").lower()))
 
 
-def _allow(table: TableRef, write: str, df: DataFrame) -> Table:
-    """The entry of ``table``, if it allows ``write`` of ``df``'s columns (``check_columns``)."""
+def _allow(table: TableRef, write: str, df: DataFrame, cfg: Config) -> tuple[Table, DataFrame]:
+    """The entry of ``table`` and ``df`` with the columns' comments, if the entry allows ``write`` of its columns.
+
+    Checks the write kind, then the columns (``check_columns``) against the registry and the existing table.
+    """
     table = entry(table)
     if write not in table.writes:
         raise ValueError(f"{table} allows {', '.join(table.writes)} writes (runtime/lake.py), not {write}")
-    check_columns(df, table)
-    return table
+    path = table_path(cfg, table)
+    spark = df.sparkSession
+    existing = spark.read.format("delta").load(path).schema if DeltaTable.isDeltaTable(spark, path) else None
+    check_columns(df, table, existing)
+    return table, commented(df, table)
+
+
+def commented(df: DataFrame, table: Table) -> DataFrame:
+    """``df`` with each column's comment from the registry in its metadata, which Delta keeps in the schema."""
+    columns = []
+    for field in df.schema.fields:
+        comment = table.comment(field.name)
+        metadata = {**field.metadata, "comment": comment} if comment else field.metadata
+        columns.append(F.col(f"`{field.name}`").alias(field.name, metadata=metadata))
+    return df.select(*columns)
+
+
+def _prepare(df: DataFrame, cfg: Config, table: Table) -> str:
+    """The table's path, after creating the table (empty) if it does not exist, or naming it if it does.
+
+    A new table is made as its entry declares, from ``df``'s columns with their comments: partition
+    columns, change data feed, the description as its COMMENT, and its name in the metastore. The
+    write that follows is then the table's next commit, whose metrics ``CommitMetrics`` reads.
+    """
+    spark, path = df.sparkSession, table_path(cfg, table)
+    if DeltaTable.isDeltaTable(spark, path):
+        catalog.register(spark, cfg, table, path)
+        return path
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(df.schema).comment(table.description)
+    name = catalog.claim(spark, cfg, table, path)
+    if name is not None:
+        builder = builder.tableName(name)
+    if table.partition_by:
+        builder = builder.partitionedBy(*table.partition_by)
+    if table.change_data_feed:
+        builder = builder.property("delta.enableChangeDataFeed", "true")
+    builder.execute()
+    return path
 
 
 class CommitMetrics(Mapping[str, int]):
@@ -156,10 +213,10 @@ class CommitMetrics(Mapping[str, int]):
 
 
 def overwrite(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
-    """Replace the table with ``df`` (schema too); returns the commit's metrics (numOutputRows: rows written)."""
-    table = _allow(table, OVERWRITE, df)
-    path = table_path(cfg, table)
-    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    """Replace the table's rows with ``df``'s; returns the commit's metrics (numOutputRows: rows written)."""
+    table, df = _allow(table, OVERWRITE, df, cfg)
+    path = _prepare(df, cfg, table)
+    _evolving(df.write.format("delta").mode("overwrite"), table).save(path)
     return CommitMetrics(df.sparkSession, path)
 
 
@@ -170,27 +227,23 @@ def replace_where(df: DataFrame, cfg: Config, table: TableRef, condition: str) -
     numOutputRows counts the rows written, numCopiedRows of them kept from files it rewrote
     (``rows_written`` subtracts them), numDeletedRows the rows it replaced.
     """
-    table = _allow(table, REPLACE, df)
-    path = table_path(cfg, table)
-    spark = df.sparkSession
-    if DeltaTable.isDeltaTable(spark, path):
-        writer = df.write.format("delta").mode("overwrite").option("mergeSchema", "true")
-        writer.option("replaceWhere", condition).save(path)
-    else:
-        create_writer(df, table).save(path)
-    return CommitMetrics(spark, path)
+    table, df = _allow(table, REPLACE, df, cfg)
+    path = _prepare(df, cfg, table)
+    writer = _evolving(df.write.format("delta").mode("overwrite"), table)
+    writer.option("replaceWhere", condition).save(path)
+    return CommitMetrics(df.sparkSession, path)
 
 
 def append(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Append ``df`` to the table; returns the commit's metrics (numOutputRows: rows written)."""
-    table = _allow(table, APPEND, df)
-    path = table_path(cfg, table)
-    df.write.format("delta").mode("append").option("mergeSchema", "true").save(path)
+    table, df = _allow(table, APPEND, df, cfg)
+    path = _prepare(df, cfg, table)
+    _evolving(df.write.format("delta").mode("append"), table).save(path)
     return CommitMetrics(df.sparkSession, path)
 
 
 def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object] | None = None) -> CommitMetrics:
-    """Upsert ``df`` into the table on the entry's keys; creates the table on first write.
+    """Upsert ``df`` into the table on the entry's keys; creates the table (empty) on first write.
 
     ``within`` (column -> value, e.g. the as_of of a snapshot) confines the MERGE to the target rows
     with those values, so Delta reads only their partition. A matched row is rewritten only when one
@@ -198,15 +251,11 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
     change data feed); with the entry's ``newer_than`` (a column), only by a row at least as new.
 
     Returns the commit's metrics: numTargetRowsInserted, numTargetRowsUpdated, numTargetRowsDeleted,
-    numTargetRowsCopied, numSourceRows (rows new or changed)... for a MERGE; numOutputRows when this
-    write created the table; none when nothing was new (no commit).
+    numTargetRowsCopied, numSourceRows (rows new or changed)...; none when nothing was new (no commit).
     """
-    table = _allow(table, MERGE, df)
+    table, df = _allow(table, MERGE, df, cfg)
     spark = df.sparkSession
-    path = table_path(cfg, table)
-    if not DeltaTable.isDeltaTable(spark, path):
-        create_writer(df, table).save(path)
-        return CommitMetrics(spark, path)
+    path = _prepare(df, cfg, table)
     target = DeltaTable.forPath(spark, path)
     before = target.history(1).select("version").first()[0]
     within_sql = [f"`{column}` = {_sql_literal(value)}" for column, value in (within or {}).items()]
@@ -240,14 +289,9 @@ def _sql_literal(value: object) -> str:
     return repr(value)
 
 
-def create_writer(df: DataFrame, table: Table):  # noqa: ANN201 - pyspark's DataFrameWriter
-    """The writer that creates a table as its entry declares (partitioning, change data feed)."""
-    writer = df.write.format("delta").mode("overwrite")
-    if table.partition_by:
-        writer = writer.partitionBy(*table.partition_by)
-    if table.change_data_feed:
-        writer = writer.option("delta.enableChangeDataFeed", "true")
-    return writer
+def _evolving(writer, table: Table):  # noqa: ANN001 - pyspark's DataFrameWriter
+    """``writer``, taking new columns into the table if the entry drifts (bronze: a source's new columns)."""
+    return writer.option("mergeSchema", "true") if table.drifts else writer
 
 
 def create(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
@@ -257,5 +301,7 @@ def create(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     path = table_path(cfg, table)
     if DeltaTable.isDeltaTable(df.sparkSession, path):
         raise ValueError(f"{table} already exists at {path}; create writes a new table only")
-    create_writer(df, table).save(path)
+    df = commented(df, table)
+    _prepare(df, cfg, table)
+    df.write.format("delta").mode("append").save(path)
     return CommitMetrics(df.sparkSession, path)

@@ -1,0 +1,99 @@
+"""Table names in a metastore: each registry table as an external Delta table over its lake path.
+
+The lake path stays the table's home (engines without the metastore, such as delta-rs, read it there);
+the metastore adds ``[<catalog>.]<schema_prefix>_<layer>.<table>`` for SQL clients, the Thrift Server
+and other jobs. ``tables`` registers a table when it writes it, ``microseg migrate`` a whole lake.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.sql import SparkSession
+
+from microseg.runtime.config import Config
+from microseg.runtime.lake import Table
+
+log = logging.getLogger(__name__)
+
+# (application id, SQL name, path) already registered by this process: one metastore check per table.
+_registered: set[tuple[str, str, str]] = set()
+
+
+def enabled(cfg: Config) -> bool:
+    return cfg.tables.metastore != "none"
+
+
+def sql_name(cfg: Config, table: Table) -> str:
+    """The table's name in the metastore: ``[<catalog>.]<schema_prefix>_<layer>.<table>``."""
+    return table.sql_name(cfg.tables.catalog, cfg.tables.schema_prefix)
+
+
+def schema_name(cfg: Config, layer: str) -> str:
+    catalog = f"{cfg.tables.catalog}." if cfg.tables.catalog else ""
+    return f"{catalog}{cfg.tables.schema_prefix}_{layer}"
+
+
+def register(spark: SparkSession, cfg: Config, table: Table, path: str) -> bool:
+    """Name the existing Delta table at ``path`` in the metastore; True if the name was (re)made.
+
+    The table's own metadata (description, column comments, partitioning) stays in its Delta log;
+    the metastore only points at it.
+    """
+    name = claim(spark, cfg, table, path)
+    if name is None:
+        return False
+    spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION {_quote(path)}")
+    log.info("registered %s at %s", name, path)
+    return True
+
+
+def claim(spark: SparkSession, cfg: Config, table: Table, path: str) -> str | None:
+    """The name to create the table at ``path`` under, or None if there is nothing to do.
+
+    None without a metastore, or when the name already points at ``path``. Makes the table's schema
+    (database) first. A name that points elsewhere (another lake) is dropped so that it can point
+    here: dropping an external table's name leaves its files alone.
+    """
+    if not enabled(cfg):
+        return None
+    name = sql_name(cfg, table)
+    seen = (spark.sparkContext.applicationId, name, path)
+    if seen in _registered:
+        return None
+    _registered.add(seen)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema_name(cfg, table.layer)} COMMENT {_quote(_layer_comment(table))}")
+    if spark.catalog.tableExists(name):
+        where = location(spark, name)
+        if where is not None and _same_path(where, path):
+            return None
+        log.warning("table %s pointed at %s; re-pointing it at %s", name, where, path)
+        spark.sql(f"DROP TABLE {name}")
+    return name
+
+
+def location(spark: SparkSession, name: str) -> str | None:
+    """Where the metastore says ``name`` lives."""
+    rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").where("col_name = 'Location'").collect()
+    return rows[0]["data_type"] if rows else None
+
+
+def forget(spark: SparkSession) -> None:
+    """Forget what this process registered (after the metastore changed under it)."""
+    app = spark.sparkContext.applicationId
+    _registered.difference_update({r for r in _registered if r[0] == app})
+
+
+def _same_path(a: str, b: str) -> bool:
+    def plain(p: str) -> str:
+        return p.removeprefix("file://").removeprefix("file:").rstrip("/")
+
+    return plain(a) == plain(b)
+
+
+def _layer_comment(table: Table) -> str:
+    return f"microseg {table.layer} tables (docs/TABLES.md)"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
