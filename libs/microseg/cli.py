@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time a plain scikit-learn KMeans sweep on the same preprocessed samples and print the ratio",
     )
 
+    migrate = commands.add_parser(
+        "migrate", help="bring the lake's tables to the registry (columns, partitioning, comments, names); recorded"
+    )
+    _common(migrate)
+    migrate.add_argument("--dry-run", action="store_true", help="only print what would change")
     registry = commands.add_parser("tables", help="write the table registry as Markdown (docs/TABLES.md)")
     _common(registry)
     registry.add_argument("--out", default="docs/TABLES.md")
@@ -164,6 +169,18 @@ def cmd_tables(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.migrate import migrate
+    from microseg.runtime.session import build_spark
+
+    report = migrate(build_spark(cfg), cfg, dry_run=args.dry_run)
+    verb = "would change" if args.dry_run else "changed or named"
+    print(f"migrate: {len(report.entries)} tables {verb}")
+    for e in report.entries:
+        print(f"  {e.source}: {json.dumps(e.details, sort_keys=True)}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "train": cmd_train,
@@ -171,6 +188,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "catalog": cmd_catalog,
     "tables": cmd_tables,
+    "migrate": cmd_migrate,
 }
 
 

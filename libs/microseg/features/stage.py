@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from microseg.features.builders import (
     activity_column,
@@ -123,10 +124,19 @@ def build_features(
         "customer_id",
         F.lit(as_of).alias("as_of"),
         "macro_segment",
-        *catalog.names,
+        *[F.col(f.name).alias(f.name, metadata={"comment": f"{f.description} ({f.unit})"}) for f in catalog.features],
         F.map_from_entries(F.filter(reasons, lambda r: r["value"].isNotNull())).alias("null_reasons"),
         F.lit(catalog.version).alias("feature_version"),
     )
+
+
+def feature_schema(spark: SparkSession, cfg: Config) -> StructType:
+    """The columns gold.customer_features has under the current catalog, every feature supported.
+
+    Analysed from a plan over empty silver tables: no Spark job, no data read.
+    """
+    empty = {f.name: spark.createDataFrame([], lake.silver(f.name).ddl) for f in fields(Inputs)}
+    return build_features(Inputs(**empty), dt.date.today(), load_catalog(cfg), cfg.features, unsupported={}).schema
 
 
 def _silver_inputs(spark: SparkSession, cfg: Config) -> Inputs:

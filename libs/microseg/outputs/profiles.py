@@ -114,7 +114,14 @@ def profile_schema(names: list[str]) -> T.StructType:
         T.StructField("top_features", T.ArrayType(T.StringType())),
     ]
     for f in names:
-        fields += [T.StructField(f"{p}_{f}", T.DoubleType()) for p in ("mean", "median", "z")]
+        fields += [
+            T.StructField(f"{p}_{f}", T.DoubleType(), metadata={"comment": f"{what} of {f} {among}"})
+            for p, what, among in (
+                ("mean", "Mean", "in the segment"),
+                ("median", "Median (approximate)", "in the segment"),
+                ("z", "z-score", "(segment mean - population mean) / population standard deviation"),
+            )
+        ]
     return T.StructType(fields)
 
 

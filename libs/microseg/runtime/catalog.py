@@ -43,7 +43,7 @@ def register(spark: SparkSession, cfg: Config, table: Table, path: str) -> bool:
     name = claim(spark, cfg, table, path)
     if name is None:
         return False
-    spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION {_quote(path)}")
+    spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION {quote(path)}")
     log.info("registered %s at %s", name, path)
     return True
 
@@ -62,7 +62,7 @@ def claim(spark: SparkSession, cfg: Config, table: Table, path: str) -> str | No
     if seen in _registered:
         return None
     _registered.add(seen)
-    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema_name(cfg, table.layer)} COMMENT {_quote(_layer_comment(table))}")
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema_name(cfg, table.layer)} COMMENT {quote(_layer_comment(table))}")
     if spark.catalog.tableExists(name):
         where = location(spark, name)
         if where is not None and _same_path(where, path):
@@ -95,5 +95,6 @@ def _layer_comment(table: Table) -> str:
     return f"microseg {table.layer} tables (docs/TABLES.md)"
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
+    """``text`` as a Spark SQL string literal."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -50,6 +50,19 @@ def read(spark: SparkSession, cfg: Config, table: TableRef) -> DataFrame:
     return spark.read.format("delta").load(path)
 
 
+def existing(spark: SparkSession, cfg: Config) -> list[Table]:
+    """Every table of the lake: the registry's that exist, and the per-source bronze and quarantine tables found."""
+    found = [t for t in lake.TABLES if exists(spark, cfg, t)]
+    hadoop = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
+    for layer, make in (("bronze", lake.bronze), ("quarantine", lake.quarantine)):
+        folder = hadoop(f"{cfg.lake_root}/{layer}")
+        fs = folder.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        if fs.exists(folder):
+            names = sorted(status.getPath().getName() for status in fs.listStatus(folder) if status.isDirectory())
+            found += [make(name) for name in names if exists(spark, cfg, make(name))]
+    return found
+
+
 def version(spark: SparkSession, cfg: Config, table: TableRef) -> int | None:
     """The table's current Delta version, or None if it does not exist."""
     path = table_path(cfg, table)
