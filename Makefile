@@ -11,7 +11,7 @@ DATA ?= data/synthetic
 KEY_FILE := .microseg_key
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: install demo test test-fast ui bench lint clean env-archive
+.PHONY: install demo test test-fast ui sql sql-server bench lint clean env-archive
 
 install: $(INSTALLED)
 
@@ -45,6 +45,13 @@ test-fast: install
 
 ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lake/mlflow.db --host 127.0.0.1 --port 5000
+
+# spark-sql and the Spark Thrift Server on the project's tables by name (README, "Tables by name").
+sql: install
+	$(BIN)/microseg sql --conf conf/local.yaml
+
+sql-server: install
+	$(BIN)/microseg sql-server --conf conf/local.yaml --host 127.0.0.1 --port 10000
 
 bench: install
 	MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-bench-key-not-secret-0123456789} $(BIN)/microseg bench --customers $(CUSTOMERS) $(BENCH_ARGS)

@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(migrate)
     migrate.add_argument("--dry-run", action="store_true", help="only print what would change")
+    sql = commands.add_parser(
+        "sql", help="spark-sql on the project's tables by name; other arguments go to spark-sql (-e SQL, -f FILE)"
+    )
+    _common(sql)
+    server = commands.add_parser("sql-server", help="the Spark Thrift Server (JDBC/ODBC) on the project's tables")
+    _common(server)
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    server.add_argument("--port", type=int, default=10000, help="port (default 10000)")
     registry = commands.add_parser("tables", help="write the table registry as Markdown (docs/TABLES.md)")
     _common(registry)
     registry.add_argument("--out", default="docs/TABLES.md")
@@ -181,6 +190,21 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.runtime import sql_endpoint
+
+    command = sql_endpoint.spark_sql_command(cfg, args.passthrough)
+    return subprocess.run(command, env=sql_endpoint.environment(cfg), check=False).returncode
+
+
+def cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.runtime import sql_endpoint
+
+    command = sql_endpoint.thrift_server_command(cfg, args.host, args.port)
+    log.info("Spark Thrift Server on jdbc:hive2://%s:%d (Ctrl-C stops it)", args.host, args.port)
+    return subprocess.run(command, env=sql_endpoint.environment(cfg), check=False).returncode
+
+
 COMMANDS = {
     "run": cmd_run,
     "train": cmd_train,
@@ -189,11 +213,16 @@ COMMANDS = {
     "catalog": cmd_catalog,
     "tables": cmd_tables,
     "migrate": cmd_migrate,
+    "sql": cmd_sql,
+    "sql-server": cmd_sql_server,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, passthrough = build_parser().parse_known_args(argv)
+    if passthrough and args.command != "sql":
+        build_parser().error(f"unrecognized arguments: {' '.join(passthrough)}")
+    args.passthrough = passthrough
     configure_logging(args.log_level, command=args.command)
     overrides = list(args.overrides)
     if args.command == "datagen":

@@ -5,14 +5,21 @@ this data, and none of them reads the train settings in which test_pipeline_e2e 
 differ. So both start from one data set and one featured lake: each module trains, assigns and
 profiles on a copy of its own (``copy_lake``), whose MLflow database and artifacts its first train
 creates, so its assertions about runs, versions, aliases and history see only its own work.
-test_jdbc_crm loads its PostgreSQL table from the same generated CRM file.
+test_jdbc_crm loads its PostgreSQL table from the same generated CRM file; it and test_sql_endpoint share
+one PostgreSQL server.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import glob
+import os
 import shutil
+import socket
+import subprocess
+import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -61,3 +68,63 @@ def copy_lake(featured_lake: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         return target
 
     return copy
+
+
+def _pg_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Postgres:
+    bindir: Path
+    port: int
+
+    def url(self, database: str = "postgres") -> str:
+        return f"jdbc:postgresql://127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database on the server (user microseg); its JDBC URL."""
+        subprocess.run([str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "microseg", name],
+                       check=True, capture_output=True)  # fmt: skip
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server on 127.0.0.1 (trust auth, user microseg) for the run: the JDBC source test and
+    the PostgreSQL-backed Hive metastore of the SQL endpoint test; stopped at the end."""
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb); install them with: apt-get install postgresql")
+    # initdb refuses to run as root: run the server as the postgres user the Debian package creates.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    root = Path(tempfile.mkdtemp(prefix="microseg-pg-"))
+    root.chmod(0o777)
+    data, port = root / "data", _free_port()
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "microseg"],
+                   check=True, capture_output=True)  # fmt: skip
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
+    # -t: pg_ctl's own 60 s wait for the server is short on a busy machine; slow is fine, red is not.
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
+                    "-t", "600", "start"], check=True, capture_output=True)  # fmt: skip
+    try:
+        yield Postgres(bindir, port)
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres(postgres_server: Postgres) -> str:
+    """The JDBC URL of the server's postgres database."""
+    return postgres_server.url()

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import glob
-import os
 import shutil
-import socket
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,44 +17,6 @@ from microseg.stages import run_pipeline
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A private PostgreSQL server on 127.0.0.1 (trust auth), stopped when the module ends."""
-    bindir = _pg_bin()
-    if bindir is None:
-        pytest.skip("no PostgreSQL server binaries (initdb); install them with: apt-get install postgresql")
-    # initdb refuses to run as root: run the server as the postgres user the Debian package creates.
-    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root = Path(tempfile.mkdtemp(prefix="microseg-pg-"))
-    root.chmod(0o777)
-    data, port = root / "data", _free_port()
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "microseg"],
-                   check=True, capture_output=True)  # fmt: skip
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"
-    # -t: pg_ctl's own 60 s wait for the server is short on a busy machine; slow is fine, red is not.
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w",
-                    "-t", "600", "start"], check=True, capture_output=True)  # fmt: skip
-    try:
-        yield f"jdbc:postgresql://127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

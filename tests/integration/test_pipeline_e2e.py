@@ -117,6 +117,26 @@ def test_every_table_has_the_columns_its_registry_entry_declares(spark, demo, fi
             assert set(actual) == set(declared), table.name
 
 
+def test_gold_tables_are_named_in_the_metastore_and_readable_by_path_with_delta_rs(spark, demo, first_run):
+    """By name for SQL clients (the same rows as by path); by path for any Delta engine (delta-rs here)."""
+    from deltalake import DeltaTable as RustDeltaTable
+
+    cfg = demo["cfg"]
+    for table in (lake.SEGMENT_ASSIGNMENTS, lake.SEGMENT_PROFILES, lake.CUSTOMER_FEATURES, lake.SEGMENT_HISTORY):
+        by_path = tables.read(spark, cfg, table)
+        assert spark.table(table.sql_name()).count() == by_path.count(), table.name
+        rust = RustDeltaTable(tables.table_path(cfg, table))
+        assert rust.version() == tables.version(spark, cfg, table)
+        assert rust.to_pyarrow_table().num_rows == by_path.count(), table.name
+        assert rust.metadata().partition_columns == list(table.partition_by)
+        assert rust.metadata().description == table.description
+    comments = {
+        f.name: f.metadata.get("comment")
+        for f in RustDeltaTable(tables.table_path(cfg, lake.SEGMENT_ASSIGNMENTS)).schema().fields
+    }
+    assert comments["segment_id"] == lake.COMMENTS["segment_id"]
+
+
 def test_rows_reconcile_with_manifest_source_by_source(spark, demo, first_run):
     cfg, manifest = demo["cfg"], demo["manifest"]
     for source in SOURCES:
@@ -204,6 +224,7 @@ def test_rerun_same_as_of_keeps_assignments_and_adds_one_run(spark, demo, first_
     """`microseg run` of all seven stages over the lake of the first run changes no assignment."""
     cfg = demo["cfg"]
     before = tables.read(spark, cfg, "gold.segment_assignments").collect()
+    version = tables.version(spark, cfg, "gold.segment_assignments")
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     parents = "tags.kind = 'training'"
@@ -214,6 +235,11 @@ def test_rerun_same_as_of_keeps_assignments_and_adds_one_run(spark, demo, first_
     assert "[7/7] profile done" in out and "segments (customers, label):" in out
     after = tables.read(spark, cfg, "gold.segment_assignments").collect()
     assert sorted(map(tuple, after)) == sorted(map(tuple, before))
+    # Nothing changed, so nothing committed: the change feed that activation tools read has no new rows.
+    assert tables.version(spark, cfg, "gold.segment_assignments") == version
+    feed = spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", version)
+    feed = feed.load(tables.table_path(cfg, "gold.segment_assignments"))
+    assert feed.where(F.col("_commit_version") > version).count() == 0
     assert len(client.search_runs([experiment.experiment_id], filter_string=parents)) == runs_before + 1
     # the same data fits the same models: no new registered versions
     assert {m.name: m.latest_versions for m in client.search_registered_models()} == versions_before

@@ -42,7 +42,7 @@ def build_spark(cfg: Config) -> SparkSession:
     Delta's jars come from ``spark.packages`` (Maven coordinates): Spark's Ivy
     resolves them from Maven Central on first start and caches them under
     ~/.ivy2.5.2; later starts pass the cached jars as ``spark.jars`` and skip
-    Ivy (see ``_package_jars``). Under spark-submit the packages stay
+    Ivy (see ``package_jars``). Under spark-submit the packages stay
     ``spark.jars.packages`` (pass ``--packages`` there). On a cluster whose
     image already holds the jars, set ``spark.packages: []``.
 
@@ -81,13 +81,25 @@ def build_spark(cfg: Config) -> SparkSession:
         if _submitted() or SparkContext._active_spark_context is not None:
             settings["spark.jars.packages"] = ",".join(spark_cfg.packages)
         else:
-            jars = _package_jars(spark_cfg.packages, settings)
+            jars = package_jars(spark_cfg.packages, settings)
             settings["spark.jars"] = ",".join([*filter(None, settings.get("spark.jars", "").split(",")), *jars])
+            if cfg.tables.metastore == "hive":  # its JDBC driver is loaded by Hive's client, from the class path
+                settings.setdefault("spark.driver.extraClassPath", driver_class_path(spark_cfg.packages, jars))
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(spark_cfg.log_level)
     return spark
+
+
+def driver_class_path(packages: list[str], jars: list[str]) -> str:
+    """The jars of ``packages``' own groups (Delta's, the JDBC driver's), joined as a class path.
+
+    Their dependencies stay off it: they would come before Spark's own jars (an older Jackson, for one).
+    """
+    groups = {package.split(":", 1)[0] for package in packages}
+    own = [jar for jar in jars if Path(jar).name.split("_", 1)[0] in groups]
+    return os.pathsep.join(own)
 
 
 def metastore_settings(cfg: Config) -> dict[str, str]:
@@ -130,7 +142,7 @@ def _submitted() -> bool:
 _IVY_KEYS = ("spark.jars.repositories", "spark.jars.excludes", "spark.jars.ivy", "spark.jars.ivySettings")
 
 
-def _package_jars(packages: list[str], settings: dict[str, str]) -> list[str]:
+def package_jars(packages: list[str], settings: dict[str, str]) -> list[str]:
     """The local jar files of ``packages`` and their dependencies, to pass as ``spark.jars``.
 
     Spark's Ivy resolves ``spark.jars.packages`` on every start, even from a warm cache: seconds of
