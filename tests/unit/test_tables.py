@@ -2,6 +2,7 @@
 every write is one its table's registry entry allows."""
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,11 @@ def test_a_snapshot_merge_reads_only_its_partition_and_a_rerun_changes_nothing(s
     changed = spark.createDataFrame([(0, day2, "c")], "id INT, as_of DATE, v STRING")
     update = tables.merge(changed, cfg, table, within={"as_of": day2})
     assert (update["numTargetRowsInserted"], update["numTargetRowsUpdated"]) == (0, 1)
+    # The files the MERGE touched, from its commit in the Delta log: day 2's only.
+    assert update["numTargetFilesRemoved"] >= 1
+    commit = Path(tables.table_path(cfg, table), "_delta_log", f"{version + 1:020d}.json").read_text()
+    touched = [a[kind]["path"] for a in map(json.loads, commit.splitlines()) for kind in ("add", "remove") if kind in a]
+    assert touched and all(p.startswith(f"as_of={day2}/") for p in touched), touched
     feed = changes.load(tables.table_path(cfg, table)).collect()
     assert sorted((r["_change_type"], r["id"], r["v"]) for r in feed) == [
         ("update_postimage", 0, "c"),

@@ -32,6 +32,9 @@ def settings(cfg: Config) -> dict[str, str]:
         "spark.master": cfg.spark.master,
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
+        # spark-sql and the Thrift Server turn on Java 8 dates, which Delta's answer of MIN/MAX/COUNT from the
+        # log does not take (ClassCastException LocalDate -> java.sql.Date): such queries read the data.
+        "spark.databricks.delta.optimizeMetadataQuery.enabled": "false",
         **metastore_settings(cfg),
         **cfg.spark.settings,
     }

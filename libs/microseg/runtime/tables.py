@@ -1,8 +1,10 @@
 """Delta reads and writes of the tables the registry declares (``runtime.lake``): the one place that knows
 where tables live (``<lake.root>/<layer>/<table>``) and the only code that writes them.
 
-Every write checks that the table's entry allows it (overwrite, replace, append, merge, type 2), and
-takes the key, partition columns and change data feed from the entry.
+Every write checks that the table's entry allows it (overwrite, replace, append, merge, type 2) and
+that its columns are the entry's and the table's (a schema changes only by ``microseg migrate``). The
+first write creates the table as the entry declares (key, partition columns, change data feed,
+comments) and names it in the metastore (``runtime.catalog``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructType
+from pyspark.sql.types import StructField, StructType
 
 from microseg.runtime import catalog, lake
 from microseg.runtime.config import Config
@@ -167,7 +169,9 @@ def _prepare(df: DataFrame, cfg: Config, table: Table) -> str:
     if DeltaTable.isDeltaTable(spark, path):
         catalog.register(spark, cfg, table, path)
         return path
-    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(df.schema).comment(table.description)
+    # Nullable, as a table a write creates: a column not null in today's frame may be null in tomorrow's.
+    columns = StructType([StructField(f.name, f.dataType, True, f.metadata) for f in df.schema.fields])
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(columns).comment(table.description)
     name = catalog.claim(spark, cfg, table, path)
     if name is not None:
         builder = builder.tableName(name)
