@@ -41,7 +41,7 @@ def test_writes_return_the_rows_they_committed(spark, make_config):
     assert merged.rows_written == 3
 
     first = tables.merge(upserts, cfg, Table("silver.new", "", ANY_WRITE.columns, (MERGE,), ("id",)))
-    assert first.rows_written == 3  # into the table it created, empty, just before
+    assert first.rows_written == 3  # the write that created the table
 
     empty = tables.overwrite(df.where("false"), cfg, Table("silver.empty", "", ANY_WRITE.columns, (OVERWRITE,)))
     assert empty.rows_written == 0
@@ -208,3 +208,12 @@ def test_a_column_the_table_lacks_fails_until_migrated(spark, make_config):
     with pytest.raises(TableSchemaError, match=r"gold.t_narrow: the table has no column 'extra' .*microseg migrate"):
         tables.append(spark.createDataFrame([(2, "x")], "id INT, extra STRING"), cfg, wider)
     assert tables.read(spark, cfg, narrow).count() == 1
+
+
+def test_a_catalog_gives_three_level_names(spark, make_config):
+    cfg = make_config("tables.catalog=spark_catalog", "tables.schema_prefix=acme_seg")
+    tables.overwrite(
+        spark.createDataFrame([("email_hash", "h1", "cu_1")], lake.IDENTITY_MAP.ddl), cfg, lake.IDENTITY_MAP
+    )
+    assert spark.table("spark_catalog.acme_seg_silver.identity_map").collect() == [("email_hash", "h1", "cu_1")]
+    assert "acme_seg_silver" in {d.name for d in spark.catalog.listDatabases()}

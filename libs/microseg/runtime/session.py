@@ -89,7 +89,20 @@ def build_spark(cfg: Config) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(spark_cfg.log_level)
+    if settings.get("spark.sql.catalogImplementation") == "hive":
+        _quiet_metastore(spark)
     return spark
+
+
+# Warnings the Hive metastore logs for what is expected here: every Delta table ("no Hive SerDe for data
+# source provider delta", Spark keeps its own format) and every schema looked up before it exists.
+METASTORE_NOISE = ("org.apache.spark.sql.hive.HiveExternalCatalog", "org.apache.hadoop.hive.metastore.ObjectStore")
+
+
+def _quiet_metastore(spark: SparkSession) -> None:
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j
+    for logger in METASTORE_NOISE:
+        log4j.core.config.Configurator.setLevel(logger, log4j.Level.ERROR)
 
 
 def driver_class_path(packages: list[str], jars: list[str]) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import StructField, StructType
+from pyspark.sql.types import StructType
 
 from microseg.runtime import catalog, lake
 from microseg.runtime.config import Config
@@ -158,29 +158,26 @@ def commented(df: DataFrame, table: Table) -> DataFrame:
     return df.select(*columns)
 
 
-def _prepare(df: DataFrame, cfg: Config, table: Table) -> str:
-    """The table's path, after creating the table (empty) if it does not exist, or naming it if it does.
+def _create_if_new(df: DataFrame, cfg: Config, table: Table) -> CommitMetrics | None:
+    """Create the table from ``df`` if it does not exist (its metrics), else name it in the metastore (None).
 
-    A new table is made as its entry declares, from ``df``'s columns with their comments: partition
-    columns, change data feed, the description as its COMMENT, and its name in the metastore. The
-    write that follows is then the table's next commit, whose metrics ``CommitMetrics`` reads.
+    A new table is made as its entry declares, in the one commit that writes ``df``: partition columns,
+    change data feed, the description as its COMMENT, the columns' comments, and its metastore name.
     """
     spark, path = df.sparkSession, table_path(cfg, table)
     if DeltaTable.isDeltaTable(spark, path):
         catalog.register(spark, cfg, table, path)
-        return path
-    # Nullable, as a table a write creates: a column not null in today's frame may be null in tomorrow's.
-    columns = StructType([StructField(f.name, f.dataType, True, f.metadata) for f in df.schema.fields])
-    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(columns).comment(table.description)
+        return None
     name = catalog.claim(spark, cfg, table, path)
-    if name is not None:
-        builder = builder.tableName(name)
+    writer = df.writeTo(name or f"delta.`{path}`").using("delta").tableProperty("comment", table.description)
+    if name:
+        writer = writer.tableProperty("location", path)
     if table.partition_by:
-        builder = builder.partitionedBy(*table.partition_by)
+        writer = writer.partitionedBy(*[F.col(c) for c in table.partition_by])
     if table.change_data_feed:
-        builder = builder.property("delta.enableChangeDataFeed", "true")
-    builder.execute()
-    return path
+        writer = writer.tableProperty("delta.enableChangeDataFeed", "true")
+    writer.create()
+    return CommitMetrics(spark, path)
 
 
 class CommitMetrics(Mapping[str, int]):
@@ -232,7 +229,9 @@ class CommitMetrics(Mapping[str, int]):
 def overwrite(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Replace the table's rows with ``df``'s; returns the commit's metrics (numOutputRows: rows written)."""
     table, df = _allow(table, OVERWRITE, df, cfg)
-    path = _prepare(df, cfg, table)
+    if created := _create_if_new(df, cfg, table):
+        return created
+    path = table_path(cfg, table)
     _evolving(df.write.format("delta").mode("overwrite"), table).save(path)
     return CommitMetrics(df.sparkSession, path)
 
@@ -245,7 +244,9 @@ def replace_where(df: DataFrame, cfg: Config, table: TableRef, condition: str) -
     (``rows_written`` subtracts them), numDeletedRows the rows it replaced.
     """
     table, df = _allow(table, REPLACE, df, cfg)
-    path = _prepare(df, cfg, table)
+    if created := _create_if_new(df, cfg, table):
+        return created
+    path = table_path(cfg, table)
     writer = _evolving(df.write.format("delta").mode("overwrite"), table)
     writer.option("replaceWhere", condition).save(path)
     return CommitMetrics(df.sparkSession, path)
@@ -254,13 +255,15 @@ def replace_where(df: DataFrame, cfg: Config, table: TableRef, condition: str) -
 def append(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Append ``df`` to the table; returns the commit's metrics (numOutputRows: rows written)."""
     table, df = _allow(table, APPEND, df, cfg)
-    path = _prepare(df, cfg, table)
+    if created := _create_if_new(df, cfg, table):
+        return created
+    path = table_path(cfg, table)
     _evolving(df.write.format("delta").mode("append"), table).save(path)
     return CommitMetrics(df.sparkSession, path)
 
 
 def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object] | None = None) -> CommitMetrics:
-    """Upsert ``df`` into the table on the entry's keys; creates the table (empty) on first write.
+    """Upsert ``df`` into the table on the entry's keys; creates the table on first write.
 
     ``within`` (column -> value, e.g. the as_of of a snapshot) confines the MERGE to the target rows
     with those values, so Delta reads only their partition. A matched row is rewritten only when one
@@ -268,11 +271,13 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
     change data feed); with the entry's ``newer_than`` (a column), only by a row at least as new.
 
     Returns the commit's metrics: numTargetRowsInserted, numTargetRowsUpdated, numTargetRowsDeleted,
-    numTargetRowsCopied, numSourceRows (rows new or changed)...; none when nothing was new (no commit).
+    numTargetRowsCopied, numSourceRows (rows new or changed)... for a MERGE; numOutputRows when this
+    write created the table; none when nothing was new (no commit).
     """
     table, df = _allow(table, MERGE, df, cfg)
-    spark = df.sparkSession
-    path = _prepare(df, cfg, table)
+    if created := _create_if_new(df, cfg, table):
+        return created
+    spark, path = df.sparkSession, table_path(cfg, table)
     target = DeltaTable.forPath(spark, path)
     before = target.history(1).select("version").first()[0]
     within_sql = [f"`{column}` = {_sql_literal(value)}" for column, value in (within or {}).items()]
@@ -318,7 +323,4 @@ def create(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     path = table_path(cfg, table)
     if DeltaTable.isDeltaTable(df.sparkSession, path):
         raise ValueError(f"{table} already exists at {path}; create writes a new table only")
-    df = commented(df, table)
-    _prepare(df, cfg, table)
-    df.write.format("delta").mode("append").save(path)
-    return CommitMetrics(df.sparkSession, path)
+    return _create_if_new(commented(df, table), cfg, table)
