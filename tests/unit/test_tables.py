@@ -54,7 +54,7 @@ def test_metrics_are_read_only_when_looked_at(spark, make_config):
     table = Table("silver.u", "", (("id", "int"),), (OVERWRITE,))
     tables.overwrite(spark.createDataFrame([(1,), (2,)], "id INT"), cfg, table)
     with sparkops.job_group(spark, "unit-metrics-unread", "metrics not looked at"):
-        metrics = tables.CommitMetrics(spark, tables.table_path(cfg, table))
+        metrics = tables.CommitMetrics(spark, tables.table_path(cfg, table), at=0)  # the write that created it
     assert sparkops.jobs_in_group(spark, "unit-metrics-unread") == 0
     with sparkops.job_group(spark, "unit-metrics-read", "metrics looked at"):
         assert dict(metrics)["numOutputRows"] == 2

@@ -159,25 +159,26 @@ def commented(df: DataFrame, table: Table) -> DataFrame:
 
 
 def _create_if_new(df: DataFrame, cfg: Config, table: Table) -> CommitMetrics | None:
-    """Create the table from ``df`` if it does not exist (its metrics), else name it in the metastore (None).
+    """Create the table with ``df``'s rows if it does not exist (that commit's metrics), else name it (None).
 
-    A new table is made as its entry declares, in the one commit that writes ``df``: partition columns,
-    change data feed, the description as its COMMENT, the columns' comments, and its metastore name.
+    A new table is made as its entry declares: partition columns, change data feed, the columns' comments
+    (in ``df``'s schema), then its description as the table's COMMENT (a second, metadata-only commit:
+    Delta's writer takes no description, and a table-creating write through the catalog, which would,
+    loses the DataFrame's Observations), then its name in the metastore.
     """
     spark, path = df.sparkSession, table_path(cfg, table)
     if DeltaTable.isDeltaTable(spark, path):
         catalog.register(spark, cfg, table, path)
         return None
-    name = catalog.claim(spark, cfg, table, path)
-    writer = df.writeTo(name or f"delta.`{path}`").using("delta").tableProperty("comment", table.description)
-    if name:
-        writer = writer.tableProperty("location", path)
+    writer = df.write.format("delta").mode("errorifexists")
     if table.partition_by:
-        writer = writer.partitionedBy(*[F.col(c) for c in table.partition_by])
+        writer = writer.partitionBy(*table.partition_by)
     if table.change_data_feed:
-        writer = writer.tableProperty("delta.enableChangeDataFeed", "true")
-    writer.create()
-    return CommitMetrics(spark, path)
+        writer = writer.option("delta.enableChangeDataFeed", "true")
+    writer.save(path)
+    spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('comment' = {catalog.quote(table.description)})")
+    catalog.register(spark, cfg, table, path)
+    return CommitMetrics(spark, path, at=0)
 
 
 class CommitMetrics(Mapping[str, int]):
@@ -188,16 +189,18 @@ class CommitMetrics(Mapping[str, int]):
     numTargetRowsInserted, numTargetRowsUpdated, numTargetRowsDeleted, numTargetRowsCopied... for a
     MERGE. Reading them costs one small Spark job (Delta's history), spent only by a caller that
     looks: look before anything else commits to the same table. With ``since`` (the version before
-    the write), a write that committed nothing (a MERGE with nothing new) has no metrics at all.
+    the write), a write that committed nothing (a MERGE with nothing new) has no metrics at all;
+    with ``at``, the metrics are those of that version (a table's creating write, 0).
     """
 
-    def __init__(self, spark: SparkSession, path: str, since: int | None = None) -> None:
-        self._spark, self._path, self._since = spark, path, since
+    def __init__(self, spark: SparkSession, path: str, since: int | None = None, at: int | None = None) -> None:
+        self._spark, self._path, self._since, self._at = spark, path, since, at
         self._metrics: dict[str, int] | None = None
 
     def _load(self) -> dict[str, int]:
         if self._metrics is None:
-            history = DeltaTable.forPath(self._spark, self._path).history(1)
+            table = DeltaTable.forPath(self._spark, self._path)
+            history = table.history(1) if self._at is None else table.history().where(f"version = {self._at}")
             row = history.select("version", "operationMetrics").first()
             committed = row is not None and (self._since is None or row["version"] > self._since)
             found = (row["operationMetrics"] if committed else None) or {}
