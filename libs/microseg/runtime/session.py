@@ -95,8 +95,14 @@ def build_spark(cfg: Config) -> SparkSession:
 
 
 # Warnings the Hive metastore logs for what is expected here: every Delta table ("no Hive SerDe for data
-# source provider delta", Spark keeps its own format) and every schema looked up before it exists.
-METASTORE_NOISE = ("org.apache.spark.sql.hive.HiveExternalCatalog", "org.apache.hadoop.hive.metastore.ObjectStore")
+# source provider delta", Spark keeps its own format), every schema looked up before it exists, and Hive
+# settings Spark's embedded Hive client does not use.
+METASTORE_NOISE = (
+    "org.apache.spark.sql.hive.HiveExternalCatalog",
+    "org.apache.hadoop.hive.metastore.ObjectStore",
+    "org.apache.hadoop.hive.ql.session.SessionState",
+    "org.apache.hadoop.hive.conf.HiveConf",
+)
 
 
 def _quiet_metastore(spark: SparkSession) -> None:
