@@ -96,10 +96,29 @@ def test_parse_override_requires_equals():
         parse_override("a.b")
 
 
-def test_shipped_environments_load():
+def test_shipped_environments_load(monkeypatch):
+    for name, value in (("MICROSEG_LAKE_ROOT", "s3a://b/lake"), ("MICROSEG_SOURCES_ROOT", "s3a://b/in")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
     for name in ("local.yaml", "cluster.yaml"):
         cfg = load_config(REPO / "conf" / name)
         assert cfg.lake.root
+    assert cfg.tracking_uri == "http://mlflow.internal:5000" and cfg.lake_root == "s3a://b/lake"
+
+
+def test_cluster_config_names_every_unset_variable_and_never_falls_back(monkeypatch):
+    for name in ("MICROSEG_LAKE_ROOT", "MICROSEG_SOURCES_ROOT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MICROSEG_LAKE_ROOT", "s3a://b/lake")
+    with pytest.raises(ConfigError) as raised:
+        load_config(REPO / "conf" / "cluster.yaml")
+    message = str(raised.value)
+    assert "2 environment variable(s)" in message
+    assert "${MLFLOW_TRACKING_URI} for mlflow.tracking_uri" in message and "export MLFLOW_TRACKING_URI=" in message
+    assert "${MICROSEG_SOURCES_ROOT} for sources.root" in message and "cluster.yaml" in message
+    # A key given on the command line needs no variable.
+    cfg = load_config(REPO / "conf" / "cluster.yaml", ["mlflow.tracking_uri=http://m:5000", "sources.root=/data"])
+    assert cfg.tracking_uri == "http://m:5000"
 
 
 def test_set_spark_setting_with_dots_in_its_name(tmp_path):

@@ -79,11 +79,19 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
     return nested
 
 
-def interpolate(value: Any, where: str) -> Any:
+def interpolate(value: Any, where: str, missing: list[tuple[str, str]] | None = None) -> Any:
+    """``value`` with every ``${VAR}`` and ``${VAR:-default}`` replaced from the environment.
+
+    An unset variable without a default is added to ``missing`` as (config key, variable); without a
+    ``missing`` list it raises at once.
+
+    Raises:
+        ConfigError: an unset variable without a default, when no ``missing`` list is given.
+    """
     if isinstance(value, dict):
-        return {k: interpolate(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+        return {k: interpolate(v, f"{where}.{k}" if where else k, missing) for k, v in value.items()}
     if isinstance(value, list):
-        return [interpolate(v, where) for v in value]
+        return [interpolate(v, where, missing) for v in value]
     if not isinstance(value, str):
         return value
 
@@ -93,12 +101,20 @@ def interpolate(value: Any, where: str) -> Any:
             return os.environ[name]
         if default is not None:
             return default
-        raise ConfigError(
-            f"config key {where} refers to environment variable ${{{name}}}, which is not set; "
-            f"export {name}=... or give a default as ${{{name}:-value}}"
-        )
+        if missing is None:
+            raise ConfigError(_unset([(where, name)], {}))
+        missing.append((where, name))
+        return ""
 
     return _ENV_PATTERN.sub(substitute, value)
+
+
+def _unset(missing: list[tuple[str, str]], origins: dict[str, str]) -> str:
+    lines = [f"{len(missing)} environment variable(s) the configuration needs are not set:"]
+    for key, name in missing:
+        lines.append(f"  ${{{name}}} for {key} ({_origin_of(key, origins)}): export {name}=...")
+    lines.append("Set them (the file asks for them, with no default), or give the keys with --set key=value.")
+    return "\n".join(lines)
 
 
 def load_config(conf_file: str | Path = "conf/local.yaml", overrides: list[str] | None = None) -> Config:
@@ -123,7 +139,10 @@ def load_config(conf_file: str | Path = "conf/local.yaml", overrides: list[str] 
     for text in overrides or []:
         key, value = parse_override(text)
         merged = _merge(merged, _nest(key, value), f"--set {text}", origins)
-    merged = interpolate(merged, "")
+    missing: list[tuple[str, str]] = []
+    merged = interpolate(merged, "", missing)
+    if missing:
+        raise ConfigError(_unset(missing, origins))
     merged["conf_dir"] = str(env_path.parent)
     try:
         return Config.model_validate(merged)
