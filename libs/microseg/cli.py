@@ -55,6 +55,7 @@ def _as_of(text: str) -> dt.date:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microseg", description="Customer micro-segmentation on Spark")
     _log_level(parser, default="INFO")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and the code's commit")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run the pipeline's stages for one as_of")
@@ -106,6 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     _common(catalog)
     catalog.add_argument("--out", default="docs/FEATURES.md")
     return parser
+
+
+class _Version(argparse.Action):
+    """``--version``: the package version and the commit its runs are tagged with (runtime/provenance.py)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from microseg import __version__
+        from microseg.runtime.provenance import git_commit
+
+        print(f"microseg {__version__} (commit {git_commit()})")
+        parser.exit()
 
 
 def _datagen_overrides(args: argparse.Namespace) -> list[str]:

@@ -15,13 +15,30 @@ from microseg.runtime.lake import Table
 
 
 def git_commit() -> str:
+    """The code's commit: git's in a source checkout, else the one stamped into the package when it was built.
+
+    An installed wheel has no git; its ``microseg/_version.py`` holds the abbreviated commit it was built
+    from. "unknown" only for a tree neither in git nor built.
+    """
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "pyproject.toml").is_file() and (checkout / ".git").exists():
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=checkout)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return stamped_commit() or "unknown"
+
+
+def stamped_commit() -> str | None:
+    """The commit setuptools-scm stamped at build time (``g<sha>`` in its file, returned without the g)."""
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        from microseg import _version
+    except ImportError:
+        return None
+    node = getattr(_version, "commit", "") or ""
+    return node.removeprefix("g") if node and node != "None" else None
 
 
 def config_hash(cfg: Config) -> str:
