@@ -31,7 +31,8 @@ demo: install
 	@if [ ! -f $(DATA)/_manifest.json ]; then \
 		MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-$$(cat $(KEY_FILE))} $(BIN)/microseg datagen --customers $(CUSTOMERS) --out $(DATA); \
 	fi
-	MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-$$(cat $(KEY_FILE))} $(BIN)/microseg run --conf conf/local.yaml --set sources.root=$(DATA)
+	MICROSEG_HASH_KEY=$${MICROSEG_HASH_KEY:-$$(cat $(KEY_FILE))} $(BIN)/microseg run --conf conf/local.yaml --set sources.root=$(DATA) \
+		--as-of $$($(BIN)/python -c 'import json; print(json.load(open("$(DATA)/_manifest.json"))["end_date"])') $(RUN_ARGS)
 
 # Every test: unit, integration (with PostgreSQL and the Online Retail data) and cluster. Make fails
 # with pytest's failure, also exit code 5 (no test collected). PYTEST_ARGS passes options through,

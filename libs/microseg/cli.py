@@ -60,14 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the pipeline's stages for one as_of")
     _common(run)
-    run.add_argument("--as-of", type=_as_of, help="snapshot date (default: run.as_of in config)")
+    run.add_argument("--as-of", type=_as_of, help="snapshot date (default: run.as_of in config, else yesterday in UTC)")
     run.add_argument(
         "--stage", action="append", help="run only this stage (repeatable); an unknown name lists the known ones"
     )
+    run.add_argument("--rerun", action="store_true", help="run even if these stages already completed for the as_of")
 
     train = commands.add_parser("train", help="train, choose and register the segmentation models for one as_of")
     _common(train)
-    train.add_argument("--as-of", type=_as_of, help="snapshot date (default: run.as_of in config)")
+    train.add_argument(
+        "--as-of", type=_as_of, help="snapshot date (default: run.as_of in config, else yesterday in UTC)"
+    )
+    train.add_argument("--rerun", action="store_true", help="train even if train already completed for the as_of")
     train.add_argument("--force", action="store_true", help="make the new models champions whatever their metrics")
 
     gen = commands.add_parser("datagen", help="generate synthetic multi-source data")
@@ -132,11 +136,19 @@ def _datagen_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.runtime.runlog import completed_stages
+    from microseg.runtime.runner import snapshot_date
     from microseg.runtime.session import build_spark
-    from microseg.stages import run_pipeline, summary
+    from microseg.stages import run_pipeline, selected_stages, summary
 
+    as_of, names = snapshot_date(cfg, args.as_of), selected_stages(cfg, args.stage)
     spark = build_spark(cfg)
-    result = run_pipeline(spark, cfg, as_of=args.as_of, stages=args.stage)
+    done = completed_stages(spark, cfg, as_of)
+    if not args.rerun and all(name in done for name in names):
+        runs = ", ".join(sorted({done[name] for name in names}))
+        print(f"as_of {as_of}: {', '.join(names)} already completed (run {runs}); nothing to do (--rerun to run again)")
+        return 0
+    result = run_pipeline(spark, cfg, as_of=as_of, stages=names)
     print(summary(result, cfg))
     return 0
 

@@ -37,19 +37,30 @@ def run_pipeline(
     stages: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
-    """Run the named ``stages`` (default: cfg.run.stages, or every stage) for ``as_of`` (default: cfg.run.as_of).
+    """Run the named ``stages`` (default: cfg.run.stages, or every stage) for ``as_of`` (default: cfg.run.as_of,
+    else yesterday in UTC).
 
     Raises:
         ConfigError: a stage name, or a layer's algorithm when train is to run, is unknown (before anything runs).
+    """
+    names = selected_stages(cfg, stages)
+    if "train" in names:
+        check_algorithms(cfg)  # before anything runs, as the stage names
+    return run_stages(spark, cfg, [(name, STAGES[name]) for name in names], as_of, progress)
+
+
+def selected_stages(cfg: Config, stages: list[str] | None = None) -> list[str]:
+    """The stages a run takes: ``stages``, else ``run.stages``, else every stage, in order.
+
+    Raises:
+        ConfigError: naming an unknown stage.
     """
     names = stages or cfg.run.stages or list(STAGES)
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         origin = "run.stages" if not stages else "stages"
         raise ConfigError(f"{origin} has unknown stage(s) {unknown}; known stages: {list(STAGES)}")
-    if "train" in names:
-        check_algorithms(cfg)  # before anything runs, as the stage names
-    return run_stages(spark, cfg, [(name, STAGES[name]) for name in names], as_of, progress)
+    return names
 
 
 def stage_name(function: StageFunction) -> str:

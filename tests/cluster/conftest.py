@@ -55,6 +55,7 @@ spark.stop()
 # default, a model is one segment and nothing is swept). Sweep and selection are tested in tests/unit
 # and tests/integration.
 PIPELINE_SETTINGS = [
+    "run.as_of=2025-12-31",  # the generated data's end date
     "spark.shuffle_partitions=2",  # the worker's 2 cores
     "train.by_macro=false",
     "train.layers.engagement=null",

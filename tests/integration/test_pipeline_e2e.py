@@ -7,6 +7,7 @@ that lake, and its rerun is `microseg run` of all seven stages.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import fields
 from pathlib import Path
 
@@ -24,7 +25,9 @@ from microseg.synthetic.datagen import SOURCES
 
 pytestmark = pytest.mark.integration
 
+AS_OF = dt.date(2025, 12, 31)  # the shared lake's snapshot (tests/integration/conftest.py)
 SETTINGS = (
+    f"run.as_of={AS_OF}",
     "spark.master=local[2]",
     "spark.shuffle_partitions=2",
     "spark.log_level=ERROR",
@@ -220,6 +223,17 @@ def test_run_log_has_every_stage(spark, demo, first_run):
     assert stages == {"ingest", "clean", "quality", "features", "train", "assign", "profile"}
 
 
+def test_a_second_call_for_a_completed_as_of_is_a_no_op_that_says_so(spark, demo, first_run, capsys):
+    cfg = demo["cfg"]
+    log_rows = tables.read(spark, cfg, "ops.run_log").count()
+    version = tables.version(spark, cfg, "gold.segment_assignments")
+    assert main(["run", *demo["args"], *(f"--stage={stage}" for stage in STAGES_AFTER_FEATURES)]) == 0
+    out = capsys.readouterr().out
+    assert f"as_of {AS_OF}: train, assign, profile already completed (run " in out and "--rerun" in out
+    assert tables.read(spark, cfg, "ops.run_log").count() == log_rows  # nothing ran
+    assert tables.version(spark, cfg, "gold.segment_assignments") == version
+
+
 def test_rerun_same_as_of_keeps_assignments_and_adds_one_run(spark, demo, first_run, capsys):
     """`microseg run` of all seven stages over the lake of the first run changes no assignment."""
     cfg = demo["cfg"]
@@ -230,7 +244,7 @@ def test_rerun_same_as_of_keeps_assignments_and_adds_one_run(spark, demo, first_
     parents = "tags.kind = 'training'"
     runs_before = len(client.search_runs([experiment.experiment_id], filter_string=parents))
     versions_before = {m.name: m.latest_versions for m in client.search_registered_models()}
-    assert main(["run", *demo["args"]]) == 0
+    assert main(["run", *demo["args"], "--rerun"]) == 0
     out = "".join(capsys.readouterr())
     assert "[7/7] profile done" in out and "segments (customers, label):" in out
     after = tables.read(spark, cfg, "gold.segment_assignments").collect()
@@ -255,7 +269,7 @@ def test_critical_quality_failure_stops_before_gold(spark, demo, first_run, tmp_
         "  - {name: country_is_mars, expectation: in_set, column: country, values: [MARS], severity: critical}\n"
     )
     args = [*demo["args"], "--set", f"quality.rules_dir={tmp_path}"]
-    code = main(["run", *args, "--stage", "quality", "--stage", "features", "--stage", "assign"])
+    code = main(["run", *args, "--rerun", "--stage", "quality", "--stage", "features", "--stage", "assign"])
     assert code == 1
     err = capsys.readouterr().err
     assert "DataQualityError" in err and "country_is_mars" in err and "silver.customers" in err

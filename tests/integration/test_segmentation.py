@@ -162,7 +162,7 @@ def test_migration_matrix_matches_the_assignments(spark, moved):
 def test_rerunning_assign_leaves_assignments_and_history_unchanged(spark, moved):
     cfg = moved["cfg"]
     before = (table_rows(spark, cfg, "gold.segment_assignments"), table_rows(spark, cfg, "gold.segment_history"))
-    assert main(["run", *moved["args"], "--as-of", str(MOVED), "--stage", "assign"]) == 0
+    assert main(["run", *moved["args"], "--as-of", str(MOVED), "--stage", "assign", "--rerun"]) == 0
     after = (table_rows(spark, cfg, "gold.segment_assignments"), table_rows(spark, cfg, "gold.segment_history"))
     assert after == before
     changes = (

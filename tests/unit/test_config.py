@@ -132,3 +132,16 @@ def test_a_layer_can_be_switched_off_and_k_range_is_checked(tmp_path):
     assert list(cfg.train.active_layers) == ["value", "preference"]
     with pytest.raises(ConfigError, match="k_max"):
         load_config(write_env(tmp_path, "{}\n"), ["train.k_min=5", "train.k_max=3"])
+
+
+def test_as_of_defaults_to_yesterday_in_utc(tmp_path):
+    import datetime as dt
+
+    from microseg.runtime.runner import snapshot_date
+
+    cfg = load_config(write_env(tmp_path, "{}\n"))
+    assert cfg.run.as_of is None
+    assert snapshot_date(cfg) == dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    assert snapshot_date(cfg, dt.date(2025, 1, 2)) == dt.date(2025, 1, 2)
+    pinned = load_config(write_env(tmp_path, "{}\n"), ["run.as_of=2025-12-31"])
+    assert snapshot_date(pinned) == dt.date(2025, 12, 31)

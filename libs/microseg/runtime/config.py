@@ -194,7 +194,7 @@ class ProfileConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    as_of: dt.date = dt.date(2025, 12, 31)
+    as_of: dt.date | None = Field(None, description="the snapshot date; None: yesterday in UTC, the last complete day")
     stages: list[str] = Field(
         default_factory=list, description="the stages a run takes, by name; empty: every stage, in order"
     )

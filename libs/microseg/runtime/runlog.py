@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
@@ -69,3 +70,12 @@ def log_stage(spark: SparkSession, cfg: Config, run: RunContext, report: StageRe
         for e in entries
     ]
     tables.append(spark.createDataFrame(rows, lake.RUN_LOG.ddl), cfg, lake.RUN_LOG)
+
+
+def completed_stages(spark: SparkSession, cfg: Config, as_of: dt.date) -> dict[str, str]:
+    """The stages whose latest run for ``as_of`` in ops.run_log succeeded: stage -> that run's id."""
+    if not tables.exists(spark, cfg, lake.RUN_LOG):
+        return {}
+    log = tables.read(spark, cfg, lake.RUN_LOG).where(F.col("as_of") == F.lit(as_of))
+    latest = log.groupBy("stage").agg(F.max_by(F.struct("status", "run_id"), "logged_at").alias("last")).collect()
+    return {r["stage"]: r["last"]["run_id"] for r in latest if r["last"]["status"] == "ok"}

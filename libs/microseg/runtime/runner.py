@@ -29,6 +29,15 @@ class PipelineResult:
 StageFunction = Callable[[SparkSession, Config, RunContext], StageReport]
 
 
+def snapshot_date(cfg: Config, as_of: dt.date | None = None) -> dt.date:
+    """The run's as_of: the one given, else ``run.as_of``, else yesterday in UTC (the last complete day)."""
+    if as_of or cfg.run.as_of:
+        return as_of or cfg.run.as_of
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    log.info("as_of %s: yesterday in UTC, the last complete day (--as-of or run.as_of to choose)", yesterday)
+    return yesterday
+
+
 def run_stages(
     spark: SparkSession,
     cfg: Config,
@@ -36,7 +45,7 @@ def run_stages(
     as_of: dt.date | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> PipelineResult:
-    """Run the (name, function) ``stages`` in order for ``as_of`` (default: cfg.run.as_of).
+    """Run the (name, function) ``stages`` in order for ``as_of`` (default: ``snapshot_date``).
 
     Each stage runs in its own Spark job group (``sparkops.group_id``), is timed, and is
     appended to ops.run_log, also when it fails (status ``failed`` with the error), and the
@@ -45,7 +54,7 @@ def run_stages(
     the same lines instead (``lambda _: None`` silences them).
     """
     say = progress or log.info
-    run = RunContext(as_of=as_of or cfg.run.as_of)
+    run = RunContext(as_of=snapshot_date(cfg, as_of))
     result = PipelineResult(run)
     names = [name for name, _ in stages]
     say(f"microseg run {run.run_id}: as_of {run.as_of}, stages {', '.join(names)}, lake {cfg.lake_root}")

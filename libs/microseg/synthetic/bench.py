@@ -40,7 +40,7 @@ def run_benchmark(
     started = time.perf_counter()
     manifest = generate(spark, cfg.datagen, str(data))
     datagen_seconds = time.perf_counter() - started
-    result = run_pipeline(spark, cfg)
+    result = run_pipeline(spark, cfg, as_of=cfg.datagen.end_date)
     source_rows = sum(manifest["rows"].values())
     lines = [
         f"benchmark: {customers:,} customers, {source_rows:,} source rows, master {spark.sparkContext.master} "
