@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of", type=_as_of, help="snapshot date (default: run.as_of in config, else yesterday in UTC)"
     )
     train.add_argument("--rerun", action="store_true", help="train even if train already completed for the as_of")
-    train.add_argument("--force", action="store_true", help="make the new models champions whatever their metrics")
+    train.add_argument(
+        "--force", action="store_true", help="make the new models champions whatever their metrics (implies --rerun)"
+    )
 
     gen = commands.add_parser("datagen", help="generate synthetic multi-source data")
     _common(gen)
@@ -155,6 +157,7 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     args.stage = ["train"]
+    args.rerun = args.rerun or args.force  # forcing a promotion asks for a new training
     return cmd_run(cfg, args)
 
 
