@@ -35,53 +35,39 @@ def schema_name(cfg: Config, layer: str) -> str:
 
 
 def register(spark: SparkSession, cfg: Config, table: Table, path: str) -> bool:
-    """Name the existing Delta table at ``path`` in the metastore; True if the name was (re)made.
+    """Name the Delta table at ``path`` in the metastore; True if the name was (re)made.
 
-    The table's own metadata (description, column comments, partitioning) stays in its Delta log;
-    the metastore only points at it.
-    """
-    name = claim(spark, cfg, table, path)
-    if name is None:
-        return False
-    spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION {quote(path)}")
-    log.info("registered %s at %s", name, path)
-    return True
-
-
-def claim(spark: SparkSession, cfg: Config, table: Table, path: str) -> str | None:
-    """The name to create the table at ``path`` under, or None if there is nothing to do.
-
-    None without a metastore, or when the name already points at ``path``. Makes the table's schema
-    (database) first. A name that points elsewhere (another lake) is dropped so that it can point
-    here: dropping an external table's name leaves its files alone.
+    Makes the table's schema (database) first. A name that points elsewhere (another lake) is dropped
+    and made again here: dropping an external table's name leaves its files alone. The table's own
+    metadata (description, column comments, partitioning) stays in its Delta log; the metastore only
+    points at it. Nothing to do without a metastore, or when the name already points at ``path``.
     """
     if not enabled(cfg):
-        return None
+        return False
     name = sql_name(cfg, table)
     seen = (spark.sparkContext.applicationId, name, path)
     if seen in _registered:
-        return None
-    _registered.add(seen)
+        return False
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema_name(cfg, table.layer)} COMMENT {quote(_layer_comment(table))}")
+    made = True
     if spark.catalog.tableExists(name):
         where = location(spark, name)
         if where is not None and _same_path(where, path):
-            return None
-        log.warning("table %s pointed at %s; re-pointing it at %s", name, where, path)
-        spark.sql(f"DROP TABLE {name}")
-    return name
+            made = False
+        else:
+            log.warning("table %s pointed at %s; re-pointing it at %s", name, where, path)
+            spark.sql(f"DROP TABLE {name}")
+    if made:
+        spark.sql(f"CREATE TABLE {name} USING DELTA LOCATION {quote(path)}")
+        log.info("registered %s at %s", name, path)
+    _registered.add(seen)
+    return made
 
 
 def location(spark: SparkSession, name: str) -> str | None:
     """Where the metastore says ``name`` lives."""
     rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").where("col_name = 'Location'").collect()
     return rows[0]["data_type"] if rows else None
-
-
-def forget(spark: SparkSession) -> None:
-    """Forget what this process registered (after the metastore changed under it)."""
-    app = spark.sparkContext.applicationId
-    _registered.difference_update({r for r in _registered if r[0] == app})
 
 
 def _same_path(a: str, b: str) -> bool:

@@ -17,7 +17,7 @@ from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from microseg.runtime.config import Config
-from microseg.runtime.errors import SparkPackagesError
+from microseg.runtime.errors import ConfigError, SparkPackagesError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def metastore_settings(cfg: Config) -> dict[str, str]:
     admits one JVM at a time. ``hive``: Hive support only; the connection comes from ``spark.settings``.
 
     Raises:
-        ValueError: ``embedded`` with a remote lake and no local ``tables.metastore_dir``.
+        ConfigError: ``embedded`` with a remote lake and no local ``tables.metastore_dir``.
     """
     kind = cfg.tables.metastore
     if kind not in ("embedded", "hive"):
@@ -137,7 +137,7 @@ def metastore_settings(cfg: Config) -> dict[str, str]:
     if kind == "embedded":
         folder = cfg.metastore_dir
         if "://" in folder and not folder.startswith("file:"):
-            raise ValueError(
+            raise ConfigError(
                 f"tables.metastore embedded keeps Derby on local disk, not at {folder}: set tables.metastore_dir "
                 "to a local folder, or tables.metastore to hive or session for a shared metastore"
             )
