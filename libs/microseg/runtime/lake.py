@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from microseg.runtime.column_comments import COMMENTS, CORRUPT
+
 OVERWRITE, REPLACE, APPEND, MERGE, TYPE2 = "overwrite", "replace", "append", "merge", "type2"
 WRITES = {
     OVERWRITE: "overwrite: the whole table replaced",
@@ -20,7 +22,6 @@ WRITES = {
     MERGE: "merge: upsert on the key",
     TYPE2: "type 2 merge: rows closed and opened, never updated in place",
 }
-CORRUPT = "_corrupt_record"  # bronze: the raw line a source row came from when it could not be parsed
 BRONZE_METADATA = (
     (CORRUPT, "string"),
     ("_source_file", "string"),
@@ -82,122 +83,6 @@ def _columns(spec: str) -> tuple[tuple[str, str], ...]:
     parts.append(current)
     return tuple(tuple(p.split(None, 1)) for p in (p.strip() for p in parts) if p)  # type: ignore[misc]
 
-
-# What each column holds: its COMMENT in the catalog (DESCRIBE TABLE EXTENDED) and in docs/TABLES.md.
-# One meaning per name across tables; a table whose column means something else says so in its ``comments``.
-COMMENTS = {
-    # lineage
-    CORRUPT: "The raw line when the source row could not be parsed; null otherwise",
-    "_source_file": "The file (or JDBC URL) the row was read from",
-    "_ingested_at": "When ingest read the row (UTC)",
-    "_batch_id": "The ingest batch that read the row",
-    "source": "The source (or silver table) the row is about, as named in the source mapping",
-    "rule": "The data-quality rule (conf/quality) the row broke or the result is for",
-    "reason": "Why the row broke the rule, in words",
-    "record": "The row as JSON, as it was when it broke the rule",
-    "raw_line": "The raw source line, when the row could not be parsed",
-    # keys and identity
-    "customer_id": "The resolved customer: cu_ + a SHA-256 prefix of the CRM key, stable across runs; the join key",
-    "crm_id": "The CRM's own customer key",
-    "email_hash": "HMAC-SHA256 of the normalised email address; no raw email outside silver.customer_contact",
-    "phone_hash": "HMAC-SHA256 of the E.164 phone number; no raw phone outside silver.customer_contact",
-    "first_name": "First name (PII: restricted table)",
-    "last_name": "Last name (PII: restricted table)",
-    "email": "Email address as given (PII: restricted table)",
-    "phone": "Phone number as given (PII: restricted table)",
-    "email_valid": "Whether the email address is well-formed",
-    "phone_valid": "Whether the phone number parses to E.164",
-    "country": "ISO 3166-1 alpha-2 country code",
-    "signup_date": "The day the customer signed up",
-    "updated_at": "When the CRM last changed the customer (UTC)",
-    "consent_email": "Consents to email marketing",
-    "consent_sms": "Consents to SMS marketing",
-    "consent_profiling": "Consents to profiling (segmentation)",
-    "key_type": "The kind of key: crm_id, email_hash, phone_hash or anonymous_id",
-    "key_value": "The key's value (hashed for email and phone)",
-    "customer_ids": "Every customer the key points at",
-    # commerce
-    "order_id": "The order's key in the source",
-    "order_ts": "When the order was placed (UTC)",
-    "currency": "ISO 4217 currency of the amounts as ordered",
-    "amount": "The order's total in its own currency",
-    "amount_base": "The order's total in the base currency (conf: currency.base)",
-    "discount_base": "The discount granted, in the base currency",
-    "channel": "The channel (web, app, store, email...)",
-    "is_return": "True for a return or a cancelled line (negative quantity or amount)",
-    "offer_code": "The offer (coupon) code used, if any",
-    "line_no": "The line's number within its order",
-    "product_id": "The product's key (stock code) in the source",
-    "description": "The product's description as the source gives it",
-    "category": "The product category, lower case",
-    "quantity": "Units on the line",
-    "unit_price": "Price per unit in the order's currency",
-    "line_amount_base": "quantity x unit_price in the base currency",
-    "is_product": "False for postage, fees and adjustments, which are not merchandise",
-    # engagement
-    "event_id": "The event's key in the source",
-    "anonymous_id": "The web visitor's cookie id before login",
-    "session_id": "The web session",
-    "event_ts": "When the event happened (UTC)",
-    "event_type": "What happened (page_view, add_to_cart, purchase; send, open, click, unsubscribe)",
-    "campaign_id": "The email campaign",
-    "ticket_id": "The ticket's key in the source",
-    "created_at": "When the ticket was opened (UTC)",
-    "topic": "What the ticket is about",
-    "satisfaction": "Satisfaction score given on closing (1-5)",
-    "response_id": "The survey response's key in the source",
-    "submitted_at": "When the response was submitted (UTC)",
-    "nps": "Net promoter score answer (0-10)",
-    # features and segments
-    "as_of": "The snapshot date the row describes (features computed from data up to this day)",
-    "previous_as_of": "The snapshot the movement is measured from",
-    "macro_segment": "Lifecycle macro segment: new, active, at_risk, churned or reactivated",
-    "null_reasons": "Feature -> why it is null for this customer (no data from that source, not applicable)",
-    "feature_version": "Version of the feature catalog (conf/features/catalog.yaml) that computed the row",
-    "layer": "The segmentation layer (conf/segmentation.yaml), or macro_segment for lifecycle moves",
-    "segment_id": "Stable segment id <layer>-<macro_segment>-<n>, kept across retrains",
-    "segment_label": "A readable label from the segment's distinctive features",
-    "label": "A readable label from the segment's distinctive features",
-    "distance_to_centroid": "Euclidean distance to the segment's centre in the model's scaled space (KMeans kinds)",
-    "membership_probability": "Probability of the assigned segment (GaussianMixture); 1.0 for hard clustering",
-    "memberships": "Every segment with probability above the soft threshold, most likely first (GaussianMixture)",
-    "model_name": "The registered MLflow model that assigned the segment",
-    "model_version": "Its version in the MLflow model registry (the champion at the time)",
-    "training_run_id": "The MLflow run that trained that model version",
-    "valid_from": "First snapshot the customer held the segment",
-    "valid_to": "Day the customer left it (null while current)",
-    "is_current": "Whether this is the customer's current segment in the layer",
-    "from_segment": "Segment (or macro segment) at previous_as_of; 'none' for customers new since then",
-    "to_segment": "Segment (or macro segment) at as_of; 'none' for customers gone since then",
-    "customers": "Number of customers",
-    "share": "customers / all customers in from_segment at previous_as_of",
-    "size": "Customers in the segment",
-    "share_of_macro": "size / customers of the layer in the same macro segment",
-    "top_features": "The features that set the segment apart most (largest |z|)",
-    # operations
-    "run_id": "The pipeline run (one per microseg run)",
-    "stage": "The stage (ingest, clean, quality, features, train, assign, profile, migrate)",
-    "rows_in": "Rows the stage read",
-    "rows_written": "Rows the stage wrote (inserted or updated)",
-    "rows_quarantined": "Rows the stage set aside in quarantine.*",
-    "seconds": "Wall-clock seconds",
-    "status": "ok, failed or skipped",
-    "details": "What else the stage reported, as JSON",
-    "logged_at": "When the row was logged (UTC)",
-    "table": "The table checked",
-    "expectation": "The Great Expectations expectation behind the rule",
-    "column": "The column checked, if the rule has one",
-    "severity": "critical (stops the run), quarantine (rows set aside) or warn",
-    "success": "Whether the rule passed",
-    "evaluated": "Rows checked",
-    "unexpected_count": "Rows that broke the rule",
-    "unexpected_percent": "Rows that broke the rule, in percent of rows checked",
-    "path": "The file's path",
-    "modified_ms": "The file's modification time (ms since the epoch)",
-    "rows": "Rows read from the file",
-    "batch_id": "The ingest batch that read the file",
-    "ingested_at": "When the file was ingested (UTC)",
-}
 
 QUARANTINE_COLUMNS = _columns(
     "source string, rule string, reason string, record string, raw_line string, _source_file string, _batch_id string"

@@ -57,15 +57,12 @@ def build_spark(cfg: Config) -> SparkSession:
     if not _submitted():
         builder = builder.master(spark_cfg.master)
     settings = {
-        **DELTA_SETTINGS,
-        "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
         # The status tracker (sparkops.jobs_in_group: Spark jobs per stage) only knows the jobs
         # and stages Spark retains, 1,000 each by default, also with the UI off.
         "spark.ui.retainedJobs": "10000",
         "spark.ui.retainedStages": "10000",
-        **metastore_settings(cfg),
-        **spark_cfg.settings,
+        **shared_settings(cfg),
     }
     cores = _local_cores(spark_cfg.master)
     if cores:
@@ -109,6 +106,17 @@ def _quiet_metastore(spark: SparkSession) -> None:
     log4j = spark.sparkContext._jvm.org.apache.logging.log4j
     for logger in METASTORE_NOISE:
         log4j.core.config.Configurator.setLevel(logger, log4j.Level.ERROR)
+
+
+def shared_settings(cfg: Config) -> dict[str, str]:
+    """What every Spark process on the project's tables runs with: Delta, UTC, the metastore, then
+    ``spark.settings`` (which override the rest)."""
+    return {
+        **DELTA_SETTINGS,
+        "spark.sql.session.timeZone": "UTC",
+        **metastore_settings(cfg),
+        **cfg.spark.settings,
+    }
 
 
 def driver_class_path(packages: list[str], jars: list[str]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyspark
 
 from microseg.runtime.config import Config
-from microseg.runtime.session import DELTA_SETTINGS, driver_class_path, metastore_settings, package_jars
+from microseg.runtime.session import driver_class_path, package_jars, shared_settings
 
 THRIFT_SERVER = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
 
@@ -28,15 +28,12 @@ def spark_home() -> Path:
 def settings(cfg: Config) -> dict[str, str]:
     """The Spark settings of a SQL endpoint on ``cfg``'s tables."""
     conf = {
-        **DELTA_SETTINGS,
         "spark.master": cfg.spark.master,
-        "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         # spark-sql and the Thrift Server turn on Java 8 dates, which Delta's answer of MIN/MAX/COUNT from the
         # log does not take (ClassCastException LocalDate -> java.sql.Date): such queries read the data.
         "spark.databricks.delta.optimizeMetadataQuery.enabled": "false",
-        **metastore_settings(cfg),
-        **cfg.spark.settings,
+        **shared_settings(cfg),
     }
     if cfg.spark.packages:
         jars = package_jars(cfg.spark.packages, conf)
