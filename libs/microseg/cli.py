@@ -41,6 +41,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
+    parser.add_argument(
+        "--remote", metavar="sc://HOST:PORT", help="run through this Spark Connect server (sets spark.remote)"
+    )
     # Before or after the subcommand; here it must not reset the value given before.
     _log_level(parser)
 
@@ -252,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     args.passthrough = passthrough
     configure_logging(args.log_level, command=args.command)
     overrides = list(args.overrides)
+    if args.remote:
+        overrides.append(f"spark.remote={args.remote}")
     if args.command == "datagen":
         overrides += _datagen_overrides(args)
     if args.command == "train" and args.force:

@@ -28,6 +28,9 @@ class SparkConfig(_Strict):
     shuffle_partitions: int | None = Field(
         default=None, description="None: the number of cores in local mode, Spark's default elsewhere"
     )
+    remote: str | None = Field(
+        default=None, description="a Spark Connect URL (sc://host:port): run on that server instead of a local JVM"
+    )
     packages: list[str] = Field(default_factory=list)
     settings: dict[str, str] = Field(default_factory=dict)
     log_level: str = "WARN"

@@ -50,6 +50,8 @@ def build_spark(cfg: Config) -> SparkSession:
         SparkPackagesError: the first start could not resolve ``spark.packages``.
     """
     spark_cfg = cfg.spark
+    if spark_cfg.remote:
+        return _connect(cfg)
     if spark_cfg.local_ip and spark_cfg.master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", spark_cfg.local_ip)
     builder = SparkSession.builder.appName(spark_cfg.app_name)
@@ -88,6 +90,35 @@ def build_spark(cfg: Config) -> SparkSession:
     spark.sparkContext.setLogLevel(spark_cfg.log_level)
     if settings.get("spark.sql.catalogImplementation") == "hive":
         _quiet_metastore(spark)
+    return spark
+
+
+def _connect(cfg: Config) -> SparkSession:
+    """A Spark Connect session on ``spark.remote``, with the project's settings the server lets a session set.
+
+    The server owns its jars and static settings (Delta's extension and catalog, the metastore): they are
+    checked, not set, and a server without Delta fails here rather than at the first table.
+
+    Raises:
+        ConfigError: the server does not run Delta Lake's catalog.
+    """
+    spark = SparkSession.builder.remote(cfg.spark.remote).getOrCreate()
+    settings = {**shared_settings(cfg)}
+    if cfg.spark.shuffle_partitions:
+        settings["spark.sql.shuffle.partitions"] = str(cfg.spark.shuffle_partitions)
+    modifiable = {key: value for key, value in settings.items() if spark.conf.isModifiable(key)}
+    for key, value in modifiable.items():
+        spark.conf.set(key, value)
+    catalog = spark.conf.get("spark.sql.catalog.spark_catalog", None)
+    if catalog != DELTA_SETTINGS["spark.sql.catalog.spark_catalog"]:
+        raise ConfigError(
+            f"the Spark Connect server at {cfg.spark.remote} does not run Delta Lake (spark.sql.catalog.spark_catalog "
+            f"is {catalog!r}): start it with --packages io.delta:delta-spark_4.1_2.13:4.4.0 and --conf "
+            + " --conf ".join(f"{k}={v}" for k, v in DELTA_SETTINGS.items())
+        )
+    unset = sorted(key for key in settings if key not in modifiable and spark.conf.get(key, None) != settings[key])
+    if unset:
+        log.warning("the Spark Connect server keeps its own value of %s (static settings)", ", ".join(unset))
     return spark
 
 
