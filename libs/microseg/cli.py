@@ -48,7 +48,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     _log_level(parser)
 
 
-def _as_of(text: str) -> dt.date:
+def _as_of(text: str) -> dt.date | None:
+    if not text.strip():
+        return None  # a scheduler's empty parameter: as if --as-of were not given (run.as_of, else yesterday)
     try:
         return dt.date.fromisoformat(text)
     except ValueError:
@@ -170,7 +172,7 @@ def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
 
     spark = build_spark(cfg)
     started = time.perf_counter()
-    manifest = generate(spark, cfg.datagen, cfg.path(cfg.datagen.out))
+    manifest = generate(spark, cfg.datagen, cfg.path(cfg.datagen.out), store=cfg)
     print(json.dumps({"rows": manifest["rows"], "dirt": manifest["dirt"]}, indent=2))
     log.info(
         "generated %s customers in %.1fs to %s",
