@@ -49,6 +49,9 @@ def make_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Confi
 
 @pytest.fixture(scope="session")
 def spark(make_config: Callable[..., Config]):
-    session = build_spark(make_config())
+    cfg = make_config()
+    # One session serves every test, the JDBC source test too: the JDBC driver joins Delta from the start.
+    packages = [*cfg.spark.packages, *cfg.spark.packages_when["jdbc"]]
+    session = build_spark(cfg.model_copy(update={"spark": cfg.spark.model_copy(update={"packages": packages})}))
     yield session
     session.stop()

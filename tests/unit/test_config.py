@@ -145,3 +145,33 @@ def test_as_of_defaults_to_yesterday_in_utc(tmp_path):
     assert snapshot_date(cfg, dt.date(2025, 1, 2)) == dt.date(2025, 1, 2)
     pinned = load_config(write_env(tmp_path, "{}\n"), ["run.as_of=2025-12-31"])
     assert snapshot_date(pinned) == dt.date(2025, 12, 31)
+
+
+def test_packages_follow_what_the_config_uses(tmp_path):
+    """Delta always; the JDBC driver only with a jdbc source or a Hive metastore; hadoop-aws only for s3a."""
+    from microseg.runtime.session import spark_packages
+
+    env = write_env(tmp_path, "env: test\n")
+    (tmp_path / "sources").mkdir()
+    (tmp_path / "sources" / "files.yaml").write_text("sources:\n  orders:\n    format: parquet\n")
+    (tmp_path / "sources" / "crm.yaml").write_text("sources:\n  crm:\n    format: jdbc\n")
+    delta, postgres, aws = "io.delta:delta-spark_4.1_2.13:4.4.0", "org.postgresql:postgresql:42.7.4", "hadoop-aws"
+
+    def packages(*overrides: str) -> list[str]:
+        return spark_packages(load_config(env, ["sources.mapping=files", *overrides]))
+
+    assert packages() == [delta]
+    assert packages("sources.mapping=crm") == [delta, postgres]
+    assert packages("tables.metastore=hive") == [delta, postgres]
+    assert packages("lake.root=s3a://bucket/lake") == [delta, "org.apache.hadoop:hadoop-aws:3.4.2"]
+    assert aws in packages("sources.root=s3a://bucket/raw")[1]
+    assert packages("lake.root=abfss://c@a.dfs.core.windows.net/lake") == [delta]
+    assert packages("spark.packages=[]", "spark.packages_when={}", "lake.root=s3a://b/l") == []
+
+
+def test_mlflow_artifacts_default_to_the_server_or_the_lake(tmp_path):
+    env = write_env(tmp_path, "env: test\n")
+    assert load_config(env, ["mlflow.tracking_uri=http://mlflow:5000"]).artifact_location is None
+    lake = load_config(env, ["lake.root=s3a://bucket/lake"])
+    assert lake.artifact_location == "s3://bucket/lake/mlflow-artifacts"  # MLflow's name for S3
+    assert load_config(env, [f"lake.root={tmp_path}/lake"]).artifact_location == f"{tmp_path}/lake/mlflow-artifacts"

@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from microseg.ingest.mapping import SourceSpec, check_columns, schema_of
+from microseg.runtime import storage
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError, SchemaDriftError, SourceMissingError
 from microseg.runtime.lake import CORRUPT
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    path: str
-    size: int
-    modified_ms: int
-
-
 def location(cfg: Config, spec: SourceSpec) -> str:
-    return spec.path if "://" in spec.path else str(Path(cfg.path(cfg.sources.root), spec.path))
-
-
-def list_files(spark: SparkSession, pattern: str) -> list[SourceFile]:
-    """The files matching a path or glob, on any Hadoop file system, sorted by path."""
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(pattern)
-    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    statuses = fs.globStatus(hadoop_path) or []
-    files = []
-    for status in statuses:
-        if status.isDirectory():
-            statuses_inside = fs.listStatus(status.getPath())
-            files += [s for s in statuses_inside if s.isFile() and not s.getPath().getName().startswith(("_", "."))]
-        elif not status.getPath().getName().startswith(("_", ".")):
-            files.append(status)
-    found = {SourceFile(str(f.getPath().toUri()), int(f.getLen()), int(f.getModificationTime())) for f in files}
-    return sorted(found, key=lambda f: f.path)
+    """Where a source's files are: its path, under ``sources.root`` unless it is a URI itself."""
+    return spec.path if "://" in spec.path else storage.join(cfg.path(cfg.sources.root), spec.path)
 
 
 def _file_columns(spark: SparkSession, spec: SourceSpec, paths: list[str]) -> list[str] | None:
@@ -102,7 +77,7 @@ def read_jdbc(spark: SparkSession, spec: SourceSpec) -> DataFrame:
 
 def read_source(spark: SparkSession, cfg: Config, spec: SourceSpec) -> DataFrame:
     """Every file of a source (see read_files)."""
-    files = list_files(spark, location(cfg, spec))
+    files = storage.list_files(cfg, location(cfg, spec))
     if not files:
         raise SourceMissingError(f"source {spec.name}: no files match {location(cfg, spec)}; check sources.root")
     return read_files(spark, spec, [f.path for f in files])[0]

@@ -20,21 +20,22 @@ from pyspark.sql import functions as F
 
 from microseg.ingest.mapping import SourceSpec, check_mapping, load_mapping
 from microseg.ingest.privacy import contact_records, tokenise
-from microseg.ingest.readers import SourceFile, list_files, location, read_files, read_jdbc
+from microseg.ingest.readers import location, read_files, read_jdbc
 from microseg.ingest.standardise import with_nfkc
-from microseg.runtime import lake, tables
+from microseg.runtime import lake, storage, tables
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ReconciliationError, SourceMissingError
 from microseg.runtime.keys import hash_key
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.runtime.sparkops import described
+from microseg.runtime.storage import FileInfo
 
 Seen = dict[str, tuple[int, int]]  # path -> (size, modified_ms) of its latest ingestion
 OBSERVED_FILES = 100  # a batch of up to this many files is counted per file in the pass that writes it
 
 
-def batch_id(source: str, files: list[SourceFile]) -> str:
+def batch_id(source: str, files: list[FileInfo]) -> str:
     digest = hashlib.sha256(source.encode())
     for f in files:
         digest.update(f"{f.path}|{f.size}|{f.modified_ms}".encode())
@@ -56,7 +57,7 @@ def ingested_files(spark: SparkSession, cfg: Config) -> dict[str, Seen]:
     return seen
 
 
-def new_files(seen: Seen, files: list[SourceFile]) -> tuple[list[SourceFile], list[SourceFile]]:
+def new_files(seen: Seen, files: list[FileInfo]) -> tuple[list[FileInfo], list[FileInfo]]:
     """Split ``files`` into (new, changed in place) against what was ingested before."""
     fresh = [f for f in files if f.path not in seen]
     changed = [f for f in files if f.path in seen and seen[f.path] != (f.size, f.modified_ms)]
@@ -110,7 +111,7 @@ def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: Sourc
     """Ingest the new and changed files of one source and append them to ops.ingest_log."""
     if spec.format == "jdbc":
         return ingest_snapshot(spark, cfg, run, spec)
-    files = list_files(spark, location(cfg, spec))
+    files = storage.list_files(cfg, location(cfg, spec))
     if not files:
         raise SourceMissingError(
             f"source {spec.name}: no files match {location(cfg, spec)}; check sources.root and the mapping's path"
@@ -168,7 +169,7 @@ def _log_files(spark: SparkSession, cfg: Config, rows: list[tuple]) -> None:
 
 
 def _ingest_log_rows(
-    source: str, files: list[SourceFile], counts: dict[str, int], batch: str, at: dt.datetime
+    source: str, files: list[FileInfo], counts: dict[str, int], batch: str, at: dt.datetime
 ) -> list[tuple]:
     """The ingest log rows of one batch: each file with its size, modification time and rows."""
     return [(source, f.path, f.size, f.modified_ms, counts.get(f.path, 0), batch, at) for f in files]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from microseg.features.catalog import Catalog
-from microseg.runtime import lake, tables
+from microseg.runtime import lake, storage, tables
 from microseg.runtime.config import Config
 from microseg.runtime.runlog import RunContext
 from microseg.segmentation import registry
@@ -217,10 +218,11 @@ def build_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Cat
 def write_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Catalog) -> str:
     """Write the report under <lake>/reports/ and log it to MLflow; return its path."""
     text = build_report(spark, cfg, run, catalog)
-    folder = Path(cfg.lake_root, "reports")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"segment_report_{run.as_of}_{run.run_id}.html"
-    path.write_text(text)
+    name = f"segment_report_{run.as_of}_{run.run_id}.html"
+    uri = storage.write_text(cfg, storage.join(cfg.lake_root, "reports", name), text)
     registry.configure(cfg)
-    log_report(str(path), f"report-{run.as_of}", {"as_of": str(run.as_of), "pipeline_run_id": run.run_id})
-    return str(path)
+    with tempfile.TemporaryDirectory(prefix="microseg-report-") as local:
+        Path(local, name).write_text(text, encoding="utf-8")
+        tags = {"as_of": str(run.as_of), "pipeline_run_id": run.run_id}
+        registry.retried(log_report)(str(Path(local, name)), f"report-{run.as_of}", tags)
+    return uri

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pyspark.sql import DataFrame
 
+from microseg.runtime import storage
 from microseg.runtime.config import Config, QualityRule
 from microseg.runtime.errors import ConfigError, DataQualityError
 from microseg.runtime.sparkops import described
@@ -72,11 +74,24 @@ def _expectation(rule: QualityRule):
     raise ConfigError(f"rule {rule.name}: unknown expectation {rule.expectation}")  # pragma: no cover
 
 
-def validate(frames: dict[str, DataFrame], suites: list[TableRules], docs_dir: str | None = None) -> list[RuleResult]:
+def validate(
+    frames: dict[str, DataFrame], suites: list[TableRules], docs_dir: str | None = None, store: Config | None = None
+) -> list[RuleResult]:
     """Run each table's suite through an ephemeral GX context; return one result per rule.
 
-    With ``docs_dir``, GX Data Docs (static HTML of the suites and their results) are built there.
+    With ``docs_dir`` (a folder or URI; ``store`` the config that reaches it), GX Data Docs (static HTML of
+    the suites and their results) are published there: built in a local folder, then copied (GX's own
+    stores know no Hadoop file systems).
     """
+    if not docs_dir:
+        return _validate(frames, suites, None)
+    with tempfile.TemporaryDirectory(prefix="microseg-data-docs-") as local:
+        results = _validate(frames, suites, local)
+        storage.put_folder(store, local, docs_dir)
+    return results
+
+
+def _validate(frames: dict[str, DataFrame], suites: list[TableRules], docs_dir: str | None) -> list[RuleResult]:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 

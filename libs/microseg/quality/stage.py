@@ -77,7 +77,7 @@ def run_quality(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
     """Validate every silver table that has rules; record results; raise on a critical failure."""
     suites = [s for s in load_rules(cfg) if tables.exists(spark, cfg, s.table)]
     frames = {s.table: tables.read(spark, cfg, s.table) for s in suites}
-    results = validate(frames, suites, docs_dir=f"{cfg.lake_root}/ops/data_docs")
+    results = validate(frames, suites, docs_dir=f"{cfg.lake_root}/ops/data_docs", store=cfg)
     with described(spark, "quality: ops.dq_results"):
         tables.append(results_frame(spark, run, results), cfg, lake.DQ_RESULTS)
     report = StageReport("quality")

@@ -32,6 +32,14 @@ class SparkConfig(_Strict):
         default=None, description="a Spark Connect URL (sc://host:port): run on that server instead of a local JVM"
     )
     packages: list[str] = Field(default_factory=list)
+    packages_when: dict[Literal["jdbc", "s3a"], list[str]] = Field(
+        default_factory=dict,
+        description="further packages, only when the config uses them: jdbc (a jdbc source or a Hive metastore "
+        "database), s3a (a lake or sources on s3a://)",
+    )
+    jars: list[str] = Field(
+        default_factory=list, description="local jar files for spark.jars (an offline cluster: instead of packages)"
+    )
     settings: dict[str, str] = Field(default_factory=dict)
     log_level: str = "WARN"
 
@@ -46,6 +54,8 @@ class MlflowConfig(_Strict):
     experiment: str = "microseg"
     artifact_location: str | None = None
     pip_requirements: list[str] = Field(default_factory=list)
+    retry_attempts: int = Field(default=5, ge=1, description="tries of an MLflow operation on a transient failure")
+    retry_max_wait_seconds: float = Field(default=30.0, gt=0, description="longest wait between two tries")
 
 
 class PrivacyConfig(_Strict):
@@ -250,8 +260,16 @@ class Config(_Strict):
         return self.mlflow.tracking_uri or f"sqlite:///{self.lake_root}/mlflow.db"
 
     @property
-    def artifact_location(self) -> str:
-        return self.mlflow.artifact_location or f"{self.lake_root}/mlflow-artifacts"
+    def artifact_location(self) -> str | None:
+        """Where a new experiment keeps its artifacts: ``mlflow.artifact_location``; else, with tracking on a
+        server, the server's choice (None); else ``<lake>/mlflow-artifacts`` (``s3a://`` written as MLflow's
+        ``s3://``, the only name MLflow's artifact stores know for S3)."""
+        if self.mlflow.artifact_location:
+            return self.mlflow.artifact_location
+        if re.match(r"^(https?|databricks)\b", self.tracking_uri):
+            return None
+        location = f"{self.lake_root}/mlflow-artifacts"
+        return "s3://" + location.removeprefix("s3a://") if location.startswith("s3a://") else location
 
     @property
     def metastore_dir(self) -> str:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pyspark
+import yaml
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
@@ -75,15 +76,19 @@ def build_spark(cfg: Config) -> SparkSession:
     if partitions:
         settings.setdefault("spark.sql.shuffle.partitions", str(partitions))
         settings.setdefault("spark.databricks.delta.snapshotPartitions", str(max(partitions, 2)))
-    if spark_cfg.packages:
+    packages = spark_packages(cfg)
+    jars = list(spark_cfg.jars)
+    if packages:
         # Under spark-submit, or with a session already running here, the JVM's jars are settled.
         if _submitted() or SparkContext._active_spark_context is not None:
-            settings["spark.jars.packages"] = ",".join(spark_cfg.packages)
+            settings["spark.jars.packages"] = ",".join(packages)
         else:
-            jars = package_jars(spark_cfg.packages, settings)
-            settings["spark.jars"] = ",".join([*filter(None, settings.get("spark.jars", "").split(",")), *jars])
+            resolved = package_jars(packages, settings)
+            jars += resolved
             if cfg.tables.metastore == "hive":  # its JDBC driver is loaded by Hive's client, from the class path
-                settings.setdefault("spark.driver.extraClassPath", driver_class_path(spark_cfg.packages, jars))
+                settings.setdefault("spark.driver.extraClassPath", driver_class_path(packages, resolved))
+    if jars:
+        settings["spark.jars"] = ",".join([*filter(None, settings.get("spark.jars", "").split(",")), *jars])
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -91,6 +96,28 @@ def build_spark(cfg: Config) -> SparkSession:
     if settings.get("spark.sql.catalogImplementation") == "hive":
         _quiet_metastore(spark)
     return spark
+
+
+def spark_packages(cfg: Config) -> list[str]:
+    """``spark.packages``, and those of ``spark.packages_when`` the config uses: ``jdbc`` with a source of format
+    jdbc or a Hive metastore (its database's driver), ``s3a`` with the lake or the sources on s3a://."""
+    used = set()
+    if "jdbc" in _source_formats(cfg) or cfg.tables.metastore == "hive":
+        used.add("jdbc")
+    if any(root.startswith("s3a://") for root in (cfg.lake.root, cfg.sources.root)):
+        used.add("s3a")
+    extra = [p for use, packages in sorted(cfg.spark.packages_when.items()) if use in used for p in packages]
+    return list(dict.fromkeys([*cfg.spark.packages, *extra]))
+
+
+def _source_formats(cfg: Config) -> set[str]:
+    """The formats the source mapping's sources declare (read raw here; the ingest stage validates the mapping)."""
+    path = cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml")
+    try:
+        sources = (yaml.safe_load(path.read_text()) or {}).get("sources") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return set()
+    return {str(spec.get("format")) for spec in sources.values() if isinstance(spec, dict)}
 
 
 def _connect(cfg: Config) -> SparkSession:

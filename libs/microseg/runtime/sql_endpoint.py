@@ -15,7 +15,7 @@ from pathlib import Path
 import pyspark
 
 from microseg.runtime.config import Config
-from microseg.runtime.session import driver_class_path, package_jars, shared_settings
+from microseg.runtime.session import driver_class_path, package_jars, shared_settings, spark_packages
 
 THRIFT_SERVER = "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2"
 
@@ -35,10 +35,13 @@ def settings(cfg: Config) -> dict[str, str]:
         "spark.databricks.delta.optimizeMetadataQuery.enabled": "false",
         **shared_settings(cfg),
     }
-    if cfg.spark.packages:
-        jars = package_jars(cfg.spark.packages, conf)
+    packages = spark_packages(cfg)
+    resolved = package_jars(packages, conf) if packages else []
+    if jars := [*cfg.spark.jars, *resolved]:
         conf["spark.jars"] = ",".join(jars)
-        conf["spark.driver.extraClassPath"] = driver_class_path(cfg.spark.packages, jars)
+        # The offline jars wholly, of the resolved ones only the packages' own (session.driver_class_path).
+        own = driver_class_path(packages, resolved) if resolved else ""
+        conf["spark.driver.extraClassPath"] = os.pathsep.join(filter(None, [*cfg.spark.jars, own]))
     return conf
 
 

@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from microseg.runtime import catalog, lake
+from microseg.runtime import catalog, lake, storage
 from microseg.runtime.config import Config
 from microseg.runtime.errors import TableMissingError, TableSchemaError
 from microseg.runtime.lake import APPEND, MERGE, OVERWRITE, REPLACE, Table
@@ -55,13 +55,9 @@ def read(spark: SparkSession, cfg: Config, table: TableRef) -> DataFrame:
 def existing(spark: SparkSession, cfg: Config) -> list[Table]:
     """Every table of the lake: the registry's that exist, and the per-source bronze and quarantine tables found."""
     found = [t for t in lake.TABLES if exists(spark, cfg, t)]
-    hadoop = spark.sparkContext._jvm.org.apache.hadoop.fs.Path
     for layer, make in (("bronze", lake.bronze), ("quarantine", lake.quarantine)):
-        folder = hadoop(f"{cfg.lake_root}/{layer}")
-        fs = folder.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-        if fs.exists(folder):
-            names = sorted(status.getPath().getName() for status in fs.listStatus(folder) if status.isDirectory())
-            found += [make(name) for name in names if exists(spark, cfg, make(name))]
+        names = storage.folders(cfg, f"{cfg.lake_root}/{layer}")
+        found += [make(name) for name in names if exists(spark, cfg, make(name))]
     return found
 
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import mlflow
 import mlflow.spark
+import requests
+import tenacity
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -21,17 +26,68 @@ from microseg.segmentation.pipeline import clustering_column, model_name
 from microseg.segmentation.refit import Final, sample_silhouette
 from microseg.segmentation.selection import Sweep, passes
 
+P, T = ParamSpec("P"), TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+# Error codes of a failure that may pass: the server restarting or overloaded, a request lost on the way.
+TRANSIENT_CODES = {"TEMPORARILY_UNAVAILABLE", "INTERNAL_ERROR", "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED"}
+_retry_policy = {"attempts": 5, "max_wait": 30.0}
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed MLflow call is worth trying again (a missing model or a bad request is not)."""
+    if isinstance(exc, MlflowException):
+        return exc.error_code in TRANSIENT_CODES
+    return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout)
+
+
+def _before_retry(state: tenacity.RetryCallState) -> None:
+    exc = state.outcome.exception()
+    log.warning(
+        "MLflow %s failed (%s: %s); try %d of %d in %.1f s",
+        getattr(state.fn, "__name__", "call"),
+        type(exc).__name__,
+        str(exc).splitlines()[0][:200] if str(exc) else "",
+        state.attempt_number + 1,
+        _retry_policy["attempts"],
+        state.next_action.sleep,
+    )
+
+
+def retried(fn: Callable[P, T]) -> Callable[P, T]:
+    """``fn``, tried again with exponential backoff while it fails transiently (``mlflow.retry_*``)."""
+
+    @functools.wraps(fn)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(transient),
+            stop=tenacity.stop_after_attempt(_retry_policy["attempts"]),
+            wait=tenacity.wait_exponential(multiplier=1, max=_retry_policy["max_wait"]),
+            before_sleep=_before_retry,
+            reraise=True,
+        )
+        return retrying(fn, *args, **kwargs)
+
+    return call
+
 
 def configure(cfg: Config) -> str:
     """Point MLflow at the configured tracking/registry URIs; return the experiment id (created if new)."""
     logs.quiet_mlflow_prints()
+    _retry_policy.update(attempts=cfg.mlflow.retry_attempts, max_wait=cfg.mlflow.retry_max_wait_seconds)
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_registry_uri(cfg.mlflow.registry_uri or cfg.tracking_uri)
     if cfg.tracking_uri.startswith("sqlite:///"):
         Path(cfg.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    experiment = mlflow.get_experiment_by_name(cfg.mlflow.experiment)
+    return _experiment(cfg.mlflow.experiment, cfg.artifact_location)
+
+
+@retried
+def _experiment(name: str, artifact_location: str | None) -> str:
+    experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        experiment_id = mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=cfg.artifact_location)
+        experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location)
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -43,7 +99,6 @@ def client(cfg: Config) -> MlflowClient:
 
 
 CHAMPION, PREVIOUS = "champion", "previous"
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,7 +124,7 @@ def promote(
         return str(champion.version.version), "same centroids as the champion: kept"
     if not train.register_model:
         return None, "not registered"
-    version = str(mlflow.register_model(model_uri, name).version)
+    version = str(retried(mlflow.register_model)(model_uri, name).version)
     passes_rule = swept.chosen is None or passes(swept.chosen, train)
     at_least_as_good = champion_score is None or (
         final.silhouette is not None and final.silhouette >= champion_score - train.promotion_tolerance
@@ -82,24 +137,37 @@ def promote(
         promoted = passes_rule and at_least_as_good
         decision = "promoted" if promoted else "kept the champion"
     if promoted:
-        registry = client(cfg)
+        set_alias = retried(client(cfg).set_registered_model_alias)
         if champion.version is not None:
-            registry.set_registered_model_alias(name, PREVIOUS, champion.version.version)
-        registry.set_registered_model_alias(name, CHAMPION, version)
+            set_alias(name, PREVIOUS, champion.version.version)
+        set_alias(name, CHAMPION, version)
     return version, decision
 
 
+@retried
 def champion_version(cfg: Config, name: str) -> object | None:
+    """The version under the champion alias; None when the model or the alias does not exist.
+
+    Any other failure raises (after retries): an unreachable registry must not read as "no champion yet".
+    """
     try:
         return client(cfg).get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
+    except MlflowException as exc:
+        if transient(exc):
+            raise
         return None
 
 
+@retried
 def load_run_json(run_id: str, path: str) -> dict | None:
+    """A JSON artifact of a run; None when the run has no such artifact."""
     try:
         return mlflow.artifacts.load_dict(f"runs:/{run_id}/{path}")
-    except (MlflowException, OSError):
+    except MlflowException as exc:
+        if transient(exc):
+            raise
+        return None
+    except OSError:
         return None
 
 
@@ -130,12 +198,12 @@ def load_champion(cfg: Config, layer: str, macro: str) -> tuple[PipelineModel, d
             f"registered model {name} has no '{CHAMPION}' alias at {cfg.tracking_uri}; run the train stage "
             f"for this as_of (microseg train) before assign"
         )
-    model = mlflow.spark.load_model(f"models:/{name}@{CHAMPION}")
+    model = retried(mlflow.spark.load_model)(f"models:/{name}@{CHAMPION}")
     ids = load_run_json(version.run_id, "segment_ids.json") or {"cluster_to_id": {}}
     return model, {
         "model": name,
         "version": str(version.version),
         "run_id": version.run_id,
-        "algorithm": client(cfg).get_run(version.run_id).data.params.get("algorithm"),
+        "algorithm": retried(client(cfg).get_run)(version.run_id).data.params.get("algorithm"),
         "cluster_to_id": {int(c): int(i) for c, i in ids["cluster_to_id"].items()},
     }

@@ -269,15 +269,15 @@ def train_one(m: ModelInputs, candidates: list[Candidate]) -> dict:
     log_candidates(cfg, swept, p, m.tags)
     live = champion_version(cfg, name)
     mapping, same_as_champion = stable_ids(live, final, p.features)
-    run_id, model_uri = log_final(m, final, swept, mapping)
+    run_id, model_uri = registry.retried(log_final)(m, final, swept, mapping)
     champion = ChampionCheck(live, same_as_champion)
     if live is not None and not same_as_champion and final.k > 1:
         champion = ChampionCheck(live, False, *champion_score_today(live, m.rows, p.rows, cfg.train))
     version, decision = promote(cfg, name, model_uri, champion, swept, final)
     client = registry.client(cfg)
-    client.set_tag(run_id, "promotion", decision)
+    registry.retried(client.set_tag)(run_id, "promotion", decision)
     if champion.score is not None:
-        client.log_metric(run_id, "champion_silhouette_today", champion.score)
+        registry.retried(client.log_metric)(run_id, "champion_silhouette_today", champion.score)
     return {
         "model": name,
         "layer": p.layer,

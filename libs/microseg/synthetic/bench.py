@@ -38,7 +38,7 @@ def run_benchmark(
         }
     )
     started = time.perf_counter()
-    manifest = generate(spark, cfg.datagen, str(data))
+    manifest = generate(spark, cfg.datagen, str(data), store=cfg)
     datagen_seconds = time.perf_counter() - started
     result = run_pipeline(spark, cfg, as_of=cfg.datagen.end_date)
     source_rows = sum(manifest["rows"].values())

@@ -12,12 +12,12 @@ per source and injected rows per dirt kind.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from microseg.runtime.config import DatagenConfig
+from microseg.runtime import storage
+from microseg.runtime.config import Config, DatagenConfig
 from microseg.synthetic.commerce import orders_frames
 from microseg.synthetic.events import email_events_frame, support_tickets_frame, survey_frame, web_events_frame
 from microseg.synthetic.people import crm_frame, customers_frame
@@ -50,8 +50,11 @@ def _malformed_json(spark: SparkSession, count: int) -> DataFrame:
     )
 
 
-def generate(spark: SparkSession, cfg: DatagenConfig, out: str) -> dict:
-    """Write every source, the ground truth and ``_manifest.json`` under ``out``; return the manifest."""
+def generate(spark: SparkSession, cfg: DatagenConfig, out: str, store: Config | None = None) -> dict:
+    """Write every source, the ground truth and ``_manifest.json`` under ``out``; return the manifest.
+
+    ``store``: the config whose storage settings reach ``out`` (runtime/storage.py), for a remote ``out``.
+    """
     customers = customers_frame(spark, cfg).cache()
     orders, items = orders_frames(customers, cfg)
     frames = {
@@ -85,7 +88,7 @@ def generate(spark: SparkSession, cfg: DatagenConfig, out: str) -> dict:
                 bad = _malformed_csv(spark, columns, malformed) if fmt == "csv" else _malformed_json(spark, malformed)
                 _write(bad, "csv" if fmt == "csv" else "text", path, partitions=1, mode="append")
                 if fmt == "json":
-                    _rename_extension(spark, path, ".txt", ".json")
+                    storage.rename_suffix(store, path, ".txt", ".json")
                 dirt["malformed_line"] = malformed
                 rows += malformed
         frame.unpersist()
@@ -95,20 +98,8 @@ def generate(spark: SparkSession, cfg: DatagenConfig, out: str) -> dict:
         f"{out}/_ground_truth"
     )
     customers.unpersist()
-    Path(out).mkdir(parents=True, exist_ok=True)
-    Path(out, "_manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    storage.write_text(store, storage.join(out, "_manifest.json"), json.dumps(manifest, indent=2, sort_keys=True))
     return manifest
-
-
-def _rename_extension(spark: SparkSession, folder: str, old: str, new: str) -> None:
-    """Rename the text writer's part files so that a reader globbing ``*.json`` finds them (any Hadoop FS)."""
-    jvm = spark.sparkContext._jvm
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(folder)
-    fs = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    for status in fs.listStatus(hadoop_path):
-        name = status.getPath().getName()
-        if name.endswith(old):
-            fs.rename(status.getPath(), jvm.org.apache.hadoop.fs.Path(folder, name[: -len(old)] + new))
 
 
 def _write(df: DataFrame, fmt: str, path: str, partitions: int, mode: str = "overwrite") -> None:
