@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.features.catalog import Catalog, load_catalog
-from microseg.runtime import lake, provenance, tables
+from microseg.runtime import lake, provenance, sparkops, tables
 from microseg.runtime.config import Config, TrainConfig
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
@@ -154,7 +154,7 @@ def training_rows(spark: SparkSession, cfg: Config, as_of: object) -> DataFrame:
     samples and fits the same: sampling and k-means|| initialisation depend on which rows sit where."""
     return (
         snapshot(spark, cfg, as_of)
-        .repartition(sweep.parallelism(spark), "customer_id")
+        .repartition(sparkops.default_parallelism(spark), "customer_id")
         .sortWithinPartitions("customer_id")
     )
 
