@@ -272,7 +272,7 @@ def train_one(m: ModelInputs, candidates: list[Candidate]) -> dict:
     run_id, model_uri = log_final(m, final, swept, mapping)
     champion = ChampionCheck(live, same_as_champion)
     if live is not None and not same_as_champion and final.k > 1:
-        champion = ChampionCheck(live, False, *champion_score_today(live, m.rows, p.rows, cfg.train))
+        champion = ChampionCheck(live, False, *champion_score_today(cfg, live, m.rows, p.rows))
     version, decision = promote(cfg, name, model_uri, champion, swept, final)
     client = registry.client(cfg)
     client.set_tag(run_id, "promotion", decision)
