@@ -11,12 +11,14 @@ its group as a job tag instead, descriptions are not set, the jobs are not count
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
 from pyspark import SparkContext, StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql.types import DataType
 
 T = TypeVar("T")
 
@@ -134,3 +136,30 @@ def shared_value(spark: SparkSession, value: T) -> Callable[[], T]:
         return lambda: value
     broadcast = context.broadcast(value)
     return lambda: broadcast.value
+
+
+def pandas_udf(return_type: DataType) -> Callable[[Callable[..., object]], Callable[..., Column]]:
+    """``@pandas_udf(return_type)`` made when first called, for the kind of session then running.
+
+    Spark Connect gap: pyspark makes a classic or a Connect UDF by the mode of the process when the UDF
+    is *defined* (``pyspark.sql.utils.is_remote``); a module-level ``@pandas_udf``, defined at import
+    before any session, is a classic UDF, which fails under Spark Connect
+    ([SESSION_OR_CONTEXT_NOT_EXISTS] SparkContext or SparkSession should be created first).
+    """
+    from pyspark.sql.functions import pandas_udf as make
+    from pyspark.sql.utils import is_remote as remote_mode
+
+    def wrap(function: Callable[..., object]) -> Callable[..., Column]:
+        made: dict[bool, Callable[..., Column]] = {}
+
+        @functools.wraps(function)
+        def call(*columns: Column | str) -> Column:
+            remote = remote_mode()
+            if remote not in made:
+                made[remote] = make(function, return_type)
+            return made[remote](*columns)
+
+        call.func = function  # the plain function, as pyspark's UDFs expose it
+        return call
+
+    return wrap

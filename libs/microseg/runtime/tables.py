@@ -187,7 +187,7 @@ def _create_if_new(df: DataFrame, cfg: Config, table: Table) -> CommitMetrics | 
     if delta_ops.is_delta_table(spark, path):
         catalog.register(spark, cfg, table, path)
         return None
-    writer = df.write.format("delta").mode("errorifexists")
+    writer = df.write.format("delta").mode("error")  # "errorifexists" is not a Spark Connect mode
     if table.partition_by:
         writer = writer.partitionBy(*table.partition_by)
     if table.change_data_feed:
