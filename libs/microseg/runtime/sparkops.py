@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from pyspark import SparkContext, StorageLevel
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import DataType
 
 T = TypeVar("T")
@@ -163,3 +164,33 @@ def pandas_udf(return_type: DataType) -> Callable[[Callable[..., object]], Calla
         return call
 
     return wrap
+
+
+class _CountedLater:
+    """An Observation's ``get`` for a row count that ``count_rows`` takes by a count of its own."""
+
+    def __init__(self, df: DataFrame) -> None:
+        self._df, self._rows = df, None
+
+    @property
+    def get(self) -> dict[str, int]:
+        if self._rows is None:
+            self._rows = self._df.count()
+        return {"rows": self._rows}
+
+
+RowCount = Observation | _CountedLater  # .get["rows"]
+
+
+def count_rows(df: DataFrame) -> tuple[DataFrame, RowCount]:
+    """``df``, and its row count (``.get["rows"]``) taken in the pass that first runs it (an Observation).
+
+    Spark Connect gap: pyspark 4.1's Connect client cannot run a plan in which one Observation appears
+    twice, as in a join of the observed frame with itself (TypeError: dict() got multiple values for
+    keyword argument '<observation id>', from its Join.observations); classic Spark runs it. Under
+    Spark Connect the rows are counted when ``get`` is first read, by a count of ``df`` (one more job).
+    """
+    if spark_context(df.sparkSession) is None:
+        return df, _CountedLater(df)
+    observation = Observation()
+    return df.observe(observation, F.count(F.lit(1)).alias("rows")), observation
