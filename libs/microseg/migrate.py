@@ -13,14 +13,13 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, field
 
-from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql.types import StructField
 
 from microseg.features.catalog import load_catalog
 from microseg.features.stage import feature_schema
 from microseg.outputs.profiles import profile_schema
-from microseg.runtime import catalog, lake, tables
+from microseg.runtime import catalog, delta_ops, lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport, log_stage
@@ -66,7 +65,7 @@ def expected_columns(spark: SparkSession, cfg: Config, table: Table) -> list[Str
 def plan(spark: SparkSession, cfg: Config, table: Table) -> Change:
     """What ``table`` (which exists) lacks of what its entry and the catalog declare."""
     path = tables.table_path(cfg, table)
-    detail = DeltaTable.forPath(spark, path).detail().select("partitionColumns", "properties", "description").first()
+    detail = delta_ops.detail(spark, path)
     schema = spark.read.format("delta").load(path).schema
     present = {f.name: f for f in schema.fields}
     change = Change(table)

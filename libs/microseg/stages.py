@@ -76,7 +76,8 @@ def summary(result: PipelineResult, cfg: Config) -> str:
         rows_in = sum(e.rows_in or 0 for e in r.entries)
         written = sum(e.rows_written or 0 for e in r.entries)
         quarantined = sum(e.rows_quarantined or 0 for e in r.entries)
-        lines.append(f"{r.stage:<10} {r.seconds:>8.1f} {r.jobs:>6,} {rows_in:>12,} {written:>12,} {quarantined:>12,}")
+        jobs = "-" if r.jobs is None else f"{r.jobs:,}"  # None: not counted (Spark Connect)
+        lines.append(f"{r.stage:<10} {r.seconds:>8.1f} {jobs:>6} {rows_in:>12,} {written:>12,} {quarantined:>12,}")
     clean = result.report("clean")
     if clean:
         lines.append("quarantined rows by source and rule:")

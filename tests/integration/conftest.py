@@ -15,7 +15,6 @@ import datetime as dt
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from servers import free_port
 
 from microseg.runtime.config import DatagenConfig
 from microseg.stages import run_pipeline
@@ -45,6 +45,14 @@ def generated(spark, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
     spec = DatagenConfig(customers=CUSTOMERS, seed=SEED, partitions=2, movers=MOVERS, mover_days=MOVER_DAYS)
     manifest = generate(spark, spec, str(data))
     assert manifest["customers"] == CUSTOMERS
+    return data, manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_generated(spark, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """300 generated customers, for the whole pipeline run in processes of their own (Spark Connect, S3)."""
+    data = tmp_path_factory.mktemp("tiny-generated")
+    manifest = generate(spark, DatagenConfig(customers=300, seed=11, partitions=2), str(data))
     return data, manifest
 
 
@@ -78,12 +86,6 @@ def _pg_bin() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass(frozen=True)
 class Postgres:
     bindir: Path
@@ -110,7 +112,7 @@ def postgres_server():
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     root = Path(tempfile.mkdtemp(prefix="microseg-pg-"))
     root.chmod(0o777)
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "microseg"],
                    check=True, capture_output=True)  # fmt: skip
     options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1"

@@ -27,11 +27,18 @@ def port_open(port: int) -> bool:
 
 @contextlib.contextmanager
 def serving(
-    command: list[str], port: int, log: Path, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT
+    command: list[str],
+    port: int,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = START_TIMEOUT,
 ) -> Iterator[subprocess.Popen]:
     """Run ``command`` until the block ends, once it listens on ``port``; its output goes to ``log``."""
     with open(log, "ab") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        server = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + timeout
         while not port_open(port):

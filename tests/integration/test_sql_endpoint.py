@@ -14,7 +14,6 @@ import datetime as dt
 import io
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
+from servers import free_port, serving
 
 from microseg.runtime import lake, tables
 from microseg.runtime.sql_endpoint import beeline_command
@@ -63,12 +63,6 @@ def _microseg(*args: str, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedP
     return done
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def beeline(port: int, sql: str) -> list[dict[str, str]]:
     done = subprocess.run(
         beeline_command("127.0.0.1", port, sql), capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
@@ -104,26 +98,10 @@ def served(spark, generated, copy_lake, make_config, postgres_server, tmp_path_f
     migrated = _microseg("migrate", *args)
     assert "microseg_gold.segment_assignments" in migrated.stdout
 
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("thrift") / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen([MICROSEG, "sql-server", "--port", str(port), *args], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert server.poll() is None, f"the Thrift Server exited: {Path(log.name).read_text()[-4000:]}"
-            assert time.monotonic() < deadline, "the Thrift Server did not open its port"
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(1)
+    port = free_port()
+    log = tmp_path_factory.mktemp("thrift") / "server.log"
+    with serving([MICROSEG, "sql-server", "--port", str(port), *args], port, log, timeout=START_TIMEOUT):
         yield {"cfg": cfg, "port": port, "args": args}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def test_readme_queries_through_the_thrift_server_match_the_tables(spark, served):

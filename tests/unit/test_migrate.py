@@ -8,7 +8,7 @@ import pytest
 from microseg.features.catalog import load_catalog
 from microseg.migrate import migrate
 from microseg.outputs.profiles import profile_schema
-from microseg.runtime import lake, tables
+from microseg.runtime import delta_ops, lake, tables
 from microseg.runtime.errors import TableSchemaError
 
 DAY1, DAY2 = dt.date(2025, 1, 1), dt.date(2025, 1, 2)
@@ -32,7 +32,7 @@ def test_migrate_adds_a_column_to_gold_segment_profiles_keeping_rows_and_history
     older = features[:-1]  # the lake was made before the catalog's last feature existed
     for day in (DAY1, DAY2):
         tables.replace_where(_profiles(spark, cfg, day, older), cfg, lake.SEGMENT_PROFILES, f"as_of = '{day}'")
-    history_before = tables.delta_table(spark, cfg, lake.SEGMENT_PROFILES).history().count()
+    history_before = len(delta_ops.history(spark, tables.table_path(cfg, lake.SEGMENT_PROFILES)))
     new = [f"{p}_{features[-1]}" for p in ("mean", "median", "z")]
 
     # Today's write has the new feature's columns: refused, naming the command that adds them.
@@ -52,8 +52,8 @@ def test_migrate_adds_a_column_to_gold_segment_profiles_keeping_rows_and_history
     assert profiles.columns[-3:] == new and profiles.count() == 4
     assert profiles.where(f"{new[0]} IS NOT NULL").count() == 0  # old rows: the new feature unknown
     # History kept: every earlier version is still there and readable as it was.
-    history = tables.delta_table(spark, cfg, lake.SEGMENT_PROFILES).history()
-    assert history.count() == history_before + 1
+    history = delta_ops.history(spark, tables.table_path(cfg, lake.SEGMENT_PROFILES))
+    assert len(history) == history_before + 1
     path = tables.table_path(cfg, lake.SEGMENT_PROFILES)
     assert spark.read.format("delta").option("versionAsOf", 1).load(path).count() == 2
     described = {r["col_name"]: r["comment"] for r in spark.sql(f"DESCRIBE TABLE delta.`{path}`").collect()}
@@ -77,7 +77,7 @@ def test_migrate_partitions_an_old_unpartitioned_assignments_table(spark, make_c
 
     (entry,) = migrate(spark, cfg).entries
     assert entry.details["partition_by"] == ["as_of"] and entry.details["change_data_feed"] is True
-    detail = tables.delta_table(spark, cfg, lake.SEGMENT_ASSIGNMENTS).detail().first()
+    detail = delta_ops.detail(spark, path)
     assert detail["partitionColumns"] == ["as_of"]
     assert detail["properties"]["delta.enableChangeDataFeed"] == "true"
     assert detail["description"] == lake.SEGMENT_ASSIGNMENTS.description

@@ -62,6 +62,21 @@ def test_metrics_are_read_only_when_looked_at(spark, make_config):
     assert sparkops.jobs_in_group(spark, "unit-metrics-read") == 1  # Delta's history, read once
 
 
+def test_the_delta_table_check_costs_no_spark_job(spark, make_config, tmp_path):
+    """delta_ops asks Delta's catalog (the same SQL under Spark Connect), as DeltaTable.isDeltaTable did: no job."""
+    from microseg.runtime import delta_ops, sparkops
+
+    cfg = make_config()
+    table = Table("silver.v", "", (("id", "int"),), (OVERWRITE,))
+    tables.overwrite(spark.createDataFrame([(1,)], "id INT"), cfg, table)
+    (tmp_path / "plain").mkdir()
+    with sparkops.job_group(spark, "unit-is-delta", "is it a Delta table"):
+        assert delta_ops.is_delta_table(spark, tables.table_path(cfg, table))
+        assert not delta_ops.is_delta_table(spark, str(tmp_path / "plain"))
+        assert not delta_ops.is_delta_table(spark, str(tmp_path / "missing"))
+    assert sparkops.jobs_in_group(spark, "unit-is-delta") == 0
+
+
 def test_a_write_the_entry_does_not_declare_is_refused(spark, make_config):
     cfg = make_config()
     df = spark.createDataFrame([(1, "a")], "id INT, k STRING")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.clean.customers import clean_customers, customers_table, line_customers_table
@@ -41,20 +41,19 @@ from microseg.runtime.config import Config
 from microseg.runtime.errors import ReconciliationError
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport
-from microseg.runtime.sparkops import cached, described
+from microseg.runtime.sparkops import RowCount, cached, count_rows, described
 
 Outputs = dict[Table, Callable[[DataFrame], DataFrame]]  # silver table -> its shape from the good rows
 Cleaned = tuple[DataFrame, Outputs]  # rows flagged by the rules (_rule, _reason), and where good rows go
 
 
-def read_bronze(spark: SparkSession, cfg: Config, source: str) -> tuple[DataFrame, Observation]:
-    """The bronze table of ``source``, and an Observation counting its rows (``rows``) in the pass that cleans them."""
-    rows_in = Observation()
-    return tables.read(spark, cfg, lake.bronze(source)).observe(rows_in, F.count(F.lit(1)).alias("rows")), rows_in
+def read_bronze(spark: SparkSession, cfg: Config, source: str) -> tuple[DataFrame, RowCount]:
+    """The bronze table of ``source``, and its row count (``rows``), taken in the pass that cleans them."""
+    return count_rows(tables.read(spark, cfg, lake.bronze(source)))
 
 
 def publish(
-    cfg: Config, source: str, bronze: DataFrame, rows_in: Observation, flagged: DataFrame, outputs: Outputs
+    cfg: Config, source: str, bronze: DataFrame, rows_in: RowCount, flagged: DataFrame, outputs: Outputs
 ) -> Entry:
     """Write good rows through ``outputs`` (silver table -> transform) and bad ones to quarantine.<source>.
 

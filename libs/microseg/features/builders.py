@@ -34,7 +34,8 @@ def days_since(ts: Column, as_of: dt.date) -> Column:
 
 def _with_optional(df: DataFrame, columns: dict[str, str]) -> DataFrame:
     """``df`` with each optional column it lacks added as null of the given type."""
-    return df.withColumns({c: F.lit(None).cast(t) for c, t in columns.items() if c not in df.columns})
+    missing = {c: F.lit(None).cast(t) for c, t in columns.items() if c not in df.columns}
+    return df.withColumns(missing) if missing else df  # Spark Connect refuses withColumns({})
 
 
 def _rate(numerator: Column, denominator: Column) -> Column:

@@ -22,7 +22,7 @@ from microseg.ingest.mapping import SourceSpec, check_mapping, load_mapping
 from microseg.ingest.privacy import contact_records, tokenise
 from microseg.ingest.readers import location, read_files, read_jdbc
 from microseg.ingest.standardise import with_nfkc
-from microseg.runtime import lake, storage, tables
+from microseg.runtime import delta_ops, lake, storage, tables
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ReconciliationError, SourceMissingError
 from microseg.runtime.keys import hash_key
@@ -161,7 +161,8 @@ def _split_identifiers(cfg: Config, spec: SourceSpec, raw: DataFrame) -> DataFra
 
 def _drop_rows_of(spark: SparkSession, cfg: Config, table: Table, paths: list[str], batch: str) -> None:
     """Delete older rows of files being ingested again (they changed in place)."""
-    tables.delta_table(spark, cfg, table).delete(F.col("_source_file").isin(paths) & (F.col("_batch_id") != batch))
+    files = ", ".join(delta_ops.literal(p) for p in paths)
+    tables.delete(spark, cfg, table, f"_source_file IN ({files}) AND _batch_id != {delta_ops.literal(batch)}")
 
 
 def _log_files(spark: SparkSession, cfg: Config, rows: list[tuple]) -> None:

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from microseg.features.catalog import load_catalog
 from microseg.outputs.profiles import PROFILES, build_profiles, snapshot_features
-from microseg.runtime import lake, tables
+from microseg.runtime import delta_ops, lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.errors import MicrosegError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
@@ -121,19 +121,19 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
             F.lit(True).alias("is_current"),
         )
         return {"opened": tables.create(opened, cfg, HISTORY)["numOutputRows"], "closed": 0}
-    history = tables.delta_table(spark, cfg, HISTORY)
-    latest = history.toDF().agg(F.max("valid_from")).first()[0]
+    latest = tables.read(spark, cfg, HISTORY).agg(F.max("valid_from")).first()[0]
     if latest is not None and str(latest) > str(as_of):
         raise MicrosegError(
             f"{HISTORY} already holds snapshots up to {latest}; assigning {as_of} would rewrite later history. "
             f"Run assign for snapshots in date order (or rebuild the history from {ASSIGNMENTS})."
         )
+    day = delta_ops.literal(as_of)
     if latest is not None and str(latest) == str(as_of):
-        history.delete(F.col("valid_from") == F.lit(as_of))
-        history.update(
-            F.col("valid_to") == F.lit(as_of), {"valid_to": F.lit(None).cast("date"), "is_current": F.lit(True)}
-        )
-    current = history.toDF().where("is_current").select("customer_id", "layer", F.col("segment_id").alias("_old"))
+        tables.delete(spark, cfg, HISTORY, f"valid_from = {day}")
+        reopened = {"valid_to": "CAST(NULL AS DATE)", "is_current": "true"}
+        tables.update(spark, cfg, HISTORY, reopened, f"valid_to = {day}")
+    current = tables.read(spark, cfg, HISTORY).where("is_current")
+    current = current.select("customer_id", "layer", F.col("segment_id").alias("_old"))
     joined = incoming.join(current, ["customer_id", "layer"], "left")
     moved = F.col("_old").isNull() | (F.col("_old") != F.col("segment_id"))
     opened = joined.where(moved).drop("_old")
@@ -150,25 +150,18 @@ def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of:
         .unionByName(left.select(F.col("customer_id").alias("_key"), "*"))
         .unionByName(opened.select(F.lit(None).cast("string").alias("_key"), "*"))
     )
-    (
-        history.alias("t")
-        .merge(staged.alias("s"), "t.customer_id = s._key AND t.layer = s.layer AND t.is_current")
-        .whenMatchedUpdate(set={"is_current": F.lit(False), "valid_to": F.lit(as_of)})
-        .whenNotMatchedInsert(
-            condition="s._key IS NULL",
-            values={
-                "customer_id": "s.customer_id",
-                "layer": "s.layer",
-                "segment_id": "s.segment_id",
-                "macro_segment": "s.macro_segment",
-                "valid_from": F.lit(as_of),
-                "valid_to": F.lit(None).cast("date"),
-                "is_current": F.lit(True),
-            },
-        )
-        .execute()
+    merged = tables.merge_type2(
+        staged,
+        cfg,
+        HISTORY,
+        on="t.customer_id = s._key AND t.layer = s.layer AND t.is_current",
+        clauses=[
+            f"WHEN MATCHED THEN UPDATE SET is_current = false, valid_to = {day}",
+            "WHEN NOT MATCHED AND s._key IS NULL THEN INSERT "
+            "(customer_id, layer, segment_id, macro_segment, valid_from, valid_to, is_current) "
+            f"VALUES (s.customer_id, s.layer, s.segment_id, s.macro_segment, {day}, CAST(NULL AS DATE), true)",
+        ],
     )
-    merged = tables.CommitMetrics(spark, tables.table_path(cfg, HISTORY))
     return {"opened": merged["numTargetRowsInserted"], "closed": merged["numTargetRowsUpdated"]}
 
 

@@ -45,7 +45,7 @@ def register(spark: SparkSession, cfg: Config, table: Table, path: str) -> bool:
     if not enabled(cfg):
         return False
     name = sql_name(cfg, table)
-    seen = (spark.sparkContext.applicationId, name, path)
+    seen = (spark.conf.get("spark.app.id"), name, path)  # the conf, not the SparkContext: Spark Connect has none
     if seen in _registered:
         return False
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema_name(cfg, table.layer)} COMMENT {quote(_layer_comment(table))}")

@@ -42,7 +42,7 @@ class StageReport:
     entries: list[Entry] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     seconds: float = 0.0
-    jobs: int = 0
+    jobs: int | None = 0  # None: not counted (Spark Connect)
 
 
 def log_stage(spark: SparkSession, cfg: Config, run: RunContext, report: StageReport, status: str = "ok") -> None:

@@ -84,7 +84,9 @@ def run_stages(
     return result
 
 
-def _jobs(count: int) -> str:
+def _jobs(count: int | None) -> str:
+    if count is None:  # Spark Connect: not counted
+        return "Spark jobs not counted"
     return f"{count:,} Spark job{'' if count == 1 else 's'}"
 
 

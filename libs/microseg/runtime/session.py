@@ -124,7 +124,11 @@ def _connect(cfg: Config) -> SparkSession:
     """A Spark Connect session on ``spark.remote``, with the project's settings the server lets a session set.
 
     The server owns its jars and static settings (Delta's extension and catalog, the metastore): they are
-    checked, not set, and a server without Delta fails here rather than at the first table.
+    checked, not set, and a server without Delta fails here rather than at the first table. The server's
+    Python workers (pandas UDFs, the sweep's mapInPandas) run the ``PYSPARK_PYTHON`` of its environment (not
+    ``spark.pyspark.python``): start it with that variable naming an interpreter with this project's
+    libraries, pandas and pyarrow. What differs under Spark Connect is in ``runtime.delta_ops`` (Delta in
+    SQL), ``runtime.spark_models`` (models to and from MLflow) and ``runtime.sparkops``.
 
     Raises:
         ConfigError: the server does not run Delta Lake's catalog.

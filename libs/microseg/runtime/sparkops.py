@@ -3,15 +3,42 @@
 Every Spark job of a stage runs in the job group ``microseg-<run id>-<stage>``, with a description
 that names the stage and, where it helps, the layer and macro segment; the Spark UI and the
 event log show it, and ``jobs_in_group`` counts the jobs a stage ran (the benchmark prints it).
+
+Under Spark Connect the client has no SparkContext (``spark_context`` is None): a stage's jobs carry
+its group as a job tag instead, descriptions are not set, the jobs are not counted (None), and
+``default_parallelism`` and ``shared_value`` fall back as their docstrings say.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
-from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark import SparkContext, StorageLevel
+from pyspark.sql import Column, DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DataType
+
+T = TypeVar("T")
+
+
+def spark_context(spark: SparkSession) -> SparkContext | None:
+    """The SparkContext of ``spark``, or None for a Spark Connect session.
+
+    Spark Connect gap: a Connect client has no SparkContext, hence no job groups or descriptions
+    (local properties), no status tracker, no broadcast variables and no JVM (``spark.sparkContext``
+    raises). The functions of this module that need one say what they do without it.
+    """
+    if is_remote(spark):
+        return None
+    return spark.sparkContext
+
+
+def is_remote(spark: SparkSession) -> bool:
+    """Whether ``spark`` is a Spark Connect session (pyspark.sql.connect.session.SparkSession)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 @contextmanager
@@ -39,8 +66,18 @@ def group_id(run_id: str, stage: str) -> str:
 
 @contextmanager
 def job_group(spark: SparkSession, group: str, description: str) -> Iterator[str]:
-    """Run the block's Spark jobs in ``group`` with ``description``; restore the caller's group after."""
-    context = spark.sparkContext
+    """Run the block's Spark jobs in ``group`` with ``description``; restore the caller's group after.
+
+    Under Spark Connect the jobs carry ``group`` as a job tag (``SparkSession.addTag``) and no description.
+    """
+    context = spark_context(spark)
+    if context is None:
+        spark.addTag(group)
+        try:
+            yield group
+        finally:
+            spark.removeTag(group)
+        return
     before = (context.getLocalProperty("spark.jobGroup.id"), context.getLocalProperty("spark.job.description"))
     context.setJobGroup(group, description)
     try:
@@ -55,8 +92,14 @@ def job_group(spark: SparkSession, group: str, description: str) -> Iterator[str
 
 @contextmanager
 def described(spark: SparkSession, description: str) -> Iterator[None]:
-    """Jobs of the block carry ``description`` (within the current group); the previous one comes back after."""
-    context = spark.sparkContext
+    """Jobs of the block carry ``description`` (within the current group); the previous one comes back after.
+
+    Nothing under Spark Connect (no job descriptions).
+    """
+    context = spark_context(spark)
+    if context is None:
+        yield
+        return
     before = context.getLocalProperty("spark.job.description")
     context.setJobDescription(description)
     try:
@@ -65,6 +108,89 @@ def described(spark: SparkSession, description: str) -> Iterator[None]:
         context.setLocalProperty("spark.job.description", before)
 
 
-def jobs_in_group(spark: SparkSession, group: str) -> int:
-    """How many Spark jobs ran in ``group`` (as far as the status tracker retains them)."""
-    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+def jobs_in_group(spark: SparkSession, group: str) -> int | None:
+    """How many Spark jobs ran in ``group`` (as far as the status tracker retains them); None (unknown) under
+    Spark Connect, whose client has no status tracker."""
+    context = spark_context(spark)
+    return None if context is None else len(context.statusTracker().getJobIdsForGroup(group))
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The cluster's default parallelism (task slots); under Spark Connect, ``spark.default.parallelism``
+    or the cores of a ``local[N]`` master if the server says, else 2 (the client cannot ask its SparkContext)."""
+    context = spark_context(spark)
+    if context is not None:
+        return context.defaultParallelism
+    setting = spark.conf.get("spark.default.parallelism", None)
+    if setting:
+        return int(setting)
+    master = spark.conf.get("spark.master", None) or ""
+    cores = master.removeprefix("local[").split("]")[0].split(",")[0] if master.startswith("local[") else ""
+    return int(cores) if cores.isdigit() else 2
+
+
+def shared_value(spark: SparkSession, value: T) -> Callable[[], T]:
+    """``value`` for a job's tasks, as a function the tasks call: a broadcast variable, or under Spark Connect
+    (no broadcast variables) the value itself, carried in the closure of the function that uses it."""
+    context = spark_context(spark)
+    if context is None:
+        return lambda: value
+    broadcast = context.broadcast(value)
+    return lambda: broadcast.value
+
+
+def pandas_udf(return_type: DataType) -> Callable[[Callable[..., object]], Callable[..., Column]]:
+    """``@pandas_udf(return_type)`` made when first called, for the kind of session then running.
+
+    Spark Connect gap: pyspark makes a classic or a Connect UDF by the mode of the process when the UDF
+    is *defined* (``pyspark.sql.utils.is_remote``); a module-level ``@pandas_udf``, defined at import
+    before any session, is a classic UDF, which fails under Spark Connect
+    ([SESSION_OR_CONTEXT_NOT_EXISTS] SparkContext or SparkSession should be created first).
+    """
+    from pyspark.sql.functions import pandas_udf as make
+    from pyspark.sql.utils import is_remote as remote_mode
+
+    def wrap(function: Callable[..., object]) -> Callable[..., Column]:
+        made: dict[bool, Callable[..., Column]] = {}
+
+        @functools.wraps(function)
+        def call(*columns: Column | str) -> Column:
+            remote = remote_mode()
+            if remote not in made:
+                made[remote] = make(function, return_type)
+            return made[remote](*columns)
+
+        call.func = function  # the plain function, as pyspark's UDFs expose it
+        return call
+
+    return wrap
+
+
+class _CountedLater:
+    """An Observation's ``get`` for a row count that ``count_rows`` takes by a count of its own."""
+
+    def __init__(self, df: DataFrame) -> None:
+        self._df, self._rows = df, None
+
+    @property
+    def get(self) -> dict[str, int]:
+        if self._rows is None:
+            self._rows = self._df.count()
+        return {"rows": self._rows}
+
+
+RowCount = Observation | _CountedLater  # .get["rows"]
+
+
+def count_rows(df: DataFrame) -> tuple[DataFrame, RowCount]:
+    """``df``, and its row count (``.get["rows"]``) taken in the pass that first runs it (an Observation).
+
+    Spark Connect gap: pyspark 4.1's Connect client cannot run a plan in which one Observation appears
+    twice, as in a join of the observed frame with itself (TypeError: dict() got multiple values for
+    keyword argument '<observation id>', from its Join.observations); classic Spark runs it. Under
+    Spark Connect the rows are counted when ``get`` is first read, by a count of ``df`` (one more job).
+    """
+    if spark_context(df.sparkSession) is None:
+        return df, _CountedLater(df)
+    observation = Observation()
+    return df.observe(observation, F.count(F.lit(1)).alias("rows")), observation

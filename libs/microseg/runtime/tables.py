@@ -4,24 +4,23 @@ where tables live (``<lake.root>/<layer>/<table>``) and the only code that write
 Every write checks that the table's entry allows it (overwrite, replace, append, merge, type 2) and
 that its columns are the entry's and the table's (a schema changes only by ``microseg migrate``). The
 first write creates the table as the entry declares (key, partition columns, change data feed,
-comments) and names it in the metastore (``runtime.catalog``).
+comments) and names it in the metastore (``runtime.catalog``). Delta's own operations (MERGE, DELETE,
+UPDATE, history) go through ``runtime.delta_ops``, in SQL, so that Spark Connect runs them too.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Iterator, Mapping
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from microseg.runtime import catalog, lake, storage
+from microseg.runtime import catalog, delta_ops, lake, storage
 from microseg.runtime.config import Config
 from microseg.runtime.errors import TableMissingError, TableSchemaError
-from microseg.runtime.lake import APPEND, MERGE, OVERWRITE, REPLACE, Table
+from microseg.runtime.lake import APPEND, MERGE, OVERWRITE, REPLACE, TYPE2, Table
 
 TableRef = Table | str  # a registry entry, or its name (gold.segment_profiles, bronze.orders)
 
@@ -37,14 +36,14 @@ def table_path(cfg: Config, table: TableRef) -> str:
 
 
 def exists(spark: SparkSession, cfg: Config, table: TableRef) -> bool:
-    return DeltaTable.isDeltaTable(spark, table_path(cfg, table))
+    return delta_ops.is_delta_table(spark, table_path(cfg, table))
 
 
 def read(spark: SparkSession, cfg: Config, table: TableRef) -> DataFrame:
     """The table as a DataFrame."""
     table = entry(table)
     path = table_path(cfg, table)
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not delta_ops.is_delta_table(spark, path):
         raise TableMissingError(
             f"Delta table {table} does not exist at {path}; run the stage that writes it first "
             f"({table.written_by}: microseg run --stage ...) or check lake.root"
@@ -64,9 +63,9 @@ def existing(spark: SparkSession, cfg: Config) -> list[Table]:
 def version(spark: SparkSession, cfg: Config, table: TableRef) -> int | None:
     """The table's current Delta version, or None if it does not exist."""
     path = table_path(cfg, table)
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not delta_ops.is_delta_table(spark, path):
         return None
-    return DeltaTable.forPath(spark, path).history(1).select("version").first()[0]
+    return delta_ops.latest_version(spark, path)
 
 
 def previous_as_of(spark: SparkSession, cfg: Config, table: TableRef, as_of: object) -> object | None:
@@ -76,9 +75,27 @@ def previous_as_of(spark: SparkSession, cfg: Config, table: TableRef, as_of: obj
     return read(spark, cfg, table).where(F.col("as_of") < F.lit(as_of)).agg(F.max("as_of")).first()[0]
 
 
-def delta_table(spark: SparkSession, cfg: Config, table: TableRef) -> DeltaTable:
-    """The DeltaTable, for a write the helpers here do not cover (the type 2 merge of segment history)."""
-    return DeltaTable.forPath(spark, table_path(cfg, table))
+def delete(spark: SparkSession, cfg: Config, table: TableRef, condition: str) -> CommitMetrics:
+    """DELETE the table's rows matching the SQL ``condition``; returns the commit's metrics (numDeletedRows...)."""
+    path = table_path(cfg, table)
+    delta_ops.delete(spark, path, condition)
+    return CommitMetrics(spark, path)
+
+
+def update(spark: SparkSession, cfg: Config, table: TableRef, assignments: dict[str, str], condition: str) -> None:
+    """UPDATE the table's rows matching the SQL ``condition`` (column -> SQL expression)."""
+    delta_ops.update(spark, table_path(cfg, table), assignments, condition)
+
+
+def merge_type2(source: DataFrame, cfg: Config, table: TableRef, on: str, clauses: list[str]) -> CommitMetrics:
+    """MERGE ``source`` (``s``) into a type 2 table (``t``) ``on`` a condition with WHEN ``clauses``
+    (the caller's, which close and open rows); returns the commit's metrics."""
+    table = entry(table)
+    if TYPE2 not in table.writes:
+        raise ValueError(f"{table} allows {', '.join(table.writes)} writes (runtime/lake.py), not {TYPE2}")
+    path = table_path(cfg, table)
+    delta_ops.merge(source.sparkSession, path, source, on, clauses)
+    return CommitMetrics(source.sparkSession, path)
 
 
 MIGRATE = "microseg migrate --conf <your conf>"
@@ -139,7 +156,7 @@ def _allow(table: TableRef, write: str, df: DataFrame, cfg: Config) -> tuple[Tab
         raise ValueError(f"{table} allows {', '.join(table.writes)} writes (runtime/lake.py), not {write}")
     path = table_path(cfg, table)
     spark = df.sparkSession
-    existing = spark.read.format("delta").load(path).schema if DeltaTable.isDeltaTable(spark, path) else None
+    existing = spark.read.format("delta").load(path).schema if delta_ops.is_delta_table(spark, path) else None
     check_columns(df, table, existing)
     return table, commented(df, table)
 
@@ -163,10 +180,10 @@ def _create_if_new(df: DataFrame, cfg: Config, table: Table) -> CommitMetrics | 
     loses the DataFrame's Observations), then its name in the metastore.
     """
     spark, path = df.sparkSession, table_path(cfg, table)
-    if DeltaTable.isDeltaTable(spark, path):
+    if delta_ops.is_delta_table(spark, path):
         catalog.register(spark, cfg, table, path)
         return None
-    writer = df.write.format("delta").mode("errorifexists")
+    writer = df.write.format("delta").mode("error")  # "errorifexists" is not a Spark Connect mode
     if table.partition_by:
         writer = writer.partitionBy(*table.partition_by)
     if table.change_data_feed:
@@ -195,9 +212,10 @@ class CommitMetrics(Mapping[str, int]):
 
     def _load(self) -> dict[str, int]:
         if self._metrics is None:
-            table = DeltaTable.forPath(self._spark, self._path)
-            history = table.history(1) if self._at is None else table.history().where(f"version = {self._at}")
-            row = history.select("version", "operationMetrics").first()
+            if self._at is None:
+                row = next(iter(delta_ops.history(self._spark, self._path, 1)), None)
+            else:
+                row = next((r for r in delta_ops.history(self._spark, self._path) if r["version"] == self._at), None)
             committed = row is not None and (self._since is None or row["version"] > self._since)
             found = (row["operationMetrics"] if committed else None) or {}
             self._metrics = {k: int(v) for k, v in found.items() if v is not None and v.lstrip("-").isdigit()}
@@ -277,11 +295,10 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
     if created := _create_if_new(df, cfg, table):
         return created
     spark, path = df.sparkSession, table_path(cfg, table)
-    target = DeltaTable.forPath(spark, path)
-    before = target.history(1).select("version").first()[0]
-    within_sql = [f"`{column}` = {_sql_literal(value)}" for column, value in (within or {}).items()]
+    before = delta_ops.latest_version(spark, path)
+    within_sql = [f"`{column}` = {delta_ops.literal(value)}" for column, value in (within or {}).items()]
     # Rows already there as they are would only make Delta rewrite their files: leave them out.
-    current = target.toDF().where(" AND ".join(within_sql) or "true").select(*df.columns)
+    current = spark.read.format("delta").load(path).where(" AND ".join(within_sql) or "true").select(*df.columns)
     same = [df[c].eqNullSafe(current[c]) for c in df.columns]
     incoming = df.join(current, same, "left_anti") if same else df
     matched = [f"t.`{k}` <=> s.`{k}`" for k in table.keys] + [f"t.{p}" for p in within_sql]
@@ -289,25 +306,9 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
     changed = "NOT (" + " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in values) + ")" if values else "false"
     if table.newer_than:
         changed = f"{changed} AND s.`{table.newer_than}` >= t.`{table.newer_than}`"
-    (
-        target.alias("t")
-        .merge(incoming.alias("s"), " AND ".join(matched))
-        .whenMatchedUpdateAll(condition=changed)
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    clauses = [f"WHEN MATCHED AND ({changed}) THEN UPDATE SET *", "WHEN NOT MATCHED THEN INSERT *"]
+    delta_ops.merge(spark, path, incoming, " AND ".join(matched), clauses)
     return CommitMetrics(spark, path, since=before)
-
-
-def _sql_literal(value: object) -> str:
-    """A Python value as a Spark SQL literal (dates as DATE'...', strings quoted)."""
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return f"DATE'{value.isoformat()}'"
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if isinstance(value, bool) or value is None:
-        return str(value).upper() if value is not None else "NULL"
-    return repr(value)
 
 
 def _evolving(writer, table: Table):  # noqa: ANN001 - pyspark's DataFrameWriter
@@ -320,6 +321,6 @@ def create(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     table = entry(table)
     check_columns(df, table)
     path = table_path(cfg, table)
-    if DeltaTable.isDeltaTable(df.sparkSession, path):
+    if delta_ops.is_delta_table(df.sparkSession, path):
         raise ValueError(f"{table} already exists at {path}; create writes a new table only")
     return _create_if_new(commented(df, table), cfg, table)

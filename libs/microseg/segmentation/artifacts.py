@@ -10,12 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
-import mlflow.spark
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
+from microseg.runtime import spark_models
 from microseg.runtime.config import Config
 from microseg.segmentation import algorithms, registry
 from microseg.segmentation.algorithms import SINGLE_SEGMENT
@@ -141,8 +141,8 @@ def log_final(m: ModelInputs, final: Final, swept: Sweep, mapping: dict) -> tupl
                 inputs=Schema([ColSpec("double", f, required=False) for f in features]),
                 outputs=Schema([ColSpec("integer", CLUSTER)]),
             )
-        info = mlflow.spark.log_model(
-            final.model, artifact_path="model", pip_requirements=cfg.mlflow.pip_requirements, signature=signature
+        info = spark_models.log_spark_model(
+            cfg, final.model, artifact_path="model", pip_requirements=cfg.mlflow.pip_requirements, signature=signature
         )
         return run.info.run_id, info.model_uri
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import mlflow
-import mlflow.spark
 import requests
 import tenacity
 from mlflow import MlflowClient
@@ -19,8 +18,8 @@ from mlflow.exceptions import MlflowException
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
-from microseg.runtime import logs
-from microseg.runtime.config import Config, TrainConfig
+from microseg.runtime import logs, spark_models
+from microseg.runtime.config import Config
 from microseg.runtime.errors import ModelMissingError
 from microseg.segmentation.pipeline import clustering_column, model_name
 from microseg.segmentation.refit import Final, sample_silhouette
@@ -171,13 +170,11 @@ def load_run_json(run_id: str, path: str) -> dict | None:
         return None
 
 
-def champion_score_today(
-    champion: object, rows: DataFrame, n: int, train: TrainConfig
-) -> tuple[float | None, str | None]:
+def champion_score_today(cfg: Config, champion: object, rows: DataFrame, n: int) -> tuple[float | None, str | None]:
     """The champion's silhouette on today's rows, in its own space; or None and why it could not be scored."""
     try:
-        model = mlflow.spark.load_model(f"runs:/{champion.run_id}/model")
-        return sample_silhouette(model.transform(rows), clustering_column(model), n, train), None
+        model = spark_models.load_spark_model(cfg, f"runs:/{champion.run_id}/model")
+        return sample_silhouette(model.transform(rows), clustering_column(model), n, cfg.train), None
     except Exception as exc:  # any failure to load or score: the champion stays (fail closed)
         reason = f"champion v{champion.version} could not be scored ({type(exc).__name__}: {str(exc)[:300]})"
         log.warning("%s; it keeps the alias (use --force to replace it)", reason)
@@ -198,7 +195,7 @@ def load_champion(cfg: Config, layer: str, macro: str) -> tuple[PipelineModel, d
             f"registered model {name} has no '{CHAMPION}' alias at {cfg.tracking_uri}; run the train stage "
             f"for this as_of (microseg train) before assign"
         )
-    model = retried(mlflow.spark.load_model)(f"models:/{name}@{CHAMPION}")
+    model = retried(spark_models.load_spark_model)(cfg, f"models:/{name}@{CHAMPION}")
     ids = load_run_json(version.run_id, "segment_ids.json") or {"cluster_to_id": {}}
     return model, {
         "model": name,

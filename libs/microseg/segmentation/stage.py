@@ -26,7 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.features.catalog import Catalog, load_catalog
-from microseg.runtime import lake, provenance, tables
+from microseg.runtime import lake, provenance, sparkops, tables
 from microseg.runtime.config import Config, TrainConfig
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
@@ -154,7 +154,7 @@ def training_rows(spark: SparkSession, cfg: Config, as_of: object) -> DataFrame:
     samples and fits the same: sampling and k-means|| initialisation depend on which rows sit where."""
     return (
         snapshot(spark, cfg, as_of)
-        .repartition(sweep.parallelism(spark), "customer_id")
+        .repartition(sparkops.default_parallelism(spark), "customer_id")
         .sortWithinPartitions("customer_id")
     )
 
@@ -272,7 +272,7 @@ def train_one(m: ModelInputs, candidates: list[Candidate]) -> dict:
     run_id, model_uri = registry.retried(log_final)(m, final, swept, mapping)
     champion = ChampionCheck(live, same_as_champion)
     if live is not None and not same_as_champion and final.k > 1:
-        champion = ChampionCheck(live, False, *champion_score_today(live, m.rows, p.rows, cfg.train))
+        champion = ChampionCheck(live, False, *champion_score_today(cfg, live, m.rows, p.rows))
     version, decision = promote(cfg, name, model_uri, champion, swept, final)
     client = registry.client(cfg)
     registry.retried(client.set_tag)(run_id, "promotion", decision)

@@ -18,7 +18,7 @@ import heapq
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from microseg.features.catalog import Catalog
+from microseg.runtime import sparkops
 from microseg.runtime.config import TrainConfig
 from microseg.segmentation import algorithms
 from microseg.segmentation.algorithms import Algorithm
@@ -185,22 +186,6 @@ def deal(tasks: list[Task], samples: dict[tuple[str, str], Sample], slots: int) 
     return [sorted(d) for d in dealt if d]
 
 
-def parallelism(spark: SparkSession) -> int:
-    try:
-        return spark.sparkContext.defaultParallelism
-    except Exception:  # Spark Connect has no SparkContext
-        return int(spark.conf.get("spark.default.parallelism", "2"))
-
-
-def _shared(spark: SparkSession, value: object) -> Callable[[], object]:
-    """``value`` for the tasks: a broadcast where a SparkContext exists, else carried in the closure."""
-    try:
-        broadcast = spark.sparkContext.broadcast(value)
-    except Exception:  # Spark Connect: no broadcast variables
-        return lambda: value
-    return lambda: broadcast.value
-
-
 def run(
     spark: SparkSession, tasks: list[Task], samples: dict[tuple[str, str], Sample], train: TrainConfig
 ) -> list[dict]:
@@ -216,8 +201,8 @@ def run(
     # The registry entries travel in the job's closure (cloudpickle), not the broadcast (pickle): an algorithm
     # registered in this process only is known to the workers, and its functions may be pickled by value.
     entries = {name: algorithms.get(name) for name in dict.fromkeys(t.algorithm for t in tasks)}
-    dealt = deal(tasks, samples, min(len(tasks), parallelism(spark)))
-    data = _shared(spark, {"tasks": tasks, "samples": samples, "dealt": dealt})
+    dealt = deal(tasks, samples, min(len(tasks), sparkops.default_parallelism(spark)))
+    data = sparkops.shared_value(spark, {"tasks": tasks, "samples": samples, "dealt": dealt})
 
     def evaluate_slots(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import sklearn.cluster
