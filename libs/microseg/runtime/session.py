@@ -17,6 +17,7 @@ import yaml
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
+from microseg.runtime import sparkops
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError, SparkPackagesError
 
@@ -134,6 +135,7 @@ def _connect(cfg: Config) -> SparkSession:
         ConfigError: the server does not run Delta Lake's catalog.
     """
     spark = SparkSession.builder.remote(cfg.spark.remote).getOrCreate()
+    sparkops.defer_model_release()
     settings = {**shared_settings(cfg)}
     if cfg.spark.shuffle_partitions:
         settings["spark.sql.shuffle.partitions"] = str(cfg.spark.shuffle_partitions)

@@ -68,7 +68,8 @@ def group_id(run_id: str, stage: str) -> str:
 def job_group(spark: SparkSession, group: str, description: str) -> Iterator[str]:
     """Run the block's Spark jobs in ``group`` with ``description``; restore the caller's group after.
 
-    Under Spark Connect the jobs carry ``group`` as a job tag (``SparkSession.addTag``) and no description.
+    Under Spark Connect the jobs carry ``group`` as a job tag (``SparkSession.addTag``) and no description, and
+    the server-side cache of the block's models that were collected is freed at its end (``release_models``).
     """
     context = spark_context(spark)
     if context is None:
@@ -77,6 +78,7 @@ def job_group(spark: SparkSession, group: str, description: str) -> Iterator[str
             yield group
         finally:
             spark.removeTag(group)
+            release_models(spark)
         return
     before = (context.getLocalProperty("spark.jobGroup.id"), context.getLocalProperty("spark.job.description"))
     context.setJobGroup(group, description)
@@ -164,6 +166,40 @@ def pandas_udf(return_type: DataType) -> Callable[[Callable[..., object]], Calla
         return call
 
     return wrap
+
+
+# Server-side ML cache entries of Connect models garbage-collected since the last release_models.
+_released_models: list[str] = []
+
+
+def defer_model_release() -> None:
+    """Queue the server-side release of garbage-collected Spark Connect ML models (``release_models`` sends it).
+
+    Spark Connect gap: pyspark 4.1 frees a Connect model's cache on the server from the model's ``__del__``, by
+    an RPC whose gRPC call starts a thread. Run by the cyclic garbage collector at an arbitrary point of the
+    main thread, it can wait forever for that thread to start (seen: a run hung in
+    ``del_remote_cache -> _delete_ml_cache -> Thread.start``). Installed once per process for Connect sessions.
+    """
+    import pyspark.ml.util as ml_util
+
+    if getattr(ml_util.del_remote_cache, "microseg_deferred", False):
+        return
+
+    def queue(ref_id: str) -> None:
+        if ref_id is not None and "." not in ref_id:  # pyspark's own test for a server-side cache entry
+            _released_models.append(ref_id)
+
+    queue.microseg_deferred = True
+    ml_util.del_remote_cache = queue
+
+
+def release_models(spark: SparkSession) -> None:
+    """Free the server-side cache of the Connect ML models collected so far (nothing for classic sessions)."""
+    if not _released_models or spark_context(spark) is not None:
+        return
+    ids = list(_released_models)
+    del _released_models[:]
+    spark.client._delete_ml_cache(ids)
 
 
 class _CountedLater:
