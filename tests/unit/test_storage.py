@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_writes_lists_and_copies_local_files(tmp_path):
     root = tmp_path / "lake"
     uri = storage.write_text(None, f"{root}/reports/a.html", "<p>é</p>")
-    assert storage.read_text(None, uri) == "<p>é</p>"
-    assert storage.exists(None, f"file:{root}/reports/a.html")
+    assert uri == f"{root}/reports/a.html"
+    assert (root / "reports" / "a.html").read_text(encoding="utf-8") == "<p>é</p>"
     (tmp_path / "docs" / "sub").mkdir(parents=True)
     (tmp_path / "docs" / "index.html").write_text("i")
     (tmp_path / "docs" / "sub" / "page.html").write_text("p")

@@ -90,17 +90,6 @@ def write_text(cfg: Config | None, uri: str, text: str) -> str:
     return uri
 
 
-def read_text(cfg: Config | None, uri: str) -> str:
-    fs, path = filesystem(cfg, uri)
-    with fs.open(path, "r", encoding="utf-8") as source:
-        return source.read()
-
-
-def exists(cfg: Config | None, uri: str) -> bool:
-    fs, path = filesystem(cfg, uri)
-    return fs.exists(path)
-
-
 def put_folder(cfg: Config | None, local: str | Path, uri: str) -> str:
     """Copy the local folder ``local`` (its files, recursively) to ``uri``; returns ``uri``."""
     fs, path = filesystem(cfg, uri)
