@@ -70,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage", action="append", help="run only this stage (repeatable); an unknown name lists the known ones"
     )
     run.add_argument("--rerun", action="store_true", help="run even if these stages already completed for the as_of")
+    run.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="clean rebuilds every silver table from all of bronze (default: only the batches not yet published)",
+    )
 
     train = commands.add_parser("train", help="train, choose and register the segmentation models for one as_of")
     _common(train)
@@ -151,11 +156,12 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     as_of, names = snapshot_date(cfg, args.as_of), selected_stages(cfg, args.stage)
     spark = build_spark(cfg)
     done = completed_stages(spark, cfg, as_of)
-    if not args.rerun and all(name in done for name in names):
+    full_refresh = getattr(args, "full_refresh", False)
+    if not args.rerun and not full_refresh and all(name in done for name in names):
         runs = ", ".join(sorted({done[name] for name in names}))
         print(f"as_of {as_of}: {', '.join(names)} already completed (run {runs}); nothing to do (--rerun to run again)")
         return 0
-    result = run_pipeline(spark, cfg, as_of=as_of, stages=names)
+    result = run_pipeline(spark, cfg, as_of=as_of, stages=names, full_refresh=full_refresh)
     print(summary(result, cfg))
     return 0
 
