@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
-from microseg.runtime import logs, spark_models
+from microseg.runtime import faults, logs, spark_models
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ModelMissingError
 from microseg.segmentation.pipeline import clustering_column, model_name
@@ -123,6 +123,7 @@ def promote(
         return str(champion.version.version), "same centroids as the champion: kept"
     if not train.register_model:
         return None, "not registered"
+    faults.point("mlflow", f"register {name}")
     version = str(retried(mlflow.register_model)(model_uri, name).version)
     passes_rule = swept.chosen is None or passes(swept.chosen, train)
     at_least_as_good = champion_score is None or (
@@ -138,7 +139,9 @@ def promote(
     if promoted:
         set_alias = retried(client(cfg).set_registered_model_alias)
         if champion.version is not None:
+            faults.point("mlflow", f"alias {name}@{PREVIOUS}")
             set_alias(name, PREVIOUS, champion.version.version)
+        faults.point("mlflow", f"alias {name}@{CHAMPION}")
         set_alias(name, CHAMPION, version)
     return version, decision
 
