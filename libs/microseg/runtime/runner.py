@@ -44,8 +44,10 @@ def run_stages(
     stages: list[tuple[str, StageFunction]],
     as_of: dt.date | None = None,
     progress: Callable[[str], None] | None = None,
+    retrain: bool = False,
 ) -> PipelineResult:
-    """Run the (name, function) ``stages`` in order for ``as_of`` (default: ``snapshot_date``).
+    """Run the (name, function) ``stages`` in order for ``as_of`` (default: ``snapshot_date``); ``retrain``
+    goes to the stages in their RunContext (train trains even if nothing changed).
 
     Each stage runs in its own Spark job group (``sparkops.group_id``), is timed, and is
     appended to ops.run_log, also when it fails (status ``failed`` with the error), and the
@@ -54,7 +56,7 @@ def run_stages(
     the same lines instead (``lambda _: None`` silences them).
     """
     say = progress or log.info
-    run = RunContext(as_of=snapshot_date(cfg, as_of))
+    run = RunContext(as_of=snapshot_date(cfg, as_of), retrain=retrain)
     result = PipelineResult(run)
     names = [name for name, _ in stages]
     say(f"microseg run {run.run_id}: as_of {run.as_of}, stages {', '.join(names)}, lake {cfg.lake_root}")
