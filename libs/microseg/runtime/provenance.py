@@ -84,11 +84,13 @@ def code_version() -> str:
 
     Not the git commit: a commit that changes only docs or tests would force a recompute, and an edited
     but uncommitted file (a data scientist trying a feature) would not; a wheel and a checkout of the same
-    code give the same digest. Read once per process.
+    code give the same digest. ``_version.py`` is left out: the build stamps its commit there. Read once per
+    process.
     """
     package = Path(__file__).resolve().parents[1]
+    files = [p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.name != "_version.py"]
     h = hashlib.sha256()
-    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    for path in sorted(files):
         h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     for name in _LIBRARIES:
         try:

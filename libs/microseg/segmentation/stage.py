@@ -240,7 +240,7 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
         stats = macro_stats(snapshot(spark, cfg, run.as_of), cfg)
     todo = plans(cfg, stats)
     lineage = train_lineage(cfg, catalog, run.as_of, stats, versions[f"input_version.{lake.CUSTOMER_FEATURES}"])
-    if not run.retrain:
+    if todo and not run.retrain:
         names = [model_name(p.layer, p.macro) for p in todo]
         found = registry.champions_lineage(cfg, names, lineage, COMPARED)  # raises if the registry is unreachable
         if found.differs is None:
