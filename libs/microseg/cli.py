@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="clean rebuilds every silver table from all of bronze (default: only the batches not yet published)",
     )
+    run.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train even if the champions were trained on the same feature rows, config and code (implies --rerun)",
+    )
 
     train = commands.add_parser("train", help="train, choose and register the segmentation models for one as_of")
     _common(train)
@@ -82,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--as-of", type=_as_of, help="snapshot date (default: run.as_of in config, else yesterday in UTC)"
     )
     train.add_argument("--rerun", action="store_true", help="train even if train already completed for the as_of")
+    train.add_argument(
+        "--retrain",
+        action="store_true",
+        help="train even if the champions were trained on the same feature rows, config and code (implies --rerun)",
+    )
     train.add_argument(
         "--force", action="store_true", help="make the new models champions whatever their metrics (implies --rerun)"
     )
@@ -157,18 +167,18 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     spark = build_spark(cfg)
     done = completed_stages(spark, cfg, as_of)
     full_refresh = getattr(args, "full_refresh", False)
-    if not args.rerun and not full_refresh and all(name in done for name in names):
+    if not (args.rerun or args.retrain or full_refresh) and all(name in done for name in names):
         runs = ", ".join(sorted({done[name] for name in names}))
         print(f"as_of {as_of}: {', '.join(names)} already completed (run {runs}); nothing to do (--rerun to run again)")
         return 0
-    result = run_pipeline(spark, cfg, as_of=as_of, stages=names, full_refresh=full_refresh)
+    result = run_pipeline(spark, cfg, as_of=as_of, stages=names, full_refresh=full_refresh, retrain=args.retrain)
     print(summary(result, cfg))
     return 0
 
 
 def cmd_train(cfg: Config, args: argparse.Namespace) -> int:
     args.stage = ["train"]
-    args.rerun = args.rerun or args.force  # forcing a promotion asks for a new training
+    args.retrain = args.retrain or args.force  # forcing a promotion asks for a new training
     return cmd_run(cfg, args)
 
 

@@ -37,9 +37,11 @@ def run_pipeline(
     stages: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
     full_refresh: bool = False,
+    retrain: bool = False,
 ) -> PipelineResult:
     """Run the named ``stages`` (default: cfg.run.stages, or every stage) for ``as_of`` (default: cfg.run.as_of,
-    else yesterday in UTC); ``full_refresh``: clean rebuilds silver from all of bronze.
+    else yesterday in UTC); ``full_refresh``: clean rebuilds silver from all of bronze; ``retrain``: train even
+    if the champions were trained on the same inputs.
 
     Raises:
         ConfigError: a stage name, or a layer's algorithm when train is to run, is unknown (before anything runs).
@@ -47,7 +49,8 @@ def run_pipeline(
     names = selected_stages(cfg, stages)
     if "train" in names:
         check_algorithms(cfg)  # before anything runs, as the stage names
-    return run_stages(spark, cfg, [(name, STAGES[name]) for name in names], as_of, progress, full_refresh)
+    chosen = [(name, STAGES[name]) for name in names]
+    return run_stages(spark, cfg, chosen, as_of, progress, full_refresh=full_refresh, retrain=retrain)
 
 
 def selected_stages(cfg: Config, stages: list[str] | None = None) -> list[str]:
@@ -98,8 +101,12 @@ def summary(result: PipelineResult, cfg: Config) -> str:
         lines.append("data-quality warnings (rule: failing rows):")
         for rule, count in quality.info["warnings"].items():
             lines.append(f"  {rule:<40} {count:>8,}")
+    skipped = [r.info["skipped"] for r in result.reports if r.info.get("skipped")]
+    if skipped:
+        lines.append("skipped (nothing they read changed):")
+        lines += [f"  {line}" for line in skipped]
     features = result.report("features")
-    if features:
+    if features and not features.info.get("skipped"):
         excluded = features.entries[0].details.get("excluded_no_profiling_consent", 0)
         lines.append(
             f"features: {features.entries[0].rows_written:,} customers; {excluded:,} excluded (no profiling consent)"
@@ -109,7 +116,7 @@ def summary(result: PipelineResult, cfg: Config) -> str:
         for name, reason in features.info.get("features_unsupported", {}).items():
             lines.append(f"  feature {name} is null for everyone: {reason}")
     train = result.report("train")
-    if train:
+    if train and not train.info.get("skipped"):
         lines.append(f"training: MLflow parent run {train.info['mlflow_run_id']}")
         lines += summary_lines(train.info)
     assign = result.report("assign")

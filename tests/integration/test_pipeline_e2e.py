@@ -234,8 +234,10 @@ def test_a_second_call_for_a_completed_as_of_is_a_no_op_that_says_so(spark, demo
     assert tables.version(spark, cfg, "gold.segment_assignments") == version
 
 
-def test_rerun_same_as_of_keeps_assignments_and_adds_one_run(spark, demo, first_run, capsys):
-    """`microseg run` of all seven stages over the lake of the first run changes no assignment."""
+def test_rerun_same_as_of_keeps_assignments_and_trains_nothing(spark, demo, first_run, capsys):
+    """`microseg run` of all seven stages over the lake of the first run changes no assignment, and trains
+    nothing: clean rewrites silver, features writes the same rows again, so train finds its champions'
+    lineage unchanged and is skipped."""
     cfg = demo["cfg"]
     before = tables.read(spark, cfg, "gold.segment_assignments").collect()
     version = tables.version(spark, cfg, "gold.segment_assignments")
@@ -254,8 +256,8 @@ def test_rerun_same_as_of_keeps_assignments_and_adds_one_run(spark, demo, first_
     feed = spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", version)
     feed = feed.load(tables.table_path(cfg, "gold.segment_assignments"))
     assert feed.where(F.col("_commit_version") > version).count() == 0
-    assert len(client.search_runs([experiment.experiment_id], filter_string=parents)) == runs_before + 1
-    # the same data fits the same models: no new registered versions
+    assert "train: skipped, every champion (" in out and "(--retrain to train again)" in out
+    assert len(client.search_runs([experiment.experiment_id], filter_string=parents)) == runs_before
     assert {m.name: m.latest_versions for m in client.search_registered_models()} == versions_before
 
 

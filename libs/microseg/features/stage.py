@@ -5,11 +5,17 @@ built-in Spark functions, one aggregation per source. Nothing after the end of t
 (UTC) is read, so adding later events changes nothing. A feature the data cannot support (its
 source or column is absent) is null for everyone, and every null feature of a customer carries its
 reason in ``null_reasons``; counts are 0 only when the source exists and the customer had none.
+
+A rerun of an as_of whose inputs have not changed since its last successful run (``inputs_fingerprint``:
+the silver tables' Delta commits, the config and code, the previous snapshot the lifecycle transitions
+compare with) and whose rows are still as written is skipped; the fingerprints are kept in the stage's
+ops.run_log details.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from dataclasses import dataclass, fields, replace
 
 from pyspark.sql import DataFrame, Observation, SparkSession
@@ -30,11 +36,13 @@ from microseg.features.builders import (
 from microseg.features.catalog import Catalog, load_catalog
 from microseg.features.lifecycle import STAGES as MACRO_SEGMENTS
 from microseg.features.lifecycle import lifecycle_stage, transition_counts
-from microseg.runtime import lake, tables
+from microseg.runtime import lake, provenance, tables
 from microseg.runtime.config import Config, FeaturesConfig
 from microseg.runtime.errors import ReconciliationError
-from microseg.runtime.runlog import Entry, RunContext, StageReport
+from microseg.runtime.runlog import Entry, RunContext, StageReport, unchanged_since
 from microseg.runtime.sparkops import cached, described
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -146,8 +154,42 @@ def _silver_inputs(spark: SparkSession, cfg: Config) -> Inputs:
     return Inputs(**{f.name: read(f.name) for f in fields(Inputs)})
 
 
+def inputs_fingerprint(spark: SparkSession, cfg: Config, catalog: Catalog, as_of: dt.date) -> dict:
+    """What the snapshot of ``as_of`` is computed from: each silver table's latest Delta commit
+    (``provenance.table_state``), the digest of the config the stage reads (the features section and the
+    catalog), the code (``provenance.code_version``), and the previous snapshot with the fingerprint of its
+    macro segments (the lifecycle transitions compare with it). A few small Spark jobs, no pass over silver."""
+    previous = tables.previous_as_of(spark, cfg, lake.CUSTOMER_FEATURES, as_of)
+    before = None
+    if previous is not None:
+        rows = tables.read(spark, cfg, lake.CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(previous))
+        before = provenance.rows_fingerprint(rows.select("customer_id", "macro_segment"))
+    return {
+        "silver": {f.name: provenance.table_state(spark, cfg, lake.silver(f.name)) for f in fields(Inputs)},
+        "config": provenance.digest({"features": cfg.features, "catalog": catalog}),
+        "code": provenance.code_version(),
+        "previous_as_of": previous.isoformat() if previous else None,
+        "previous_macro_segments": before,
+    }
+
+
+def outputs_fingerprint(spark: SparkSession, cfg: Config, as_of: dt.date) -> dict:
+    """The fingerprints of the rows the stage wrote for ``as_of`` (``provenance.rows_fingerprint``)."""
+    found = {}
+    for table in (lake.CUSTOMER_FEATURES, lake.LIFECYCLE_TRANSITIONS):
+        if not tables.exists(spark, cfg, table):
+            found[table.name] = None
+            continue
+        found[table.name] = provenance.rows_fingerprint(
+            tables.read(spark, cfg, table).where(F.col("as_of") == F.lit(as_of))
+        )
+    return found
+
+
 def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """Write gold.customer_features for run.as_of (replacing that snapshot only) and the lifecycle transitions.
+    """Write gold.customer_features for run.as_of (replacing that snapshot only) and the lifecycle transitions;
+    skipped when nothing it reads changed since its last successful run of run.as_of (``inputs_fingerprint``)
+    and what that run wrote is still there.
 
     Customers per macro segment and customers without profiling consent are counted in the pass that
     writes the snapshot (Spark Observations), and must add up to the rows the Delta commit reports.
@@ -156,6 +198,49 @@ def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepo
         ReconciliationError: if the rows counted and the rows committed differ.
     """
     catalog = load_catalog(cfg)
+    with described(spark, "features: input fingerprint"):
+        fingerprint = {"inputs": inputs_fingerprint(spark, cfg, catalog, run.as_of)}
+        last = unchanged_since(
+            spark, cfg, run.as_of, ("features", lake.CUSTOMER_FEATURES.name), fingerprint["inputs"],
+            lambda _: outputs_fingerprint(spark, cfg, run.as_of),
+        )  # fmt: skip
+    if last is not None:
+        return skipped_features(run, *last)
+    previous = fingerprint["inputs"]["previous_as_of"]
+    report = compute_features(spark, cfg, run, catalog, dt.date.fromisoformat(previous) if previous else None)
+    with described(spark, "features: output fingerprint"):
+        fingerprint["outputs"] = outputs_fingerprint(spark, cfg, run.as_of)
+    report.entries[0].details["fingerprint"] = fingerprint
+    return report
+
+
+def skipped_features(run: RunContext, last_run: str, details: dict) -> StageReport:
+    """The report of a skipped features stage: nothing written; the facts of the run it relies on, and why."""
+    inputs, computed_by = details["fingerprint"]["inputs"], details.get("computed_by_run", last_run)
+    versions = ", ".join(f"{name} {state.split()[0]}" for name, state in inputs["silver"].items() if state)
+    line = (
+        f"features: skipped, as_of {run.as_of} unchanged since run {computed_by}: the same silver tables "
+        f"({versions}), config {inputs['config'][:8]} and code {inputs['code'][:8]}, and its rows in "
+        f"{lake.CUSTOMER_FEATURES} as that run wrote them"
+    )
+    log.info(line)
+    kept = {k: details.get(k) for k in ("feature_version", "macro_segments", "features_unsupported", "previous_as_of")}
+    entry = Entry(
+        lake.CUSTOMER_FEATURES.name,
+        rows_in=0,
+        rows_written=0,
+        rows_quarantined=0,
+        details={**kept, "skipped": line, "computed_by_run": computed_by, "fingerprint": details["fingerprint"]},
+    )
+    info = {"skipped": line, "features_unsupported": kept["features_unsupported"] or {}}
+    return StageReport("features", [entry], info={**info, "macro_segments": kept["macro_segments"] or {}})
+
+
+def compute_features(
+    spark: SparkSession, cfg: Config, run: RunContext, catalog: Catalog, previous: dt.date | None
+) -> StageReport:
+    """Compute and write the snapshot of run.as_of and its lifecycle transitions from the ``previous`` snapshot
+    (``run_features``)."""
     inputs = _silver_inputs(spark, cfg)
     with described(spark, "features: supported features"):
         unsupported = unsupported_features(inputs, catalog)
@@ -175,7 +260,6 @@ def run_features(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepo
             f"{lake.CUSTOMER_FEATURES} as_of {run.as_of}: {sum(counts.values())} customers in macro segments "
             f"{MACRO_SEGMENTS} but {n_written} rows committed; a lifecycle rule gives a segment not in that list"
         )
-    previous = tables.previous_as_of(spark, cfg, lake.CUSTOMER_FEATURES, run.as_of)
     transitions = None
     if previous is not None:
         snapshot = tables.read(spark, cfg, lake.CUSTOMER_FEATURES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
@@ -22,6 +23,7 @@ class RunContext:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None))
     full_refresh: bool = False  # clean rebuilds every source's silver from all of bronze
+    retrain: bool = False  # train even if the champions were trained on the same inputs (--retrain)
 
 
 @dataclass
@@ -80,3 +82,41 @@ def completed_stages(spark: SparkSession, cfg: Config, as_of: dt.date) -> dict[s
     log = tables.read(spark, cfg, lake.RUN_LOG).where(F.col("as_of") == F.lit(as_of))
     latest = log.groupBy("stage").agg(F.max_by(F.struct("status", "run_id"), "logged_at").alias("last")).collect()
     return {r["stage"]: r["last"]["run_id"] for r in latest if r["last"]["status"] == "ok"}
+
+
+def last_ok_entry(spark: SparkSession, cfg: Config, as_of: dt.date, stage: str, source: str) -> tuple[str, dict] | None:
+    """The run id and details of the latest ops.run_log row of ``stage`` and ``source`` for ``as_of`` with status
+    ok; None if there is none (or no run log). One small Spark job."""
+    if not tables.exists(spark, cfg, lake.RUN_LOG):
+        return None
+    rows = tables.read(spark, cfg, lake.RUN_LOG).where(
+        (F.col("as_of") == F.lit(as_of))
+        & (F.col("stage") == stage)
+        & (F.col("source") == source)
+        & (F.col("status") == "ok")
+    )
+    latest = rows.orderBy(F.col("logged_at").desc()).select("run_id", "details").first()
+    return None if latest is None else (latest["run_id"], json.loads(latest["details"] or "{}"))
+
+
+def unchanged_since(
+    spark: SparkSession,
+    cfg: Config,
+    as_of: dt.date,
+    entry: tuple[str, str],
+    inputs: dict,
+    outputs: Callable[[dict], object],
+) -> tuple[str, dict] | None:
+    """The last successful run of a stage for ``as_of`` (its id and its ops.run_log details), if nothing
+    changed since: the ``fingerprint`` in its details has these ``inputs``, and its ``outputs`` are still
+    those it wrote (``outputs(details)``, called only when the inputs match). None: the stage has work to do.
+
+    ``entry`` is (stage, source) of the run-log row that holds the fingerprint.
+    """
+    last = last_ok_entry(spark, cfg, as_of, *entry)
+    if last is None:
+        return None
+    recorded = last[1].get("fingerprint") or {}
+    if recorded.get("inputs") != inputs or recorded.get("outputs") != outputs(last[1]):
+        return None
+    return last

@@ -45,9 +45,11 @@ def run_stages(
     as_of: dt.date | None = None,
     progress: Callable[[str], None] | None = None,
     full_refresh: bool = False,
+    retrain: bool = False,
 ) -> PipelineResult:
-    """Run the (name, function) ``stages`` in order for ``as_of`` (default: ``snapshot_date``); with
-    ``full_refresh``, clean rebuilds silver from all of bronze.
+    """Run the (name, function) ``stages`` in order for ``as_of`` (default: ``snapshot_date``); ``full_refresh``
+    (clean rebuilds silver from all of bronze) and ``retrain`` (train even if nothing changed) go to the
+    stages in their RunContext.
 
     Each stage runs in its own Spark job group (``sparkops.group_id``), is timed, and is
     appended to ops.run_log, also when it fails (status ``failed`` with the error), and the
@@ -56,7 +58,7 @@ def run_stages(
     the same lines instead (``lambda _: None`` silences them).
     """
     say = progress or log.info
-    run = RunContext(as_of=snapshot_date(cfg, as_of), full_refresh=full_refresh)
+    run = RunContext(as_of=snapshot_date(cfg, as_of), full_refresh=full_refresh, retrain=retrain)
     result = PipelineResult(run)
     names = [name for name, _ in stages]
     say(f"microseg run {run.run_id}: as_of {run.as_of}, stages {', '.join(names)}, lake {cfg.lake_root}")

@@ -111,20 +111,32 @@ class ChampionCheck:
 
 
 def promote(
-    cfg: Config, name: str, model_uri: str, champion: ChampionCheck, swept: Sweep, final: Final
+    cfg: Config,
+    name: str,
+    model_uri: str,
+    champion: ChampionCheck,
+    swept: Sweep,
+    final: Final,
+    lineage: dict[str, str] | None = None,
 ) -> tuple[str | None, str]:
     """Register the model and move the aliases by the promotion rule; returns (version, decision).
 
     Fails closed: when the champion could not be scored (``champion.unscored`` says why), it keeps
     its alias unless promotion is forced; the new version is registered for inspection all the same.
+
+    ``lineage`` (``lineage.*`` tags: the training's inputs) goes on the new version, and on the champion
+    whenever this training decided it (promoted, same centroids, or kept as the better model): the next
+    train of the same inputs is then skipped (``champions_lineage``). A champion kept only because it
+    could not be scored is not marked, so the next run tries again.
     """
     train, champion_score, unscored = cfg.train, champion.score, champion.unscored
     if champion.same:
+        mark_lineage(cfg, name, str(champion.version.version), lineage)
         return str(champion.version.version), "same centroids as the champion: kept"
     if not train.register_model:
         return None, "not registered"
     faults.point("mlflow", f"register {name}")
-    version = str(retried(mlflow.register_model)(model_uri, name).version)
+    version = str(retried(mlflow.register_model)(model_uri, name, tags=lineage or None).version)
     passes_rule = swept.chosen is None or passes(swept.chosen, train)
     at_least_as_good = champion_score is None or (
         final.silhouette is not None and final.silhouette >= champion_score - train.promotion_tolerance
@@ -143,7 +155,53 @@ def promote(
             set_alias(name, PREVIOUS, champion.version.version)
         faults.point("mlflow", f"alias {name}@{CHAMPION}")
         set_alias(name, CHAMPION, version)
+    elif unscored is None:
+        mark_lineage(cfg, name, str(champion.version.version), lineage)  # kept on these inputs, on the evidence
     return version, decision
+
+
+LINEAGE = "lineage."  # tag prefix: lineage.as_of, lineage.features, lineage.features_version, lineage.config...
+
+
+def mark_lineage(cfg: Config, name: str, version: str, lineage: dict[str, str] | None) -> None:
+    """Set the ``lineage.*`` tags on a model version (replacing those it had)."""
+    set_tag = retried(client(cfg).set_model_version_tag)
+    for key, value in (lineage or {}).items():
+        faults.point("mlflow", f"tag {name} v{version} {key}")
+        set_tag(name, version, key, value)
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Whether every model's champion carries the given lineage: if not, ``differs`` says which and how."""
+
+    champions: dict[str, object]  # model name -> its champion's ModelVersion (None: no champion)
+    differs: str | None  # None: every champion carries the lineage
+
+    def recorded(self, key: str) -> list[str]:
+        """The champions' values of a ``lineage.*`` tag, sorted, each once."""
+        return sorted({v.tags.get(key, "") for v in self.champions.values() if v is not None})
+
+
+def champions_lineage(cfg: Config, names: list[str], lineage: dict[str, str], compared: list[str]) -> Lineage:
+    """Compare the ``compared`` keys of ``lineage`` with the tags on each named model's champion.
+
+    Fails closed: the registry is read through ``champion_version`` (tried again on a transient
+    failure, then raised), so an unreachable registry stops the stage rather than reading as "no
+    champion" (a blind retrain) or as "nothing changed" (a blind skip). Only a registry that answers
+    "no such model or alias" counts as no champion: then the model is trained.
+    """
+    champions: dict[str, object] = {}
+    for name in names:
+        version = champions[name] = champion_version(cfg, name)
+        if version is None:
+            return Lineage(champions, f"{name} has no champion")
+        tags = version.tags or {}
+        for key in compared:
+            if tags.get(key) != lineage[key]:
+                was = tags.get(key, "(none)")
+                return Lineage(champions, f"{name}'s champion v{version.version} has {key} {was}, now {lineage[key]}")
+    return Lineage(champions, None)
 
 
 @retried

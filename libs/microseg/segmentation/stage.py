@@ -87,18 +87,30 @@ def check_algorithms(cfg: Config) -> None:
 
 
 def macro_stats(data: DataFrame, cfg: Config) -> dict[str, dict]:
-    """Per macro segment (and ``all``): rows, and how many rows have each feature. One Spark job."""
+    """Per macro segment (and ``all``): rows, how many rows have each feature, and the sum of the rows'
+    hashes (``provenance.hash_sum``, for ``snapshot_fingerprint``). One Spark job."""
     columns = [c for c in data.columns if c not in ("customer_id", "macro_segment")]
-    grouped = data.groupBy("macro_segment").agg(F.count("*").alias("_rows"), *[F.count(c).alias(c) for c in columns])
-    stats = {r["macro_segment"]: {"rows": r["_rows"], "filled": {c: r[c] for c in columns}} for r in grouped.collect()}
+    grouped = data.groupBy("macro_segment").agg(
+        F.count("*").alias("_rows"), provenance.hash_sum(data).alias("_hash"), *[F.count(c).alias(c) for c in columns]
+    )
+    stats = {
+        r["macro_segment"]: {"rows": r["_rows"], "hash": int(r["_hash"] or 0), "filled": {c: r[c] for c in columns}}
+        for r in grouped.collect()
+    }
     if not cfg.train.by_macro:
         stats = {
             ALL: {
                 "rows": sum(s["rows"] for s in stats.values()),
+                "hash": sum(s["hash"] for s in stats.values()),
                 "filled": {c: sum(s["filled"][c] for s in stats.values()) for c in columns},
             }
         }
     return stats
+
+
+def snapshot_fingerprint(stats: dict[str, dict]) -> str:
+    """The fingerprint of the rows the train stage reads (``provenance.fingerprint_text``), from ``macro_stats``."""
+    return provenance.fingerprint_text(sum(s["rows"] for s in stats.values()), sum(s["hash"] for s in stats.values()))
 
 
 def plans(cfg: Config, stats: dict[str, dict]) -> list[Plan]:
@@ -167,16 +179,74 @@ def sweep_inputs(spark: SparkSession, cfg: Config, as_of: object) -> tuple[list[
     return sweep_tasks(todo, samples, cfg.train), samples
 
 
+# Lineage tags compared with the champions' before training (lineage.features_version is shown, not compared:
+# the table's version moves when any other snapshot is written, the fingerprint only when these rows change).
+COMPARED = [f"{registry.LINEAGE}{key}" for key in ("as_of", "features", "config", "code")]
+
+
+def train_lineage(cfg: Config, catalog: Catalog, as_of: object, stats: dict, features_version: str) -> dict[str, str]:
+    """What a training depends on, as ``lineage.*`` tags: the snapshot, the fingerprint of its rows as train reads
+    them (``snapshot_fingerprint``) and the table's version then, the config that training reads (the train
+    section but ``force_promote``, and the feature catalog: its transforms) and the code (``code_version``).
+
+    Only the config training reads: a changed assign, profile or Spark setting retrains nothing. What the
+    features stage's config (lifecycle rules...) changes reaches training through the rows' fingerprint.
+    """
+    trained_by = {"train": cfg.train.model_dump(mode="json", exclude={"force_promote"}), "catalog": catalog}
+    return {
+        f"{registry.LINEAGE}as_of": str(as_of),
+        f"{registry.LINEAGE}features": snapshot_fingerprint(stats),
+        f"{registry.LINEAGE}features_version": features_version,
+        f"{registry.LINEAGE}config": provenance.digest(trained_by),
+        f"{registry.LINEAGE}code": provenance.code_version(),
+    }
+
+
+def skipped_train(todo: list[Plan], lineage: dict[str, str], found: registry.Lineage) -> StageReport:
+    """The report of a train skipped because every champion already carries this lineage: one line says why."""
+    versions = "/".join(f"v{v}" for v in found.recorded(f"{registry.LINEAGE}features_version"))
+    now = lineage[f"{registry.LINEAGE}features_version"]
+    rows, fingerprint = lineage[f"{registry.LINEAGE}features"].split(":")
+    line = (
+        f"train: skipped, every champion ({len(todo)} model{'s' if len(todo) != 1 else ''}) was trained on "
+        f"{lake.CUSTOMER_FEATURES} "
+        f"{versions} for as_of {lineage[f'{registry.LINEAGE}as_of']} ({int(rows):,} rows, fingerprint "
+        f"{fingerprint[:8]}{'' if versions == f'v{now}' else f', the same rows at v{now}'}) with config "
+        f"{lineage[f'{registry.LINEAGE}config'][:8]} and code {lineage[f'{registry.LINEAGE}code'][:8]} "
+        "(--retrain to train again)"
+    )
+    log.info(line)
+    report = StageReport("train", info={"skipped": line, "models": []})
+    for p in todo:
+        name = model_name(p.layer, p.macro)
+        champion = found.champions[name]
+        details = {"skipped": line, "champion_version": str(champion.version), "run_id": champion.run_id}
+        report.entries.append(Entry(name, rows_in=0, rows_written=0, rows_quarantined=0, details=details))
+    return report
+
+
 def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """Train every (layer, macro) model of the snapshot run.as_of under one MLflow parent run."""
+    """Train every (layer, macro) model of the snapshot run.as_of under one MLflow parent run.
+
+    Skipped, with one line that says why, when every model's champion carries this training's lineage
+    (``train_lineage``: the same snapshot rows, config and code), unless ``run.retrain``.
+    """
     check_algorithms(cfg)
     train, catalog = cfg.train, load_catalog(cfg)
     _check_features(cfg, catalog)
     registry.configure(cfg)
+    versions = provenance.input_versions(spark, cfg, [lake.CUSTOMER_FEATURES])
+    with described(spark, "train: rows, filled features and fingerprint per macro segment"):
+        stats = macro_stats(snapshot(spark, cfg, run.as_of), cfg)
+    todo = plans(cfg, stats)
+    lineage = train_lineage(cfg, catalog, run.as_of, stats, versions[f"input_version.{lake.CUSTOMER_FEATURES}"])
+    if todo and not run.retrain:
+        names = [model_name(p.layer, p.macro) for p in todo]
+        found = registry.champions_lineage(cfg, names, lineage, COMPARED)  # raises if the registry is unreachable
+        if found.differs is None:
+            return skipped_train(todo, lineage, found)
+        log.info("train: %d models to train (%s)", len(todo), found.differs)
     with cached(training_rows(spark, cfg, run.as_of)) as data:
-        with described(spark, "train: rows and filled features per macro segment"):
-            stats = macro_stats(data, cfg)
-        todo = plans(cfg, stats)
         with described(spark, "train: sweep samples"):
             raw = sweep_samples(data, todo, train)
         samples = prepare(todo, raw, catalog, train)
@@ -199,7 +269,8 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
             "as_of": str(run.as_of),
             "pipeline_run_id": run.run_id,
             "seed": str(train.seed),
-            **provenance.input_versions(spark, cfg, [lake.CUSTOMER_FEATURES]),
+            **versions,
+            **lineage,
         }
         summaries = []
         params = {
@@ -273,7 +344,8 @@ def train_one(m: ModelInputs, candidates: list[Candidate]) -> dict:
     champion = ChampionCheck(live, same_as_champion)
     if live is not None and not same_as_champion and final.k > 1:
         champion = ChampionCheck(live, False, *champion_score_today(cfg, live, m.rows, p.rows))
-    version, decision = promote(cfg, name, model_uri, champion, swept, final)
+    lineage = {k: v for k, v in m.tags.items() if k.startswith(registry.LINEAGE)}
+    version, decision = promote(cfg, name, model_uri, champion, swept, final, lineage)
     client = registry.client(cfg)
     registry.retried(client.set_tag)(run_id, "promotion", decision)
     if champion.score is not None:
