@@ -51,6 +51,27 @@ def test_an_empty_frame_has_a_fingerprint(spark):
     assert provenance.rows_fingerprint(spark.createDataFrame([], SCHEMA)) == "0:" + "0" * 16
 
 
+def test_a_table_state_changes_with_each_commit_and_with_a_table_made_again(spark, make_config):
+    import shutil
+
+    from microseg.runtime import lake, tables
+
+    cfg = make_config()
+    assert provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES) is None
+    rows = spark.createDataFrame([("r1", "c1", None, 9)], lake.SURVEY_RESPONSES.ddl)
+    tables.overwrite(rows, cfg, lake.SURVEY_RESPONSES)
+    first = provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES)
+    assert first == provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES)
+    assert first.startswith("v1 ")  # the creating write, then its COMMENT
+    tables.overwrite(rows, cfg, lake.SURVEY_RESPONSES)
+    assert provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES).startswith("v2 ")
+    # Dropped and written again: the same version number, another table.
+    shutil.rmtree(tables.table_path(cfg, lake.SURVEY_RESPONSES))
+    tables.overwrite(rows, cfg, lake.SURVEY_RESPONSES)
+    again = provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES)
+    assert again.startswith("v1 ") and again != first
+
+
 def test_a_digest_reads_config_sections_by_value():
     section = ProfileConfig(k_anonymity=10)
     assert provenance.digest({"profile": section, "x": 1}) == provenance.digest({"x": 1, "profile": section})

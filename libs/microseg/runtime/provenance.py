@@ -101,16 +101,16 @@ def code_version() -> str:
 
 
 def table_state(spark: SparkSession, cfg: Config, table: Table) -> str | None:
-    """The table's latest Delta commit as ``v<version> <timestamp>`` (None: no such table).
+    """The table's latest Delta commit as ``v<version> <table id>`` (None: no such table).
 
-    The timestamp tells a table dropped and written again (its versions start over) from the one it replaced.
-    One small Spark job (DESCRIBE HISTORY).
+    The id (DESCRIBE DETAIL's, made when the table is created) tells a table dropped and written again,
+    whose versions start over, from the one it replaced. Not the commit's timestamp: Delta takes it from
+    the commit file's modification time, which a copy of the lake changes. One small Spark job.
     """
     path = tables.table_path(cfg, table)
     if not delta_ops.is_delta_table(spark, path):
         return None
-    latest = delta_ops.history(spark, path, 1)[0]
-    return f"v{latest['version']} {latest['timestamp'].isoformat()}"
+    return f"v{delta_ops.latest_version(spark, path)} {delta_ops.detail(spark, path)['id']}"
 
 
 def row_hash(df: DataFrame) -> Column:
