@@ -100,6 +100,14 @@ def merge_type2(source: DataFrame, cfg: Config, table: TableRef, on: str, clause
     return CommitMetrics(spark, path, since=before)
 
 
+def merge_on_keys(source: DataFrame, cfg: Config, table: TableRef, clauses: list[str]) -> None:
+    """MERGE ``source`` (``s``) into an existing merge table (``t``) on the entry's keys with the caller's WHEN
+    ``clauses``: a conditional upsert (ops.run_locks: a lock taken over only from a stale holder)."""
+    table, source = _allow(table, MERGE, source, cfg)
+    on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in table.keys)
+    delta_ops.merge(source.sparkSession, table_path(cfg, table), source, on, clauses)
+
+
 MIGRATE = "microseg migrate --conf <your conf>"
 
 
