@@ -103,3 +103,22 @@ def test_a_run_holds_the_lock_while_it_runs_and_releases_it_failed_or_not(spark,
         run_stages(spark, cfg, [("one", stage("one"))], as_of=AS_OF)
     assert seen == [] and rows(spark, cfg) == [(str(AS_OF), "run-other")]
     assert result.run.as_of == AS_OF
+
+
+def test_the_cli_says_when_the_embedded_metastore_is_open_in_another_process(monkeypatch, tmp_path, capsys):
+    """With the embedded metastore (Derby: one process at a time), a second run fails before any lock: at its first
+    table lookup, with Hive's error. The CLI says what it means instead of a traceback."""
+    from microseg import cli
+
+    hive = "org.apache.hadoop.hive.ql.metadata.HiveException: java.lang.RuntimeException: Unable to instantiate "
+    hive += "org.apache.hadoop.hive.ql.metadata.SessionHiveMetaStoreClient"
+
+    def busy(cfg, args):
+        raise RuntimeError(hive)  # pyspark's AnalysisException, as completed_stages' table lookup raises it
+
+    monkeypatch.setitem(cli.COMMANDS, "tables", busy)
+    conf = str(cli.Path(__file__).resolve().parents[2] / "conf" / "local.yaml")
+    assert cli.main(["tables", "--conf", conf, "--set", f"lake.root={tmp_path}"]) == cli.EXIT_FAILURE
+    assert f"the embedded metastore (Derby, in {tmp_path}/_metastore) could not be opened" in capsys.readouterr().err
+    with pytest.raises(RuntimeError, match="SessionHiveMetaStoreClient"):  # another metastore: Hive's own error
+        cli.main(["tables", "--conf", conf, "--set", f"lake.root={tmp_path}", "--set", "tables.metastore=hive"])

@@ -163,7 +163,7 @@ def renew(spark: SparkSession, cfg: Config, lock: Lock) -> Lock:
                 f"{lock.lease_until:%Y-%m-%d %H:%M:%S} UTC and the lock is {holder}. The run stops here; if a stage "
                 "ran longer than the lease, raise run.lock_lease_seconds"
             )
-        if found.renewed_at == now:
+        if found.renewed_at > lock.renewed_at:  # both as read back: no time zone between them
             return found
         time.sleep(attempt)
     raise RunLockError(f"could not renew the run lock of as_of {lock.as_of} (run {lock.run_id}); the run stops here")
