@@ -4,6 +4,7 @@ import datetime as dt
 import os
 import socket
 import subprocess
+import threading
 
 import pytest
 
@@ -122,3 +123,28 @@ def test_the_cli_says_when_the_embedded_metastore_is_open_in_another_process(mon
     assert f"the embedded metastore (Derby, in {tmp_path}/_metastore) could not be opened" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="SessionHiveMetaStoreClient"):  # another metastore: Hive's own error
         cli.main(["tables", "--conf", conf, "--set", f"lake.root={tmp_path}", "--set", "tables.metastore=hive"])
+
+
+def test_two_takes_at_once_one_holds_the_other_is_told(spark, make_config):
+    """Both find the as_of free and MERGE at the same time: Delta commits one; the other's conflict
+    (ConcurrentAppendException) is read back as the winner's lock."""
+    cfg = make_config()
+    plant(spark, cfg, "run-old", "elsewhere.example", 1, NOW + HOUR, as_of=OTHER_AS_OF)  # the table exists
+    start, outcomes = threading.Barrier(2), {}
+
+    def take(run_id):
+        start.wait()
+        try:
+            outcomes[run_id] = run_lock.acquire(spark, cfg, AS_OF, run_id, ["ingest"]).run_id
+        except RunInProgressError as exc:
+            outcomes[run_id] = str(exc)
+
+    threads = [threading.Thread(target=take, args=(run_id,)) for run_id in ("run-x", "run-y")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    winner = run_lock.held(spark, cfg, AS_OF).run_id
+    loser = ({"run-x", "run-y"} - {winner}).pop()
+    assert outcomes[winner] == winner
+    assert outcomes[loser].startswith(f"a run for this as_of is in progress: run {winner} ")
