@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides += _datagen_overrides(args)
     if args.command == "train" and args.force:
         overrides.append("train.force_promote=true")
+    cfg = None
     try:
         cfg = load_config(args.conf, overrides)
         return COMMANDS[args.command](cfg, args)
@@ -288,6 +289,22 @@ def main(argv: list[str] | None = None) -> int:
     except MicrosegError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return EXIT_FAILURE
+    except Exception as exc:
+        if cfg is None or not _embedded_metastore_busy(cfg, exc):
+            raise
+        log.error(
+            "the embedded metastore (Derby, in %s) could not be opened: another process most likely has it open, "
+            "such as another microseg run (of any as_of) or microseg sql on this lake; it admits one process at a "
+            "time. Wait for that process to end; to run processes side by side, name the tables in a shared "
+            "metastore (tables.metastore: hive) or not at all (tables.metastore: none)",
+            cfg.metastore_dir,
+        )
+        return EXIT_FAILURE
+
+
+def _embedded_metastore_busy(cfg: Config, exc: Exception) -> bool:
+    """Whether ``exc`` is Hive's failure to open the embedded metastore (Derby lets one process boot it)."""
+    return cfg.tables.metastore == "embedded" and "SessionHiveMetaStoreClient" in str(exc)
 
 
 def run_job(stage: StageFunction | None, argv: list[str] | None = None) -> int:

@@ -318,11 +318,33 @@ IDENTITY_CONFLICTS = Table(
     written_by="quality (staged by clean)",
     comments=(("customers", "How many customers the key points at"),),
 )
+RUN_LOCKS = Table(
+    "ops.run_locks",
+    "One row per as_of a run holds, one run at a time (runtime/run_lock.py): the run, where it runs, its lease; "
+    "the row is deleted when the run ends, failed or not.",
+    _columns(
+        "as_of date, run_id string, host string, pid integer, stages string, started_at timestamp, "
+        "renewed_at timestamp, lease_until timestamp"
+    ),
+    (MERGE,),
+    keys=("as_of",),
+    written_by="every run",
+    comments=(
+        ("as_of", "The snapshot date the run is for"),
+        ("host", "The host the run's driver program runs on"),
+        ("pid", "The process id of the run's driver program on that host"),
+        ("stages", "The stages the run takes, in order"),
+        ("started_at", "When the run took the lock (UTC)"),
+        ("renewed_at", "When the run last renewed its lease (UTC), at a stage's start"),
+        ("lease_until", "When the lease ends (UTC): then another run may take the lock"),
+    ),
+)
 
 TABLES: tuple[Table, ...] = (
     CUSTOMER_CONTACT, CUSTOMERS, ORDERS, ORDER_ITEMS, WEB_EVENTS, EMAIL_EVENTS, SUPPORT_TICKETS,
     SURVEY_RESPONSES, IDENTITY_MAP, CUSTOMER_FEATURES, LIFECYCLE_TRANSITIONS, SEGMENT_ASSIGNMENTS,
     SEGMENT_HISTORY, SEGMENT_PROFILES, SEGMENT_MIGRATIONS, RUN_LOG, DQ_RESULTS, INGEST_LOG, BATCHES, IDENTITY_CONFLICTS,
+    RUN_LOCKS,
 )  # fmt: skip
 BY_NAME = {t.name: t for t in TABLES}
 

@@ -91,14 +91,24 @@ def update(spark: SparkSession, cfg: Config, table: TableRef, assignments: dict[
 
 def merge_type2(source: DataFrame, cfg: Config, table: TableRef, on: str, clauses: list[str]) -> CommitMetrics:
     """MERGE ``source`` (``s``) into a type 2 table (``t``) ``on`` a condition with WHEN ``clauses``
-    (the caller's, which close and open rows); returns the commit's metrics."""
+    (the caller's, which close and open rows); returns the commit's metrics, none when the MERGE
+    changed nothing (Delta then commits nothing)."""
     faults.point("delta", str(table))
     table = entry(table)
     if TYPE2 not in table.writes:
         raise ValueError(f"{table} allows {', '.join(table.writes)} writes (runtime/lake.py), not {TYPE2}")
-    path = table_path(cfg, table)
-    delta_ops.merge(source.sparkSession, path, source, on, clauses)
-    return CommitMetrics(source.sparkSession, path)
+    spark, path = source.sparkSession, table_path(cfg, table)
+    before = delta_ops.latest_version(spark, path)
+    delta_ops.merge(spark, path, source, on, clauses)
+    return CommitMetrics(spark, path, since=before)
+
+
+def merge_on_keys(source: DataFrame, cfg: Config, table: TableRef, clauses: list[str]) -> None:
+    """MERGE ``source`` (``s``) into an existing merge table (``t``) on the entry's keys with the caller's WHEN
+    ``clauses``: a conditional upsert (ops.run_locks: a lock taken over only from a stale holder)."""
+    table, source = _allow(table, MERGE, source, cfg)
+    on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in table.keys)
+    delta_ops.merge(source.sparkSession, table_path(cfg, table), source, on, clauses)
 
 
 MIGRATE = "microseg migrate --conf <your conf>"
