@@ -44,8 +44,8 @@ def fault_data(spark, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
 
 @pytest.fixture(scope="session")
 def microseg_process() -> Callable[..., subprocess.Popen]:
-    """``microseg_process(*args, log=path)``: `microseg <args>` started in a process of its own (this checkout's
-    package, the tests' settings and HMAC key), its output to ``log``."""
+    """``microseg_process(*args, log=path, extra_env=None)``: `microseg <args>` started in a process of its own
+    (this checkout's package, the tests' settings and HMAC key, ``extra_env``), its output to ``log``."""
     libs = str(Path(microseg.__file__).resolve().parents[1])
     env = {
         **os.environ,
@@ -53,11 +53,13 @@ def microseg_process() -> Callable[..., subprocess.Popen]:
         "PYTHONPATH": os.pathsep.join([libs, os.environ.get("PYTHONPATH", "")]),
     }
 
-    def start(*args: str, log: Path) -> subprocess.Popen:
+    def start(*args: str, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         command = [sys.executable, "-c", "import sys; from microseg.cli import main; sys.exit(main(sys.argv[1:]))",
                    args[0], "--conf", str(REPO / "conf" / "local.yaml"), *[f"--set={s}" for s in RUN_SETTINGS],
                    *args[1:]]  # fmt: skip
         with open(log, "w") as out:
-            return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+            return subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, env={**env, **(extra_env or {})}, cwd=REPO
+            )
 
     return start

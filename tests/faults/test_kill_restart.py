@@ -10,11 +10,9 @@ the chain gets one kill point and is restarted by the next; the last runs withou
 
 from __future__ import annotations
 
-import os
+import functools
 import random
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,40 +21,26 @@ import pytest
 from mlflow import MlflowClient
 from pyspark.sql import functions as F
 
-import microseg
 from microseg.runtime import lake, tables
 from microseg.stages import STAGES
 
 pytestmark = pytest.mark.faults
 
 SEED = 20261126
-AS_OF = "2025-12-31"
-SETTINGS = (
-    f"run.as_of={AS_OF}",
-    "spark.shuffle_partitions=2",
-    "tables.metastore=none",
-    "train.by_macro=false",
-    "train.min_macro_size=100",
-    "train.k_max=3",
-)
+AS_OF = "2025-12-31"  # the end of conftest.fault_data
+SETTINGS = ("tables.metastore=none", "train.by_macro=false", "train.min_macro_size=20", "train.k_max=3")
 KILLS_PER_STAGE = {"ingest": 1, "clean": 2, "quality": 2, "features": 1, "train": 2, "assign": 1, "profile": 1}
 # Columns that differ between runs by design: run ids, times, and the registry's version numbers (a run killed
 # between registering a model and moving its alias leaves a version the restart does not reuse).
 VOLATILE = {"_ingested_at", "ingested_at", "logged_at", "run_id", "training_run_id", "model_version"}
 
 
-def microseg_run(lake_root: Path, data: Path, log: Path, **env: str) -> tuple[int, float]:
-    """`microseg run` of every stage in a process of its own; (exit code, seconds). Output goes to ``log``."""
+def run_to_end(microseg_process, lake_root: Path, data: Path, log: Path, **env: str) -> tuple[int, float]:
+    """`microseg run` of every stage for AS_OF in a process of its own, waited for; (exit code, seconds)."""
     settings = [*SETTINGS, f"lake.root={lake_root}", f"sources.root={data}"]
-    command = [sys.executable, "-c", "import sys; from microseg.cli import main; sys.exit(main(sys.argv[1:]))",
-               "run", "--conf", "conf/local.yaml", "--as-of", AS_OF, *[f"--set={s}" for s in settings]]  # fmt: skip
-    libs = str(Path(microseg.__file__).resolve().parents[1])
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([libs, os.environ.get("PYTHONPATH", "")]), **env}
     started = time.perf_counter()
-    with log.open("w") as out:
-        process = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=environment,
-                                 cwd=Path(__file__).parents[2], timeout=1800)  # fmt: skip
-    return process.returncode, time.perf_counter() - started
+    process = microseg_process("run", "--as-of", AS_OF, *[f"--set={s}" for s in settings], log=log, extra_env=env)
+    return process.wait(timeout=1800), time.perf_counter() - started
 
 
 def schedule(trace: list[tuple[str, str, str]], seed: int) -> list[tuple[str, int, int, str]]:
@@ -76,19 +60,20 @@ def schedule(trace: list[tuple[str, str, str]], seed: int) -> list[tuple[str, in
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_generated, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    data, _ = tiny_generated
+def runs(fault_data, microseg_process, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    data, _ = fault_data
     work = tmp_path_factory.mktemp("kill-restart")
     trace = work / "trace.tsv"
-    rc, seconds = microseg_run(work / "reference", data, work / "reference.log", MICROSEG_FAULT_TRACE=str(trace))
+    run = functools.partial(run_to_end, microseg_process)
+    rc, seconds = run(work / "reference", data, work / "reference.log", MICROSEG_FAULT_TRACE=str(trace))
     assert rc == 0, (work / "reference.log").read_text()[-5000:]
     points = [tuple(line.split("\t")) for line in trace.read_text().splitlines()]
     outcomes = []
     for i, (stage, n, delay, what) in enumerate(schedule(points, SEED)):
         log = work / f"chain-{i:02d}.log"
-        rc, took = microseg_run(work / "chain", data, log, MICROSEG_KILL_AT=f"{stage}:{n}:{delay}")
+        rc, took = run(work / "chain", data, log, MICROSEG_KILL_AT=f"{stage}:{n}:{delay}")
         outcomes.append({"stage": stage, "n": n, "delay_ms": delay, "point": what, "rc": rc, "seconds": round(took)})
-    rc, took = microseg_run(work / "chain", data, work / "final.log")
+    rc, took = run(work / "chain", data, work / "final.log")
     outcomes.append({"stage": "-", "rc": rc, "seconds": round(took)})
     print(f"reference run {seconds:.0f}s; chain:", *outcomes, sep="\n  ")
     return {"reference": work / "reference", "chain": work / "chain", "outcomes": outcomes, "logs": work}
