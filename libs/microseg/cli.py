@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--customers", type=int, help="number of customers (default: datagen.customers)")
     gen.add_argument("--seed", type=int, help="random seed (default: datagen.seed)")
     gen.add_argument("--out", help="output folder (default: datagen.out)")
+    gen.add_argument(
+        "--next-day",
+        action="store_true",
+        help="add the day after the data set's end_date to the data set in --out: new files in every source's "
+        "folder with about datagen.day_share of its rows, the manifest updated (seed and customers from it)",
+    )
+    gen.add_argument("--days", type=int, default=1, help="with --next-day: add this many days, one after another")
 
     bench = commands.add_parser("bench", help="generate N customers, run every stage, print timings")
     _common(bench)
@@ -170,6 +177,8 @@ def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
     from microseg.runtime.session import build_spark
     from microseg.synthetic.datagen import generate
 
+    if args.next_day:
+        return _next_days(cfg, args)
     spark = build_spark(cfg)
     started = time.perf_counter()
     manifest = generate(spark, cfg.datagen, cfg.path(cfg.datagen.out), store=cfg)
@@ -180,6 +189,22 @@ def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
         time.perf_counter() - started,
         cfg.path(cfg.datagen.out),
     )
+    return 0
+
+
+def _next_days(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.runtime.session import build_spark
+    from microseg.synthetic.daily import next_day
+
+    if args.customers is not None or args.seed is not None:
+        log.error("datagen --next-day takes the customers and the seed from the data set's _manifest.json")
+        return EXIT_USAGE
+    spark, out = build_spark(cfg), cfg.path(cfg.datagen.out)
+    for _ in range(args.days):
+        started = time.perf_counter()
+        day = next_day(spark, cfg.datagen, out, store=cfg)["days"][-1]
+        print(json.dumps({k: day[k] for k in ("date", "new_customers", "rows", "dirt")}, indent=2))
+        log.info("added %s to %s in %.1fs", day["date"], out, time.perf_counter() - started)
     return 0
 
 
