@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also time a plain scikit-learn KMeans sweep on the same preprocessed samples and print the ratio",
     )
+    bench.add_argument(
+        "--daily",
+        action="store_true",
+        help="time a daily refresh: a first run, one more day of files (datagen --next-day) and its run, and a "
+        "rerun with no new files; seconds and Spark jobs per stage side by side, with ratios to the first run",
+    )
 
     migrate = commands.add_parser(
         "migrate", help="bring the lake's tables to the registry (columns, partitioning, comments, names); recorded"
@@ -210,8 +216,11 @@ def _next_days(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     from microseg.runtime.session import build_spark
-    from microseg.synthetic.bench import run_benchmark
+    from microseg.synthetic.bench import run_benchmark, run_daily_benchmark
 
+    if args.daily:
+        print(run_daily_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir)))
+        return 0
     print(run_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir), args.compare_sklearn))
     return 0
 
