@@ -202,6 +202,8 @@ class ClusterRun(BackgroundRun):
         killed = time.monotonic()
 
         def relaunched() -> dict[str, int]:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the job exited ({proc.returncode}) before the worker relaunched its executor")
             return {e: p for (a, e), p in self.cluster.executors().items() if a == app_id and e != executor_id}
 
         new = wait_until(relaunched, RELAUNCH_WAIT, f"the worker to launch a new executor for {app_id}")
@@ -250,6 +252,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _RUN is not None:
         terminalreporter.write_line(f"cluster run in the background ({_RUN.root}): {_RUN.timings()}")
+        if kill := _RUN.kill:
+            terminalreporter.write_line(
+                f"executor kill: {kill['app_id']} executor {kill['executor_id']} (pid {kill['pid']}) killed with "
+                f"{kill['waiting_tasks']} task(s) at the gate; new executor(s) {sorted(kill['new_executors'])} "
+                f"{kill['relaunch_seconds']:.1f} s later"
+            )
 
 
 @pytest.fixture(scope="session")

@@ -266,6 +266,16 @@ def test_next_day_is_deterministic(spark, generated, added_day, tmp_path):
         assert one.exceptAll(two).count() == 0 and two.exceptAll(one).count() == 0, source
 
 
+def test_next_day_refuses_files_left_by_an_interrupted_attempt(spark, generated, tmp_path):
+    out, _ = generated
+    shutil.copytree(out, tmp_path / "data")
+    (tmp_path / "data" / "orders" / "2026-01-01-00.snappy.parquet").write_bytes(b"left over")
+    manifest = (tmp_path / "data" / "_manifest.json").read_text()
+    with pytest.raises(FileExistsError, match="interrupted"):
+        next_day(spark, SMALL, str(tmp_path / "data"))
+    assert (tmp_path / "data" / "_manifest.json").read_text() == manifest
+
+
 def test_returns_of_an_added_day_come_back_a_week_later(spark):
     cfg = SMALL.model_copy(update={"day_share": 0.3})  # enough sales for returns among 400 customers
     days = [{"date": (DAY + dt.timedelta(days=i)).isoformat(), "first_id": 400, "new_customers": 0} for i in range(8)]

@@ -77,14 +77,21 @@ def next_day(spark: SparkSession, cfg: DatagenConfig, out: str, store: Config | 
     manifest. ``store``: the config whose storage settings reach ``out`` (runtime/storage.py).
 
     Raises:
-        FileExistsError: files of that day are already in a source's folder (an interrupted earlier attempt:
-            remove the files named ``<day>-*`` from the source folders and run again).
+        FileExistsError: files of that day are already in a source's folder (left by an interrupted earlier
+            attempt: the message says to remove them).
     """
     manifest = json.loads(storage.read_text(store, storage.join(out, "_manifest.json")))
     base = manifest.setdefault(
         "base", {"customers": manifest["customers"], "end_date": manifest["end_date"], "rows": dict(manifest["rows"])}
     )
     day = dt.date.fromisoformat(manifest["end_date"]) + dt.timedelta(days=1)
+    left = [f.path for s in [*SOURCES, "_ground_truth"] for f in storage.list_files(store, f"{out}/{s}/{day}-*")]
+    if left:
+        raise FileExistsError(
+            f"{len(left)} file(s) of {day} are in {out} (e.g. {left[0]}) but its manifest ends on "
+            f"{manifest['end_date']}: an earlier --next-day was interrupted; remove the files named {day}-* from "
+            "the source folders and run again"
+        )
     days = manifest.setdefault("days", [])
     new_customers = round(cfg.day_share * NEW_SHARE * base["customers"])
     entry = {"date": day.isoformat(), "first_id": manifest["customers"], "new_customers": new_customers}
