@@ -1,4 +1,4 @@
-"""Benchmark: jobs/benchmark.py [--customers N] [--workdir DIR] [--conf F] [--set k=v]; prints seconds per stage."""
+"""Benchmark: jobs/benchmark.py [--customers N] [--workdir DIR] [--daily] [--conf F] [--set k=v]; seconds per stage."""
 
 import sys
 

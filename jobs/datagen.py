@@ -1,4 +1,4 @@
-"""spark-submit entry point of the generator: jobs/datagen.py [--customers N] [--seed S] [--out DIR]."""
+"""spark-submit entry point of the generator: jobs/datagen.py [--customers N] [--seed S] [--out DIR] [--next-day]."""
 
 import sys
 

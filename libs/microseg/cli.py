@@ -101,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--customers", type=int, help="number of customers (default: datagen.customers)")
     gen.add_argument("--seed", type=int, help="random seed (default: datagen.seed)")
     gen.add_argument("--out", help="output folder (default: datagen.out)")
+    gen.add_argument(
+        "--next-day",
+        action="store_true",
+        help="add the day after the data set's end_date to the data set in --out: new files in every source's "
+        "folder with about datagen.day_share of its rows, the manifest updated (seed and customers from it)",
+    )
+    gen.add_argument("--days", type=int, default=1, help="with --next-day: add this many days, one after another")
 
     bench = commands.add_parser("bench", help="generate N customers, run every stage, print timings")
     _common(bench)
@@ -110,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-sklearn",
         action="store_true",
         help="also time a plain scikit-learn KMeans sweep on the same preprocessed samples and print the ratio",
+    )
+    bench.add_argument(
+        "--daily",
+        action="store_true",
+        help="time a daily refresh: a first run, one more day of files (datagen --next-day) and its run, and a "
+        "rerun with no new files; seconds and Spark jobs per stage side by side, with ratios to the first run",
     )
 
     migrate = commands.add_parser(
@@ -186,6 +199,8 @@ def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
     from microseg.runtime.session import build_spark
     from microseg.synthetic.datagen import generate
 
+    if args.next_day:
+        return _next_days(cfg, args)
     spark = build_spark(cfg)
     started = time.perf_counter()
     manifest = generate(spark, cfg.datagen, cfg.path(cfg.datagen.out), store=cfg)
@@ -199,10 +214,29 @@ def cmd_datagen(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _next_days(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.runtime.session import build_spark
+    from microseg.synthetic.daily import next_day
+
+    if args.customers is not None or args.seed is not None:
+        log.error("datagen --next-day takes the customers and the seed from the data set's _manifest.json")
+        return EXIT_USAGE
+    spark, out = build_spark(cfg), cfg.path(cfg.datagen.out)
+    for _ in range(args.days):
+        started = time.perf_counter()
+        day = next_day(spark, cfg.datagen, out, store=cfg)["days"][-1]
+        print(json.dumps({k: day[k] for k in ("date", "new_customers", "rows", "dirt")}, indent=2))
+        log.info("added %s to %s in %.1fs", day["date"], out, time.perf_counter() - started)
+    return 0
+
+
 def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     from microseg.runtime.session import build_spark
-    from microseg.synthetic.bench import run_benchmark
+    from microseg.synthetic.bench import run_benchmark, run_daily_benchmark
 
+    if args.daily:
+        print(run_daily_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir)))
+        return 0
     print(run_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir), args.compare_sklearn))
     return 0
 

@@ -102,6 +102,29 @@ class StandaloneCluster:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/", timeout=30) as response:
             return json.load(response)
 
+    def executors(self) -> dict[tuple[str, str], int]:
+        """(app id, executor id) -> pid of each executor JVM this cluster's worker runs now.
+
+        Found in /proc: a CoarseGrainedExecutorBackend process whose working directory is in this worker's
+        work dir (``<work>/<app id>/<executor id>``), so never another cluster's executors, also when several
+        clusters on the machine have given their applications the same id.
+        """
+        work = self.work.resolve()
+        return {
+            (cwd.parent.name, cwd.name): pid
+            for pid, args, cwd in processes()
+            if "org.apache.spark.executor.CoarseGrainedExecutorBackend" in args and cwd.parent.parent == work
+        }
+
+    def kill_executor(self, app_id: str, executor_id: str) -> int:
+        """SIGKILL the JVM of one executor of this cluster (see ``executors``); returns its pid."""
+        pid = self.executors().get((app_id, executor_id))
+        if pid is None:
+            raise LookupError(f"no executor {executor_id} of {app_id} runs in {self.work}: {self.executors()}")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not _alive(pid), 30, f"executor {executor_id} (pid {pid}) to exit after SIGKILL")
+        return pid
+
     def log_tails(self) -> str:
         return "\n".join(f"--- {p.name}\n{tail(p, 20)}" for p in sorted(self.logs.glob("*.out")))
 
@@ -134,6 +157,42 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def processes() -> list[tuple[int, list[str], Path]]:
+    """(pid, command line, working directory) of every live process this user may inspect."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            cwd = Path(os.readlink(proc / "cwd"))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if _alive(int(proc.name)):
+            found.append((int(proc.name), args, cwd))
+    return found
+
+
+def wait_until(ready: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    """Poll ``ready()`` until it returns something true and return that; TimeoutError naming ``what`` after
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = ready()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout:.0f} s for {what}")
+        time.sleep(interval)
+
+
+def event_log(folder: Path, app_id: str) -> list[dict]:
+    """The events of one application's Spark event log (``spark.eventLog.dir`` = ``folder``, uncompressed and
+    not rolled: ``spark.eventLog.compress=false``, ``spark.eventLog.rolling.enabled=false``)."""
+    path = folder / app_id
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def java_available() -> bool:
     """Spark standalone needs Java: on PATH or under JAVA_HOME."""
     return shutil.which("java") is not None or Path(os.environ.get("JAVA_HOME", "/nonexistent"), "bin", "java").exists()
@@ -161,8 +220,8 @@ class BackgroundRun:
 
     ``add(name, work)`` queues ``work(step)``; ``wait(name, timeout)`` blocks until that step is over and
     returns its ``Step``, or raises what ``work`` raised. ``command(step, cmd, log, timeout)`` runs a
-    command for a step. ``stop()`` kills the process group of the command running now (one this object
-    started) and waits for the thread; steps not begun by then fail.
+    command for a step (``during=`` acts on it while it runs). ``stop()`` kills the process group of the
+    command running now (one this object started) and waits for the thread; steps not begun by then fail.
     """
 
     def __init__(self) -> None:
@@ -182,12 +241,27 @@ class BackgroundRun:
     def start(self) -> None:
         self._thread.start()
 
-    def command(self, step: Step, cmd: list[str], log: Path, timeout: float, **kwargs: object) -> None:
+    def command(
+        self,
+        step: Step,
+        cmd: list[str],
+        log: Path,
+        timeout: float,
+        during: Callable[[subprocess.Popen], None] | None = None,
+        **kwargs: object,
+    ) -> None:
+        """Run ``cmd`` for ``step``; ``during(process)``, if given, runs while it does (if it raises, the
+        command's process group is killed and the error goes to the step)."""
         step.log, step.timeout = log, timeout
-        self._current = start_logged(cmd, log, **kwargs)
+        self._current = proc = start_logged(cmd, log, **kwargs)
         try:
-            step.code = finish(self._current, 0 if self._stopping.is_set() else timeout)
+            if during is not None:
+                during(proc)
+            step.code = finish(proc, 0 if self._stopping.is_set() else timeout)
         finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             self._current = None
 
     def wait(self, name: str, timeout: float) -> Step:

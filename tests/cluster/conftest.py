@@ -12,12 +12,23 @@ are stopped when the session ends, also when it is interrupted.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cluster_utils import SPARK_HOME, BackgroundRun, StandaloneCluster, Step, java_available, spark_env
+from cluster_utils import (
+    SPARK_HOME,
+    BackgroundRun,
+    StandaloneCluster,
+    Step,
+    java_available,
+    spark_env,
+    wait_until,
+)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -31,8 +42,11 @@ CLUSTER_START_TIMEOUT = 300
 PROBE_TIMEOUT = 600
 DATAGEN_TIMEOUT = 600
 SUBMIT_TIMEOUT = 1200
+KILL_TIMEOUT = 900  # the executor-kill job, all in: submit, wait for its gated tasks, kill, relaunch, finish
+GATE_WAIT = 400  # of which: until a task of its last stage waits at the gate
+RELAUNCH_WAIT = 300  # of which: from the kill until the worker runs a new executor for the job
 # How long a test waits for the whole background run to reach its step (every limit above, in a row).
-WAIT_TIMEOUT = PACK_TIMEOUT + CLUSTER_START_TIMEOUT + PROBE_TIMEOUT + DATAGEN_TIMEOUT + SUBMIT_TIMEOUT
+WAIT_TIMEOUT = PACK_TIMEOUT + CLUSTER_START_TIMEOUT + PROBE_TIMEOUT + DATAGEN_TIMEOUT + SUBMIT_TIMEOUT + KILL_TIMEOUT
 
 PROBE = """
 import json, sys
@@ -69,7 +83,8 @@ PIPELINE_SETTINGS = [
 
 class ClusterRun(BackgroundRun):
     """The background steps, one after another: pack the environment, start the cluster, submit the probe,
-    generate the data, submit the pipeline. A step that needs an earlier one fails if that one did."""
+    generate the data, submit the pipeline, submit a job and kill its executor mid-job. A step that needs an
+    earlier one fails if that one did."""
 
     def __init__(self, root: Path) -> None:
         super().__init__()
@@ -78,7 +93,9 @@ class ClusterRun(BackgroundRun):
         self.data, self.lake = root / "data", root / "lake"
         self.tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
         self.archive: Path | None = None
-        for name in ("pack", "cluster", "probe", "datagen", "pipeline"):
+        self.kill_dir = root / "executor_kill"
+        self.kill: dict = {}  # what the executor_kill step did: app, executor and pid killed, the new executor
+        for name in ("pack", "cluster", "probe", "datagen", "pipeline", "executor_kill"):
             self.add(name, getattr(self, f"_{name}"))
 
     def stop(self, timeout: float = 60) -> None:
@@ -101,7 +118,9 @@ class ClusterRun(BackgroundRun):
             if step.code not in (None, 0):
                 raise RuntimeError(f"step {name} did not go well: {step.describe()}")
 
-    def submit(self, step: Step, *args: str, timeout: float) -> None:
+    def submit(
+        self, step: Step, *args: str, timeout: float, during: Callable[[subprocess.Popen], None] | None = None
+    ) -> None:
         cmd = [
             str(SPARK_HOME / "bin" / "spark-submit"),
             "--master", self.cluster.url,
@@ -113,7 +132,7 @@ class ClusterRun(BackgroundRun):
             *args,
         ]  # fmt: skip
         env = spark_env(MICROSEG_HASH_KEY=os.environ["MICROSEG_HASH_KEY"])
-        self.command(step, cmd, self.root / f"{step.name}.log", timeout, cwd=REPO, env=env)
+        self.command(step, cmd, self.root / f"{step.name}.log", timeout, during=during, cwd=REPO, env=env)
 
     def _pack(self, step: Step) -> None:
         """build/env-<hash>.tar.gz, made once and reused while pyproject.toml, libs/ and the venv are unchanged."""
@@ -150,6 +169,55 @@ class ClusterRun(BackgroundRun):
         args = ["--packages", DELTA_PACKAGE, str(REPO / "jobs" / "pipeline.py"), "--conf", "conf/cluster.yaml"]
         self.submit(step, *args, *(f"--set={s}" for s in settings), timeout=SUBMIT_TIMEOUT)
 
+    def _executor_kill(self, step: Step) -> None:
+        """tests/cluster/executor_kill_job.py on the generated data; its executor is killed while the tasks of
+        the job's last stage wait at the job's gate (they read the map outputs that die with it)."""
+        self._require("pack", "cluster", "datagen")
+        gate, events = self.kill_dir / "gate", self.kill_dir / "events"
+        gate.mkdir(parents=True)
+        events.mkdir()
+        args = [
+            "--conf", "spark.ui.enabled=false",
+            "--conf", "spark.sql.shuffle.partitions=2",
+            "--conf", "spark.eventLog.enabled=true",
+            "--conf", f"spark.eventLog.dir=file:{events}",
+            "--conf", "spark.eventLog.compress=false",
+            "--conf", "spark.eventLog.rolling.enabled=false",
+            str(HERE / "executor_kill_job.py"), str(self.data), str(self.kill_dir / "result"), str(gate),
+        ]  # fmt: skip
+        self.submit(step, *args, timeout=KILL_TIMEOUT, during=lambda proc: self._kill_at_gate(proc, gate))
+
+    def _kill_at_gate(self, proc: subprocess.Popen, gate: Path) -> None:
+        """Once a task waits at ``gate``: SIGKILL its executor, wait for the worker's new one, release the gate."""
+
+        def waiting() -> list[Path]:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the job exited ({proc.returncode}) before a task of its last stage waited")
+            return sorted(gate.glob("started-*"))
+
+        markers = wait_until(waiting, GATE_WAIT, "a task of the job's last stage to wait at the gate")
+        folder = Path(markers[0].read_text())  # the executor's folder: <work>/<app id>/<executor id>
+        app_id, executor_id = folder.parent.name, folder.name
+        pid = self.cluster.kill_executor(app_id, executor_id)
+        killed = time.monotonic()
+
+        def relaunched() -> dict[str, int]:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the job exited ({proc.returncode}) before the worker relaunched its executor")
+            return {e: p for (a, e), p in self.cluster.executors().items() if a == app_id and e != executor_id}
+
+        new = wait_until(relaunched, RELAUNCH_WAIT, f"the worker to launch a new executor for {app_id}")
+        self.kill.update(
+            app_id=app_id,
+            executor_id=executor_id,
+            pid=pid,
+            folder=folder,
+            waiting_tasks=len(markers),
+            new_executors=new,
+            relaunch_seconds=time.monotonic() - killed,
+        )
+        (gate / "release").touch()
+
 
 _RUN: ClusterRun | None = None
 
@@ -184,6 +252,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _RUN is not None:
         terminalreporter.write_line(f"cluster run in the background ({_RUN.root}): {_RUN.timings()}")
+        if kill := _RUN.kill:
+            terminalreporter.write_line(
+                f"executor kill: {kill['app_id']} executor {kill['executor_id']} (pid {kill['pid']}) killed with "
+                f"{kill['waiting_tasks']} task(s) at the gate; new executor(s) {sorted(kill['new_executors'])} "
+                f"{kill['relaunch_seconds']:.1f} s later"
+            )
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+import pytest
+
 from microseg.runtime import storage
 from microseg.runtime.loader import load_config
 
@@ -21,6 +23,32 @@ def test_writes_lists_and_copies_local_files(tmp_path):
     assert (root / "ops" / "data_docs" / "sub" / "page.html").read_text() == "p"
     assert storage.folders(None, str(root)) == ["ops", "reports"]
     assert storage.folders(None, f"{root}/missing") == []
+
+
+def test_move_files_names_them_by_prefix_and_never_replaces_one(tmp_path):
+    staging, target = tmp_path / "staging", tmp_path / "orders"
+    staging.mkdir()
+    target.mkdir()
+    for name in ("part-00001-x-c000.snappy.parquet", "part-00000-y-c000.snappy.parquet", "_SUCCESS", ".p.crc"):
+        (staging / name).write_text(name)
+    (target / "old.parquet").write_text("old")
+    moved = storage.move_files(None, str(staging), str(target), "2026-01-01-")
+    assert moved == [f"{target}/2026-01-01-00.snappy.parquet", f"{target}/2026-01-01-01.snappy.parquet"]
+    assert (target / "2026-01-01-00.snappy.parquet").read_text() == "part-00000-y-c000.snappy.parquet"
+    assert sorted(p.name for p in target.iterdir()) == [
+        "2026-01-01-00.snappy.parquet",
+        "2026-01-01-01.snappy.parquet",
+        "old.parquet",
+    ]
+    assert sorted(p.name for p in staging.iterdir()) == [".p.crc", "_SUCCESS"]
+    (staging / "part-00000-z.snappy.parquet").write_text("again")
+    with pytest.raises(FileExistsError, match="already in"):
+        storage.move_files(None, str(staging), str(target), "2026-01-01-")
+    assert (staging / "part-00000-z.snappy.parquet").exists()  # nothing moved
+    assert storage.read_text(None, str(target / "old.parquet")) == "old"
+    storage.remove(None, str(staging))
+    storage.remove(None, str(staging))  # gone already: nothing to do
+    assert not staging.exists()
 
 
 def test_list_files_names_files_as_hadoop_does(tmp_path):

@@ -84,6 +84,12 @@ class DatagenConfig(_Strict):
         0.0, ge=0, le=1, description="share of lapsed customers who come back with a burst of big orders after end_date"
     )
     mover_days: int = Field(7, ge=1, description="the burst falls in the days after end_date, up to this many")
+    day_share: float = Field(
+        0.01,
+        gt=0,
+        le=0.5,
+        description="datagen --next-day: the rows of the added day, as a share of the generated rows of each source",
+    )
 
 
 class SourcesConfig(_Strict):

@@ -99,8 +99,36 @@ def read_text(cfg: Config | None, uri: str) -> str | None:
         return handle.read()
 
 
+def move_files(cfg: Config | None, source: str, target: str, prefix: str) -> list[str]:
+    """Move the files directly in folder ``source`` (names starting with _ or . left out: markers, checksums)
+    into folder ``target``, named ``<prefix><n><extension>`` (n = 00, 01, ... in name order; the extension is
+    all from the name's first dot). Returns the new files' URIs.
+
+    Raises:
+        FileExistsError: a file of that name is already in ``target`` (nothing is moved).
+    """
+    fs, src = filesystem(cfg, source)
+    _, dst = filesystem(cfg, target)
+    names = sorted(
+        posixpath.basename(e["name"])
+        for e in fs.ls(src, detail=True)
+        if e["type"] == "file" and not posixpath.basename(e["name"]).startswith(("_", "."))
+    )
+    extension = [n[n.find(".") :] if "." in n else "" for n in names]  # part-0-c000.snappy.parquet: .snappy.parquet
+    moves = [
+        (posixpath.join(src, n), posixpath.join(dst, f"{prefix}{i:02d}{extension[i]}")) for i, n in enumerate(names)
+    ]
+    taken = [new for _, new in moves if fs.exists(new)]
+    if taken:
+        raise FileExistsError(f"{len(taken)} file(s) to be written are already in {target}, e.g. {taken[0]}")
+    fs.makedirs(dst, exist_ok=True)
+    for old, new in moves:
+        fs.mv(old, new)
+    return [join(target, posixpath.basename(new)) for _, new in moves]
+
+
 def remove(cfg: Config | None, uri: str) -> None:
-    """Delete the file or folder (recursively) at ``uri``, if there is one."""
+    """Remove the file or folder (with what it holds) ``uri``, if it exists."""
     fs, path = filesystem(cfg, uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)

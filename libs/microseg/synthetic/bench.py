@@ -2,12 +2,14 @@
 
 For the train stage it also prints the sweep's candidates and seconds per candidate, and the
 seconds spent refitting and in MLflow; ``--compare-sklearn`` times a plain scikit-learn KMeans
-sweep on the same preprocessed samples and prints the ratio. Figures, not assertions: the same
-script on the same machine is what makes two runs comparable.
+sweep on the same preprocessed samples and prints the ratio. ``--daily`` times a daily refresh
+instead (``run_daily_benchmark``). Figures, not assertions: the same script on the same machine is
+what makes two runs comparable.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import statistics
 import time
@@ -17,7 +19,9 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from microseg.runtime.config import Config
+from microseg.runtime.runlog import completed_stages
 from microseg.stages import PipelineResult, run_pipeline
+from microseg.synthetic.daily import next_day
 from microseg.synthetic.datagen import generate
 
 
@@ -25,20 +29,10 @@ def run_benchmark(
     spark: SparkSession, cfg: Config, customers: int, workdir: Path, compare_sklearn: bool = False
 ) -> str:
     """Run the whole pipeline on freshly generated data under ``workdir``; return a table of figures."""
-    workdir = workdir.resolve()
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    data, lake = workdir / "data", workdir / "lake"
-    cfg = cfg.model_copy(
-        update={
-            "datagen": cfg.datagen.model_copy(update={"customers": customers, "out": str(data)}),
-            "sources": cfg.sources.model_copy(update={"root": str(data)}),
-            "lake": cfg.lake.model_copy(update={"root": str(lake)}),
-            "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": None, "artifact_location": None}),
-        }
-    )
+    cfg = bench_config(cfg, customers, workdir)
+    data = cfg.datagen.out
     started = time.perf_counter()
-    manifest = generate(spark, cfg.datagen, str(data), store=cfg)
+    manifest = generate(spark, cfg.datagen, data, store=cfg)
     datagen_seconds = time.perf_counter() - started
     result = run_pipeline(spark, cfg, as_of=cfg.datagen.end_date)
     source_rows = sum(manifest["rows"].values())
@@ -51,6 +45,92 @@ def run_benchmark(
     if compare_sklearn and result.report("train"):
         lines += compare_with_sklearn(spark, cfg, result)
     return "\n".join(lines)
+
+
+def bench_config(cfg: Config, customers: int, workdir: Path) -> Config:
+    """``cfg`` with N customers generated to ``workdir``/data and a lake and MLflow store in ``workdir``/lake
+    (``workdir`` wiped first)."""
+    workdir = workdir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    data, lake = workdir / "data", workdir / "lake"
+    return cfg.model_copy(
+        update={
+            "datagen": cfg.datagen.model_copy(update={"customers": customers, "out": str(data)}),
+            "sources": cfg.sources.model_copy(update={"root": str(data)}),
+            "lake": cfg.lake.model_copy(update={"root": str(lake)}),
+            "mlflow": cfg.mlflow.model_copy(update={"tracking_uri": None, "artifact_location": None}),
+        }
+    )
+
+
+def run_daily_benchmark(spark: SparkSession, cfg: Config, customers: int, workdir: Path) -> str:
+    """A daily refresh, timed against the first run: generate N customers and run every stage as of the data's
+    end date; add one more day of source files (``daily.next_day``: about ``datagen.day_share`` of the rows, in
+    new files) and run every stage as of that day; then run every stage again with no new files (as
+    ``microseg run --rerun`` would: without it the run stops at once, every stage having completed). Returns
+    the figures: per stage, seconds and Spark jobs of each run side by side, and each run's ratio to the first.
+    """
+    cfg = bench_config(cfg, customers, workdir)
+    data = cfg.datagen.out
+    started = time.perf_counter()
+    manifest = generate(spark, cfg.datagen, data, store=cfg)
+    datagen_seconds = time.perf_counter() - started
+    first = run_pipeline(spark, cfg, as_of=cfg.datagen.end_date)
+    started = time.perf_counter()
+    day = next_day(spark, cfg.datagen, data, store=cfg)["days"][-1]
+    day_seconds = time.perf_counter() - started
+    as_of = dt.date.fromisoformat(day["date"])
+    refresh = run_pipeline(spark, cfg, as_of=as_of)
+    done = completed_stages(spark, cfg, as_of)
+    rerun = run_pipeline(spark, cfg, as_of=as_of)
+    source_rows, day_rows = sum(manifest["rows"].values()), sum(day["rows"].values())
+    runs = {"first": first, "refresh": refresh, "rerun": rerun}
+    return "\n".join(
+        [
+            f"daily benchmark: {customers:,} customers, {source_rows:,} source rows, master "
+            f"{spark.sparkContext.master} ({spark.sparkContext.defaultParallelism} cores)",
+            f"datagen {datagen_seconds:.1f}s; next day {day['date']} {day_seconds:.1f}s: {day_rows:,} rows "
+            f"({day_rows / source_rows:.2%}) in {len(day['files'])} new files, {day['new_customers']:,} new customers",
+            f"first: as_of {cfg.datagen.end_date}; refresh: as_of {as_of} with the new day's files; rerun: as_of "
+            f"{as_of} again, no new files ({len(done)} of {len(rerun.reports)} stages had completed for it, so "
+            "`microseg run` without --rerun would stop there)",
+            *comparison_table(runs),
+        ]
+    )
+
+
+def comparison_table(runs: dict[str, PipelineResult]) -> list[str]:
+    """Seconds and Spark jobs per stage for each run, side by side, and each later run's seconds over the
+    first's, per stage, for ingest+clean+quality and in total."""
+    names = list(runs)
+    first = names[0]
+    stages = [r.stage for r in runs[first].reports]
+    groups = {s: [s] for s in stages}
+    groups["ingest+clean+quality"] = [s for s in ("ingest", "clean", "quality") if s in stages]
+    groups["total"] = stages
+
+    def figures(name: str, members: list[str]) -> tuple[float, int | None]:
+        reports = [r for r in runs[name].reports if r.stage in members]
+        jobs = [r.jobs for r in reports]
+        return sum(r.seconds for r in reports), None if None in jobs else sum(jobs)
+
+    head = f"{'stage':<21}" + f" {first + ' s':>10} {'jobs':>6}"
+    head += "".join(f" {n + ' s':>10} {'jobs':>6} {n + '/' + first:>14}" for n in names[1:])
+    lines = [head]
+    for group, members in groups.items():
+        base, base_jobs = figures(first, members)
+        line = f"{group:<21} {base:>10.1f} {_count(base_jobs):>6}"
+        for name in names[1:]:
+            seconds, jobs = figures(name, members)
+            ratio = f"{seconds / base:.2f}" if base else "-"
+            line += f" {seconds:>10.1f} {_count(jobs):>6} {ratio:>14}"
+        lines.append(line)
+    return lines
+
+
+def _count(jobs: int | None) -> str:
+    return "-" if jobs is None else f"{jobs:,}"  # None: not counted (Spark Connect)
 
 
 def stage_table(result: PipelineResult, datagen_seconds: float, source_rows: int) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from microseg.runtime.config import DatagenConfig
@@ -23,7 +23,7 @@ MOVER_ORDERS, MOVER_ORDER_VALUE = 12, 160.0
 
 def orders_frames(customers: DataFrame, cfg: DatagenConfig) -> tuple[DataFrame, DataFrame]:
     """Orders and their items; dirt rows are extra orders (negative, future, orphan, unknown currency)."""
-    seed, start = cfg.seed, cfg.start_date
+    seed = cfg.seed
     exploded = customers.select(
         "customer_ref",
         "signup_offset",
@@ -39,13 +39,26 @@ def orders_frames(customers: DataFrame, cfg: DatagenConfig) -> tuple[DataFrame, 
         F.col("signup_offset")
         + F.floor(uniform(seed, "order_day", "order_id") * (F.col("last_offset") - F.col("signup_offset") + 1))
     )
+    sales = sale_rows(exploded, day, cfg)
+    returns = return_rows(sales, cfg)
+    sales, returns = sales.drop("return_rate"), returns.drop("return_rate")
+    sales = sales.unionByName(_mover_burst(customers, cfg))
+    items = items_frame(sales, cfg)
+    orders = sales.unionByName(returns).unionByName(dirty_orders(sales, cfg))
+    return orders, items
+
+
+def sale_rows(orders: DataFrame, day: Column, cfg: DatagenConfig) -> DataFrame:
+    """One sale per row of ``orders`` (order_id, customer_ref, order_value, discount_range, offer_rate,
+    return_rate), placed ``day`` days after start_date; return_rate is kept for ``return_rows``."""
+    seed, start = cfg.seed, cfg.start_date
     noise = F.exp((uniform(seed, "order_value", "order_id") - 0.5) * 0.8)
     currency = pick(uniform(seed, "currency", "order_id"), CURRENCIES)
     rate = F.when(currency == "GBP", 0.85).when(currency == "USD", 1.08).otherwise(1.0)
     low, high = F.col("discount_range")[0], F.col("discount_range")[1]
     with_offer = uniform(seed, "offer", "order_id") < F.col("offer_rate")
     discount_share = F.when(with_offer, low + uniform(seed, "discount", "order_id") * (high - low)).otherwise(0.0)
-    sales = exploded.select(
+    return orders.select(
         "order_id",
         "customer_ref",
         ts(day, start, uniform(seed, "order_time", "order_id")).alias("order_ts"),
@@ -60,8 +73,12 @@ def orders_frames(customers: DataFrame, cfg: DatagenConfig) -> tuple[DataFrame, 
         "return_rate",
         F.lit(None).cast("string").alias("_dirt"),
     )
-    # A returned order comes back a week later as a return of the full amount (no items of its own).
-    returns = sales.where(uniform(seed, "return", "order_id") < F.col("return_rate")).withColumns(
+
+
+def return_rows(sales: DataFrame, cfg: DatagenConfig) -> DataFrame:
+    """A returned sale (``sale_rows``) comes back a week later as a return of the full amount (no items of
+    its own)."""
+    return sales.where(uniform(cfg.seed, "return", "order_id") < F.col("return_rate")).withColumns(
         {
             "order_id": F.concat(F.lit("RET-"), F.col("order_id")),
             "order_ts": F.col("order_ts") + F.expr("INTERVAL 7 DAYS"),
@@ -70,11 +87,6 @@ def orders_frames(customers: DataFrame, cfg: DatagenConfig) -> tuple[DataFrame, 
             "offer_code": F.lit(None).cast("string"),
         }
     )
-    sales, returns = sales.drop("return_rate"), returns.drop("return_rate")
-    sales = sales.unionByName(_mover_burst(customers, cfg))
-    items = _items_frame(sales, cfg)
-    orders = sales.unionByName(returns).unionByName(_dirty_orders(sales, cfg))
-    return orders, items
 
 
 def _mover_burst(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
@@ -106,7 +118,7 @@ def _mover_burst(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
     )
 
 
-def _items_frame(orders: DataFrame, cfg: DatagenConfig) -> DataFrame:
+def items_frame(orders: DataFrame, cfg: DatagenConfig) -> DataFrame:
     seed = cfg.seed
     with_n = orders.withColumn("n_items", int_between(uniform(seed, "n_items", "order_id"), 1, 4))
     items = with_n.select(
@@ -134,7 +146,7 @@ def _items_frame(orders: DataFrame, cfg: DatagenConfig) -> DataFrame:
     return items.unionByName(orphans)
 
 
-def _dirty_orders(orders: DataFrame, cfg: DatagenConfig) -> DataFrame:
+def dirty_orders(orders: DataFrame, cfg: DatagenConfig) -> DataFrame:
     """Extra copies of clean orders, each with a single kind of dirt and a new order id (no items)."""
     seed, rates = cfg.seed, cfg.dirt
     kinds = {

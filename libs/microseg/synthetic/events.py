@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from microseg.runtime.config import DatagenConfig
@@ -12,7 +12,7 @@ from microseg.synthetic.people import email_address
 
 def web_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
     """Web sessions of 2 to 6 events, plus a purchase in converting ones; some are anonymous (no customer_ref)."""
-    seed, start = cfg.seed, cfg.start_date
+    seed = cfg.seed
     sessions = customers.select(
         "customer_ref",
         "id",
@@ -30,6 +30,13 @@ def web_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
         uniform(seed, "session_day", "session_id")
         * (F.least(F.col("last_offset") + 30, F.lit(horizon)) - F.col("signup_offset") + 1)
     )
+    return session_events(sessions, day, cfg)
+
+
+def session_events(sessions: DataFrame, day: Column, cfg: DatagenConfig) -> DataFrame:
+    """The events of each web session of ``sessions`` (session_id, id, customer_ref, cart_add_rate,
+    cart_conversion), which starts ``day`` days after start_date; with future-dated copies planted."""
+    seed, start = cfg.seed, cfg.start_date
     sessions = sessions.withColumns(
         {
             "session_start": ts(day, start, uniform(seed, "session_time", "session_id") * 0.9),
@@ -76,7 +83,6 @@ def web_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
 
 def email_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
     """Campaign sends, opens, clicks and unsubscribes keyed by email address (as an ESP exports them)."""
-    seed, start = cfg.seed, cfg.start_date
     horizon = (cfg.end_date - cfg.start_date).days
     reachable = customers.where(F.col("consent_email") & ~F.col("dirty_email"))
     sends = reachable.select(
@@ -92,7 +98,20 @@ def email_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
     sends = sends.withColumn("campaign_day", F.floor(F.col("campaign_no") * F.lit(horizon / 24.5)).cast("int")).where(
         F.col("campaign_day") >= F.col("signup_offset")
     )
-    sends = sends.withColumn("send_key", F.concat_ws("-", "customer_ref", "campaign_no"))
+    sends = sends.withColumns(
+        {
+            "send_key": F.concat_ws("-", "customer_ref", "campaign_no"),
+            "send_id": F.format_string("M%s-%02d", F.col("customer_ref"), F.col("campaign_no")),
+            "campaign_id": F.format_string("CMP%03d", F.col("campaign_no")),
+        }
+    )
+    return campaign_events(sends, cfg)
+
+
+def campaign_events(sends: DataFrame, cfg: DatagenConfig) -> DataFrame:
+    """Each send of ``sends`` (send_key, send_id, campaign_id, campaign_day, email, email_open, email_click) and
+    the opens, clicks and unsubscribes it draws; with orphan copies (unknown addresses) planted."""
+    seed, start = cfg.seed, cfg.start_date
     opened = uniform(seed, "open", "send_key") < F.col("email_open")
     clicked = opened & (uniform(seed, "click", "send_key") < F.col("email_click") / F.col("email_open"))
     unsubscribed = uniform(seed, "unsub", "send_key") < 0.003
@@ -107,9 +126,9 @@ def email_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
     )
     events = sends.select("*", F.posexplode(kinds).alias("pos", "event_type"))
     clean = events.select(
-        F.format_string("M%s-%02d-%d", F.col("customer_ref"), F.col("campaign_no"), F.col("pos")).alias("event_id"),
+        F.format_string("%s-%d", F.col("send_id"), F.col("pos")).alias("event_id"),
         "email",
-        F.format_string("CMP%03d", F.col("campaign_no")).alias("campaign_id"),
+        "campaign_id",
         "event_type",
         ts(F.col("campaign_day"), start, F.lit(0.375) + F.col("pos") * 0.05).alias("event_ts"),
         F.lit(None).cast("string").alias("_dirt"),
@@ -125,7 +144,7 @@ def email_events_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
 
 
 def support_tickets_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
-    seed, start = cfg.seed, cfg.start_date
+    seed = cfg.seed
     tickets = customers.select(
         "customer_ref",
         "signup_offset",
@@ -136,6 +155,13 @@ def support_tickets_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame
     day = F.col("signup_offset") + F.floor(
         uniform(seed, "ticket_day", "ticket_id") * (F.col("last_offset") - F.col("signup_offset") + 1)
     )
+    return ticket_rows(tickets, day, cfg)
+
+
+def ticket_rows(tickets: DataFrame, day: Column, cfg: DatagenConfig) -> DataFrame:
+    """One support ticket per row of ``tickets`` (ticket_id, customer_ref), opened ``day`` days after
+    start_date; with orphan copies (unknown customer_ref) planted."""
+    seed, start = cfg.seed, cfg.start_date
     clean = tickets.select(
         "ticket_id",
         "customer_ref",
@@ -156,17 +182,26 @@ def support_tickets_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame
 
 
 def survey_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
-    seed, start = cfg.seed, cfg.start_date
+    seed = cfg.seed
     horizon = (cfg.end_date - cfg.start_date).days
     answered = customers.where(uniform(seed, "survey", "id") < 0.25)
     day = F.least(F.lit(horizon), F.col("signup_offset") + F.floor(uniform(seed, "survey_day", "id") * 120))
-    return answered.select(
-        F.format_string("R%s", F.col("customer_ref")).alias("response_id"),
+    return survey_rows(
+        answered.withColumn("response_id", F.format_string("R%s", F.col("customer_ref"))), day, "id", cfg
+    )
+
+
+def survey_rows(answers: DataFrame, day: Column, key: str, cfg: DatagenConfig) -> DataFrame:
+    """One survey response per row of ``answers`` (response_id, customer_ref, nps_range), submitted ``day``
+    days after start_date; time of day and score drawn from column ``key``."""
+    seed, start = cfg.seed, cfg.start_date
+    return answers.select(
+        "response_id",
         "customer_ref",
-        ts(day, start, uniform(seed, "survey_time", "id")).alias("submitted_at"),
+        ts(day, start, uniform(seed, "survey_time", key)).alias("submitted_at"),
         (
             F.col("nps_range")[0]
-            + F.floor(uniform(seed, "nps", "id") * (F.col("nps_range")[1] - F.col("nps_range")[0] + 1))
+            + F.floor(uniform(seed, "nps", key) * (F.col("nps_range")[1] - F.col("nps_range")[0] + 1))
         )
         .cast("int")
         .alias("nps"),

@@ -29,6 +29,14 @@ def customers_frame(spark: SparkSession, cfg: DatagenConfig) -> DataFrame:
     ).otherwise(F.floor(uniform(seed, "signup", "id") * F.lit(min(150, horizon // 4))))
     gap = by_group("last_order_gap")
     last_offset = F.lit(horizon) - gap[0] - F.floor(uniform(seed, "gap", "id") * (gap[1] - gap[0] + 1))
+    return customer_rows(df, cfg, signup_offset, F.greatest(last_offset, signup_offset))
+
+
+def customer_rows(df: DataFrame, cfg: DatagenConfig, signup_offset: Column, last_offset: Column) -> DataFrame:
+    """The customers of ``df`` (columns ``id`` and ``group``) with their behavioural parameters, drawn from
+    (seed, id); ``signup_offset`` and ``last_offset``: days after start_date of the signup and of the last
+    possible order."""
+    seed = cfg.seed
     first = F.element_at(F.array(*[F.lit(n) for n in FIRST_NAMES]), (F.col("id") % len(FIRST_NAMES) + 1).cast("int"))
     last = F.element_at(
         F.array(*[F.lit(n) for n in LAST_NAMES]), (F.floor(F.col("id") / 7) % len(LAST_NAMES) + 1).cast("int")
@@ -42,7 +50,7 @@ def customers_frame(spark: SparkSession, cfg: DatagenConfig) -> DataFrame:
         first.alias("first_name"),
         last.alias("last_name"),
         signup_offset.cast("int").alias("signup_offset"),
-        F.greatest(last_offset, signup_offset).cast("int").alias("last_offset"),
+        last_offset.cast("int").alias("last_offset"),
         (orders[0] + F.floor(uniform(seed, "n_orders", "id") * (orders[1] - orders[0] + 1)))
         .cast("int")
         .alias("n_orders"),
@@ -73,6 +81,11 @@ def email_address(first: Column, last: Column, id_col: Column) -> Column:
 
 def crm_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
     """CRM rows; dirt: invalid emails (in place) and duplicates differing by case or white space."""
+    return with_crm_duplicates(crm_records(customers, cfg), cfg).drop("id")
+
+
+def crm_records(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
+    """One CRM record per customer (invalid emails planted in place), with its ``id`` and ``_dirt``."""
     seed, start = cfg.seed, cfg.start_date
     email = email_address(F.col("first_name"), F.col("last_name"), F.col("id"))
     bad_email = F.when(F.col("id") % 2 == 0, F.regexp_replace(email, "@", " at ")).otherwise(
@@ -102,6 +115,13 @@ def crm_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
         F.when(F.col("dirty_email"), F.lit("invalid_email")).alias("_dirt"),
         "id",
     )
+    return base
+
+
+def with_crm_duplicates(base: DataFrame, cfg: DatagenConfig) -> DataFrame:
+    """``base`` (crm_records) and, for a share of its customers, a duplicate differing by case or white space
+    and a day older."""
+    seed = cfg.seed
     duplicates = base.where(uniform(seed, "crm_duplicate", "id") < cfg.dirt.crm_duplicate).select(
         "customer_ref",
         F.upper("first_name").alias("first_name"),
@@ -117,4 +137,4 @@ def crm_frame(customers: DataFrame, cfg: DatagenConfig) -> DataFrame:
         F.lit("crm_duplicate").alias("_dirt"),
         "id",
     )
-    return base.unionByName(duplicates).drop("id")
+    return base.unionByName(duplicates)
