@@ -11,7 +11,7 @@ DATA ?= data/synthetic
 KEY_FILE := .microseg_key
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: install demo test test-fast ui sql sql-server bench lint clean env-archive
+.PHONY: install demo test test-faults test-fast ui sql sql-server bench lint clean env-archive
 
 install: $(INSTALLED)
 
@@ -39,6 +39,10 @@ demo: install
 # e.g. make test PYTEST_ARGS='--durations=30'.
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The fault suite with the SIGKILL-and-restart chain, which `make test` skips (about 15 minutes more).
+test-faults: install
+	MICROSEG_KILL_RESTART=1 $(BIN)/pytest tests/faults $(PYTEST_ARGS)
 
 # The unit tests alone (tiny DataFrames, one Spark session): a couple of minutes.
 test-fast: install
