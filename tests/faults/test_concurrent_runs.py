@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import time
 
 from pyspark.sql import functions as F
@@ -31,7 +33,7 @@ def test_two_runs_of_one_as_of_one_runs_the_other_is_refused(spark, make_config,
     finally:
         for process in processes:  # only on a timeout: both have ended otherwise
             if process.poll() is None:
-                process.kill()
+                os.killpg(process.pid, signal.SIGKILL)
     seconds = time.perf_counter() - started
     outputs = [log.read_text() for log in logs]
     print(f"two runs at once: {seconds:.0f}s, exit codes {codes}")
