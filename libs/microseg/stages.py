@@ -125,7 +125,10 @@ def summary(result: PipelineResult, cfg: Config) -> str:
         for segment, facts in assign.info["segments"].items():
             lines.append(f"  {segment:<28} {facts['customers']:>8,}  {facts['label'] or '(small: size only)'}")
         history = assign.info.get("history", {})
-        lines.append(f"segment history: {history.get('opened', 0):,} rows opened, {history.get('closed', 0):,} closed")
+        line = f"segment history: {history.get('opened', 0):,} rows opened, {history.get('closed', 0):,} closed"
+        if history.get("reopened") or history.get("removed"):
+            line += f"; undone from an earlier run: {history['reopened']:,} reopened, {history['removed']:,} removed"
+        lines.append(line)
     profile = result.report("profile")
     if profile:
         lines.append(f"segment report: {profile.info['report']}")

@@ -44,8 +44,9 @@ def fault_data(spark, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
 
 @pytest.fixture(scope="session")
 def microseg_process() -> Callable[..., subprocess.Popen]:
-    """``microseg_process(*args, log=path, extra_env=None)``: `microseg <args>` started in a process of its own
-    (this checkout's package, the tests' settings and HMAC key, ``extra_env``), its output to ``log``."""
+    """``microseg_process(*args, log=path, extra_env=None)``: `microseg <args>` started in a process of its own,
+    leading a process group with its JVM (this checkout's package, the tests' settings and HMAC key,
+    ``extra_env``), its output to ``log``."""
     libs = str(Path(microseg.__file__).resolve().parents[1])
     env = {
         **os.environ,
@@ -58,8 +59,14 @@ def microseg_process() -> Callable[..., subprocess.Popen]:
                    args[0], "--conf", str(REPO / "conf" / "local.yaml"), *[f"--set={s}" for s in RUN_SETTINGS],
                    *args[1:]]  # fmt: skip
         with open(log, "w") as out:
+            # A session of its own: the process and its JVM can be signalled together (os.killpg).
             return subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env={**env, **(extra_env or {})}, cwd=REPO
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**env, **(extra_env or {})},
+                cwd=REPO,
+                start_new_session=True,
             )
 
     return start
