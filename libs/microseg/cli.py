@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--rerun", action="store_true", help="run even if these stages already completed for the as_of")
     run.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="clean rebuilds every silver table from all of bronze (default: only the batches not yet published)",
+    )
+    run.add_argument(
         "--retrain",
         action="store_true",
         help="train even if the champions were trained on the same feature rows, config and code (implies --rerun)",
@@ -161,11 +166,12 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     as_of, names = snapshot_date(cfg, args.as_of), selected_stages(cfg, args.stage)
     spark = build_spark(cfg)
     done = completed_stages(spark, cfg, as_of)
-    if not (args.rerun or args.retrain) and all(name in done for name in names):
+    full_refresh = getattr(args, "full_refresh", False)
+    if not (args.rerun or args.retrain or full_refresh) and all(name in done for name in names):
         runs = ", ".join(sorted({done[name] for name in names}))
         print(f"as_of {as_of}: {', '.join(names)} already completed (run {runs}); nothing to do (--rerun to run again)")
         return 0
-    result = run_pipeline(spark, cfg, as_of=as_of, stages=names, retrain=args.retrain)
+    result = run_pipeline(spark, cfg, as_of=as_of, stages=names, full_refresh=full_refresh, retrain=args.retrain)
     print(summary(result, cfg))
     return 0
 
@@ -273,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides += _datagen_overrides(args)
     if args.command == "train" and args.force:
         overrides.append("train.force_promote=true")
+    cfg = None
     try:
         cfg = load_config(args.conf, overrides)
         return COMMANDS[args.command](cfg, args)
@@ -282,6 +289,22 @@ def main(argv: list[str] | None = None) -> int:
     except MicrosegError as exc:
         log.error("%s: %s", type(exc).__name__, exc)
         return EXIT_FAILURE
+    except Exception as exc:
+        if cfg is None or not _embedded_metastore_busy(cfg, exc):
+            raise
+        log.error(
+            "the embedded metastore (Derby, in %s) could not be opened: another process most likely has it open, "
+            "such as another microseg run (of any as_of) or microseg sql on this lake; it admits one process at a "
+            "time. Wait for that process to end; to run processes side by side, name the tables in a shared "
+            "metastore (tables.metastore: hive) or not at all (tables.metastore: none)",
+            cfg.metastore_dir,
+        )
+        return EXIT_FAILURE
+
+
+def _embedded_metastore_busy(cfg: Config, exc: Exception) -> bool:
+    """Whether ``exc`` is Hive's failure to open the embedded metastore (Derby lets one process boot it)."""
+    return cfg.tables.metastore == "embedded" and "SessionHiveMetaStoreClient" in str(exc)
 
 
 def run_job(stage: StageFunction | None, argv: list[str] | None = None) -> int:

@@ -36,10 +36,12 @@ def run_pipeline(
     as_of: dt.date | None = None,
     stages: list[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    full_refresh: bool = False,
     retrain: bool = False,
 ) -> PipelineResult:
     """Run the named ``stages`` (default: cfg.run.stages, or every stage) for ``as_of`` (default: cfg.run.as_of,
-    else yesterday in UTC); ``retrain``: train even if the champions were trained on the same inputs.
+    else yesterday in UTC); ``full_refresh``: clean rebuilds silver from all of bronze; ``retrain``: train even
+    if the champions were trained on the same inputs.
 
     Raises:
         ConfigError: a stage name, or a layer's algorithm when train is to run, is unknown (before anything runs).
@@ -47,7 +49,8 @@ def run_pipeline(
     names = selected_stages(cfg, stages)
     if "train" in names:
         check_algorithms(cfg)  # before anything runs, as the stage names
-    return run_stages(spark, cfg, [(name, STAGES[name]) for name in names], as_of, progress, retrain)
+    chosen = [(name, STAGES[name]) for name in names]
+    return run_stages(spark, cfg, chosen, as_of, progress, full_refresh=full_refresh, retrain=retrain)
 
 
 def selected_stages(cfg: Config, stages: list[str] | None = None) -> list[str]:

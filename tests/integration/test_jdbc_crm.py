@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -55,9 +56,19 @@ def pg_config(spark, postgres, make_config, tmp_path_factory, generated):
     return cfg, rows
 
 
-def test_crm_ingested_from_postgres_over_jdbc(spark, pg_config):
+def table_scans(spark, url: str) -> int:
+    """How many times PostgreSQL has read public.crm_customers from start to end (its statistics)."""
+    query = "(SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'crm_customers') s"
+    time.sleep(1.5)  # a backend reports its statistics within a second of its last query
+    return spark.read.jdbc(url, query, properties={"user": "microseg", "driver": "org.postgresql.Driver"}).first()[0]
+
+
+def test_crm_ingested_from_postgres_over_jdbc(spark, pg_config, postgres):
     cfg, loaded = pg_config
-    result = run_pipeline(spark, cfg, stages=["ingest", "clean"], progress=lambda _: None)
+    scans = table_scans(spark, postgres)
+    result = run_pipeline(spark, cfg, stages=["ingest", "clean", "quality"], progress=lambda _: None)
+    # One read of the live table per run: bronze and the contact table hold the same state of it.
+    assert table_scans(spark, postgres) == scans + 1
     entry = next(e for e in result.report("ingest").entries if e.source == "crm_customers")
     assert entry.rows_written == loaded.count()
     bronze = tables.read(spark, cfg, "bronze.crm_customers")

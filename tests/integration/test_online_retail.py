@@ -65,7 +65,7 @@ def test_daily_drops_ingest_only_new_files(spark, retail):
 
 def test_lines_without_customer_are_quarantined_and_cancellations_are_returns(spark, retail):
     cfg, _ = retail
-    run_pipeline(spark, cfg, stages=["clean"], progress=lambda _: None)
+    run_pipeline(spark, cfg, stages=["clean", "quality"], progress=lambda _: None)
     facts = csv_facts(DAYS)
     quarantine = tables.read(spark, cfg, "quarantine.online_retail")
     reasons = {r["reason"]: r["count"] for r in quarantine.groupBy("reason").count().collect()}

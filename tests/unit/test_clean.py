@@ -166,7 +166,7 @@ def test_order_lines_rules_and_returns(spark):
     from microseg.ingest.mapping import SourceSpec, canonical
 
     spec = SourceSpec(name="l", entity="order_lines", format="csv", path="x", schema="order_id STRING")
-    lines = canonical(spark.createDataFrame(rows, schema), spec, "m.yaml")
+    lines = canonical(spark.createDataFrame(rows, schema).withColumn("_batch_id", F.lit("b-1")), spec, "m.yaml")
     flagged = clean_order_lines(lines, None, {"GBP": 2.0}, r"^[0-9]{5}[A-Z]*$")
     got = [(r["order_id"], r["product_id"], r["_rule"], r["is_return"], r["is_product"]) for r in flagged.collect()]
     assert sorted(got) == [
@@ -222,34 +222,39 @@ def test_country_names_and_codes_to_iso_without_a_pass_over_the_data(spark):
     }
 
 
-def test_publish_reconciles_rows_in_with_rows_written_and_quarantined(spark, make_config):
+def test_staging_reconciles_rows_in_with_rows_staged_and_quarantined(spark, make_config):
     import pytest
 
-    from microseg.clean.stage import publish, read_bronze
-    from microseg.runtime import tables
+    from microseg.clean import staging
+    from microseg.clean.stage import stage_source
+    from microseg.clean.staging import INCREMENTAL, Manifest, Plan
+    from microseg.runtime import lake, tables
     from microseg.runtime.errors import ReconciliationError
+    from microseg.runtime.sparkops import count_rows
 
     cfg = make_config()
     rows = spark.createDataFrame(
-        [("a", 1, None), ("b", -1, None), ("c", 2, None)], "id STRING, n INT, _corrupt_record STRING"
+        [("a", 1, None, "b-1"), ("b", -1, None, "b-1"), ("c", 2, None, "b-2")],
+        "id STRING, n INT, _corrupt_record STRING, _batch_id STRING",
     )
     tables.overwrite(rows, cfg, "bronze.src")
-    from microseg.runtime.lake import OVERWRITE, Table
+    bronze = tables.read(spark, cfg, "bronze.src")
+    table = lake.Table("silver.src", "a test silver table", (("id", "string"), ("n", "int")), (lake.OVERWRITE,))
+    outputs = {table: lambda good: good.select("id", "n")}
+    plan, manifest = Plan("src", ["b-1", "b-2"], INCREMENTAL), Manifest("r1")
 
-    src = Table("silver.src", "a test silver table", (("id", "string"), ("n", "int")), (OVERWRITE,))
-    outputs = {src: lambda good: good.select("id", "n")}
-
-    bronze, rows_in = read_bronze(spark, cfg, "src")
-    flagged = flag_rules(bronze, [Rule("negative_n", "n < 0", F.col("n") < 0)])
-    entry = publish(cfg, "src", bronze, rows_in, flagged, outputs)
+    rows, read = count_rows(bronze)
+    flagged = flag_rules(rows, [Rule("negative_n", "n < 0", F.col("n") < 0)])
+    entry, batches = stage_source(cfg, plan, read, flagged, outputs, ["id", "n"], manifest)
     assert (entry.rows_in, entry.rows_written, entry.rows_quarantined) == (3, 2, 1)
     assert entry.details["quarantined_by_rule"] == {"negative_n": 1}
-    assert sorted(r["id"] for r in tables.read(spark, cfg, src).collect()) == ["a", "c"]
-    assert [(r["rule"], r["reason"]) for r in tables.read(spark, cfg, "quarantine.src").collect()] == [
-        ("negative_n", "n < 0")
-    ]
+    assert [b[:2] + b[4:7] for b in batches] == [("src", "b-1", 2, 1, 1), ("src", "b-2", 1, 1, 0)]
+    assert sorted(r["id"] for r in staging.staged(spark, cfg, table).collect()) == ["a", "c"]
+    quarantined = staging.staged(spark, cfg, lake.quarantine("src")).collect()
+    assert [(r["rule"], r["reason"], r["_batch_id"]) for r in quarantined] == [("negative_n", "n < 0", "b-1")]
+    assert not tables.exists(spark, cfg, table)  # nothing published: that is the quality gate's
 
-    bronze, rows_in = read_bronze(spark, cfg, "src")
-    doubled = bronze.crossJoin(spark.createDataFrame([(1,), (2,)], "copy INT"))  # a join that duplicates rows
-    with pytest.raises(ReconciliationError, match="3 rows in bronze but 6 written"):
-        publish(cfg, "src", bronze, rows_in, flag_rules(doubled, []), outputs)
+    rows, read = count_rows(bronze)
+    doubled = rows.crossJoin(spark.createDataFrame([(1,), (2,)], "copy INT"))  # a join that duplicates rows
+    with pytest.raises(ReconciliationError, match="3 rows in bronze but 6 staged"):
+        stage_source(cfg, plan, read, flag_rules(doubled, []), outputs, ["id", "n"], manifest)

@@ -2,8 +2,14 @@
 
 from pyspark.sql import functions as F
 
-from microseg.clean.identity import anonymous_links, write_identity_map
+from microseg.clean.identity import anonymous_links, stage_identity_map
 from microseg.runtime import tables
+
+
+def write_identity_map(spark, cfg) -> dict:
+    """The map of silver.customers, written straight to silver (clean stages it; quality publishes it)."""
+    customers = tables.read(spark, cfg, "silver.customers")
+    return stage_identity_map(customers, None, lambda df, table: tables.overwrite(df, cfg, table))
 
 
 def test_shared_email_is_a_conflict_not_a_link(spark, make_config):
@@ -13,7 +19,7 @@ def test_shared_email_is_a_conflict_not_a_link(spark, make_config):
         "customer_id STRING, crm_id STRING, email_hash STRING, phone_hash STRING",
     )
     tables.overwrite(customers, cfg, "silver.customers")
-    counts = write_identity_map(spark, cfg, anonymous_ids=True)
+    counts = write_identity_map(spark, cfg)
     assert counts["conflicts"] == {"email_hash": 1}
     assert counts["linked_keys"] == {"crm_id": 3, "email_hash": 1, "phone_hash": 2}
     conflict = tables.read(spark, cfg, "ops.identity_conflicts").first()
@@ -45,8 +51,8 @@ def test_cleaners_link_through_the_identity_map(spark, make_config):
         "customer_id STRING, crm_id STRING, email_hash STRING, phone_hash STRING",
     )
     tables.overwrite(customers, cfg, "silver.customers")
-    write_identity_map(spark, cfg, anonymous_ids=False)
-    keys = identity_keys(spark, cfg)
+    write_identity_map(spark, cfg)
+    keys = identity_keys(lambda table: tables.read(spark, cfg, table))
     assert sorted(map(tuple, crm_links(keys).collect())) == [("C1", "cu_1"), ("C2", "cu_2"), ("C3", "cu_3")]
     events = spark.createDataFrame(
         [("m1", "e3", "open", None), ("m2", "e-shared", "open", None), ("m3", "e9", "open", None)],

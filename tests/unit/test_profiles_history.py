@@ -62,13 +62,18 @@ def history_rows(spark, cfg):
 
 def test_history_is_a_type_2_dimension_and_reruns_change_nothing(spark, make_config):
     cfg = make_config("train.layers.engagement=null")
-    update_history(spark, cfg, assignments(spark, [("a", "value", "s1", "active"), ("b", "value", "s2", "active"),
-                                                   ("d", "value", "s1", "active")]), D1)  # fmt: skip
+    first = update_history(spark, cfg, assignments(spark, [("a", "value", "s1", "active"),
+                                                           ("b", "value", "s2", "active"),
+                                                           ("d", "value", "s1", "active")]), D1)  # fmt: skip
+    assert first == {"opened": 3, "closed": 0, "reopened": 0, "removed": 0}
+    assert history_rows(spark, cfg) == [("a", "s1", str(D1), "None", True), ("b", "s2", str(D1), "None", True),
+                                        ("d", "s1", str(D1), "None", True)]  # fmt: skip
     day2 = assignments(
         spark, [("a", "value", "s1", "active"), ("b", "value", "s3", "active"), ("c", "value", "s1", "new")]
     )
     counts = update_history(spark, cfg, day2, D2)
-    assert counts == {"opened": 2, "closed": 2}  # b moved, c entered; b's and d's (left) rows closed
+    # b moved, c entered; b's and d's (left) rows closed
+    assert counts == {"opened": 2, "closed": 2, "reopened": 0, "removed": 0}
     expected = [
         ("a", "s1", str(D1), "None", True),
         ("b", "s2", str(D1), str(D2), False),
@@ -77,10 +82,123 @@ def test_history_is_a_type_2_dimension_and_reruns_change_nothing(spark, make_con
         ("d", "s1", str(D1), str(D2), False),
     ]
     assert history_rows(spark, cfg) == expected
-    update_history(spark, cfg, day2, D2)  # the same snapshot again
+    before = version(spark, cfg)
+    # The same snapshot again: nothing to change, so Delta commits nothing.
+    assert update_history(spark, cfg, day2, D2) == {"opened": 0, "closed": 0, "reopened": 0, "removed": 0}
     assert history_rows(spark, cfg) == expected
+    assert version(spark, cfg) == before
     with pytest.raises(MicrosegError, match="date order"):
         update_history(spark, cfg, day2, D1)
     before = [r for r in history_rows(spark, cfg) if r[0] == "a"]
     update_history(spark, cfg, assignments(spark, [("a", "value", "s1", "at_risk")]), D3)  # same segment: no new row
     assert [r for r in history_rows(spark, cfg) if r[0] == "a"] == before
+    # D3 only closed rows (b and c left): a snapshot before it is refused although no row opened at D3.
+    with pytest.raises(MicrosegError, match="date order"):
+        update_history(spark, cfg, day2, D2)
+
+
+HISTORY = "gold.segment_history"
+
+
+def version(spark, cfg):
+    return tables.version(spark, cfg, HISTORY)
+
+
+def full_rows(spark, cfg):
+    """Every column of every history row, sorted."""
+    return sorted(
+        (r["customer_id"], r["layer"], r["segment_id"], r["macro_segment"], str(r["valid_from"]), str(r["valid_to"]),
+         r["is_current"])
+        for r in tables.read(spark, cfg, HISTORY).collect()
+    )  # fmt: skip
+
+
+def commits_since(spark, cfg, before):
+    """The operations Delta committed to the history after version ``before``, oldest first."""
+    rows = spark.sql(f"DESCRIBE HISTORY delta.`{tables.table_path(cfg, HISTORY)}`").collect()
+    return [r["operation"] for r in sorted(rows, key=lambda r: r["version"]) if r["version"] > before]
+
+
+# D1: a and d stay, b and e move, c enters, f is not there yet.
+DAY1 = [("a", "value", "s1", "active"), ("a", "engagement", "s9", "active"), ("b", "value", "s2", "active"),
+        ("d", "value", "s1", "active"), ("e", "value", "s1", "active")]  # fmt: skip
+# D2, first assignments: b moves to s3, c enters, d leaves, e moves to s2.
+DAY2_FIRST = [("a", "value", "s1", "active"), ("a", "engagement", "s9", "active"), ("b", "value", "s3", "active"),
+              ("c", "value", "s1", "new"), ("e", "value", "s2", "active")]  # fmt: skip
+# D2, assigned again with other results: a moves, b stays after all, c enters in another segment, d is back
+# (it stays), e moves to s2 as before but in another macro segment, f enters.
+DAY2_SECOND = [("a", "value", "s2", "active"), ("a", "engagement", "s9", "active"), ("b", "value", "s2", "active"),
+               ("c", "value", "s4", "new"), ("d", "value", "s1", "active"), ("e", "value", "s2", "new"),
+               ("f", "value", "s1", "new")]  # fmt: skip
+D1S, D2S = str(D1), str(D2)
+# The history of DAY1 then DAY2_FIRST, worked out by hand.
+AFTER_FIRST = sorted([
+    ("a", "engagement", "s9", "active", D1S, "None", True),
+    ("a", "value", "s1", "active", D1S, "None", True),
+    ("b", "value", "s2", "active", D1S, D2S, False),
+    ("b", "value", "s3", "active", D2S, "None", True),
+    ("c", "value", "s1", "new", D2S, "None", True),
+    ("d", "value", "s1", "active", D1S, D2S, False),
+    ("e", "value", "s1", "active", D1S, D2S, False),
+    ("e", "value", "s2", "active", D2S, "None", True),
+])  # fmt: skip
+# The history of DAY1 then DAY2_SECOND, worked out by hand.
+AFTER_SECOND = sorted([
+    ("a", "engagement", "s9", "active", D1S, "None", True),
+    ("a", "value", "s1", "active", D1S, D2S, False),
+    ("a", "value", "s2", "active", D2S, "None", True),
+    ("b", "value", "s2", "active", D1S, "None", True),
+    ("c", "value", "s4", "new", D2S, "None", True),
+    ("d", "value", "s1", "active", D1S, "None", True),
+    ("e", "value", "s1", "active", D1S, D2S, False),
+    ("e", "value", "s2", "new", D2S, "None", True),
+    ("f", "value", "s1", "new", D2S, "None", True),
+])  # fmt: skip
+
+
+def test_rerunning_the_latest_snapshot_with_other_assignments_is_one_merge(spark, make_config):
+    cfg = make_config()
+    update_history(spark, cfg, assignments(spark, DAY1), D1)
+    update_history(spark, cfg, assignments(spark, DAY2_FIRST), D2)
+    assert full_rows(spark, cfg) == AFTER_FIRST
+    before = version(spark, cfg)
+    counts = update_history(spark, cfg, assignments(spark, DAY2_SECOND), D2)
+    assert full_rows(spark, cfg) == AFTER_SECOND
+    # One commit undid DAY2_FIRST and applied DAY2_SECOND: no state in between was ever visible.
+    assert commits_since(spark, cfg, before) == ["MERGE"]
+    # Opened: a s2, c s4, e s2 (new macro), f s1; closed: a s1; reopened: b s2, d s1; removed: b s3, c s1, e s2.
+    assert counts == {"opened": 4, "closed": 1, "reopened": 2, "removed": 3}
+
+
+def test_an_interrupted_application_changes_nothing_and_a_rerun_repairs_the_old_crash_state(
+    spark, make_config, monkeypatch
+):
+    """A failure inside the one MERGE commits nothing. The version before it deleted the rows it had opened,
+    reopened the rows it had closed, then merged, in three commits; a crash after the first left rows closed
+    at D2 with nothing open after them: the next application takes them as reopened and puts the history
+    right in one commit."""
+    from microseg.outputs import assign
+
+    cfg = make_config()
+    update_history(spark, cfg, assignments(spark, DAY1), D1)
+    update_history(spark, cfg, assignments(spark, DAY2_FIRST), D2)
+    before = version(spark, cfg)
+    real_merge = assign.tables.merge_type2
+
+    def failing(source, *args, **kwargs):  # the MERGE's job fails on one of its rows, as a lost executor would
+        poisoned = source.withColumn(
+            "segment_id", F.when(F.col("customer_id") == "f", F.raise_error(F.lit("killed"))).otherwise("segment_id")
+        )
+        return real_merge(poisoned, *args, **kwargs)
+
+    monkeypatch.setattr(assign.tables, "merge_type2", failing)
+    with pytest.raises(Exception, match="killed"):
+        update_history(spark, cfg, assignments(spark, DAY2_SECOND), D2)
+    assert (version(spark, cfg), full_rows(spark, cfg)) == (before, AFTER_FIRST)
+    monkeypatch.undo()
+
+    tables.delete(spark, cfg, HISTORY, f"valid_from = DATE'{D2S}'")  # the old rerun's first commit, then a crash
+    before = version(spark, cfg)
+    update_history(spark, cfg, assignments(spark, DAY2_FIRST), D2)
+    assert full_rows(spark, cfg) == AFTER_FIRST
+    assert commits_since(spark, cfg, before) == ["MERGE"]

@@ -22,7 +22,7 @@ def test_rule_results_count_unexpected_rows(spark):
             ),
         ],
     )
-    results = {r.rule.name: r for r in validate({"silver.t": df}, [suite])}
+    results = {r.rule.name: r for r in validate([("silver.t", suite, df)])}
     assert (results["id_present"].success, results["id_present"].unexpected_count) == (False, 1)
     assert (results["id_unique"].success, results["id_unique"].unexpected_count) == (False, 2)
     assert (results["score_range"].success, results["score_range"].unexpected_count) == (False, 1)
@@ -35,7 +35,7 @@ def test_rule_results_count_unexpected_rows(spark):
 def test_data_docs_are_built(spark, tmp_path):
     df = spark.createDataFrame([("a",), (None,)], "id STRING")
     suite = TableRules(table="silver.t", rules=[QualityRule(name="id_present", expectation="not_null", column="id")])
-    validate({"silver.t": df}, [suite], docs_dir=str(tmp_path / "docs"))
+    validate([("silver.t", suite, df)], docs_dir=str(tmp_path / "docs"))
     index = tmp_path / "docs" / "index.html"
     assert index.exists()
     pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
@@ -43,34 +43,52 @@ def test_data_docs_are_built(spark, tmp_path):
     assert "Unsuccessful" in pages[0].read_text()  # the one rule failed (one null id)
 
 
-def test_quarantine_rules_move_failing_rows(spark, make_config):
+def test_publication_moves_quarantined_rows_and_replaces_its_batches_on_a_rerun(spark, make_config):
     import json
 
-    from microseg.quality.stage import quarantine_rows
-    from microseg.runtime import tables
+    from pyspark.sql import functions as F
+
+    from microseg.clean import staging
+    from microseg.clean.staging import INCREMENTAL, Manifest, Plan
+    from microseg.quality.publish import publish
+    from microseg.quality.stage import gate
+    from microseg.runtime import lake, tables
 
     cfg = make_config()
-    df = spark.createDataFrame(
+    published = spark.createDataFrame(
+        [("o0", 9.0, False, "b-0")], "order_id STRING, amount DOUBLE, is_return BOOLEAN, _batch_id STRING"
+    )
+    tables.overwrite(published, cfg, lake.ORDERS)
+    batch = spark.createDataFrame(
         [("o1", 5.0, False), ("o2", 500.0, False), ("o3", -7.0, True), ("o3", 1.0, False)],
         "order_id STRING, amount DOUBLE, is_return BOOLEAN",
-    )
-    tables.overwrite(df, cfg, "silver.orders")
+    ).withColumn("_batch_id", F.lit("b-1"))
     rules = [
         QualityRule(name="unique_id", expectation="unique", column="order_id", severity="quarantine"),
         QualityRule(name="plausible", expectation="between", column="amount", min=0, max=100,
                     severity="quarantine", where="is_return = false", reason="too large"),
     ]  # fmt: skip
-    entry = quarantine_rows(spark, cfg, "silver.orders", rules)
+
+    def stage_and_publish() -> list:
+        manifest = Manifest("r1", {"src": Plan("src", ["b-1"], INCREMENTAL)})
+        staging.stage(batch, cfg, lake.ORDERS, manifest, "src")
+        return publish(spark, cfg, manifest, [gate(lake.ORDERS, staging.staged(spark, cfg, lake.ORDERS), rules)], "r1")
+
+    entry = stage_and_publish()[0]
     assert (entry.rows_in, entry.rows_written, entry.rows_quarantined) == (4, 1, 3)
     assert entry.details["quarantined_by_rule"] == {"plausible": 1, "unique_id": 2}
-    kept = [r["order_id"] for r in tables.read(spark, cfg, "silver.orders").collect()]
-    assert kept == ["o1"]
+    assert sorted(r["order_id"] for r in tables.read(spark, cfg, lake.ORDERS).collect()) == ["o0", "o1"]
     moved = {
-        (r["rule"], json.loads(r["record"])["amount"], r["reason"])
+        (r["rule"], json.loads(r["record"])["amount"], r["reason"], r["_batch_id"])
         for r in tables.read(spark, cfg, "quarantine.orders").collect()
     }
     assert moved == {
-        ("unique_id", -7.0, "unique on order_id"),
-        ("unique_id", 1.0, "unique on order_id"),
-        ("plausible", 500.0, "too large"),
+        ("unique_id", -7.0, "unique on order_id", "b-1"),
+        ("unique_id", 1.0, "unique on order_id", "b-1"),
+        ("plausible", 500.0, "too large", "b-1"),
     }
+    assert staging.read_manifest(cfg) is None  # the staging is gone once published
+
+    stage_and_publish()  # the same batch again (a rerun after an interruption): its rows replaced, not added
+    assert sorted(r["order_id"] for r in tables.read(spark, cfg, lake.ORDERS).collect()) == ["o0", "o1"]
+    assert tables.read(spark, cfg, "quarantine.orders").count() == 3

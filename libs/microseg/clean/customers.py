@@ -44,6 +44,7 @@ def customers_table(good: DataFrame) -> DataFrame:
         "consent_email",
         "consent_sms",
         "consent_profiling",
+        "_batch_id",
     )
 
 
@@ -66,6 +67,7 @@ def line_customers_table(aliases: dict[str, str | None]) -> Callable[[DataFrame]
             F.to_date(F.min("order_ts")).alias("signup_date"),
             F.max("order_ts").alias("updated_at"),
             F.coalesce(F.max("consent_profiling"), F.lit(True)).alias("consent_profiling"),
+            F.max("_batch_id").alias("_batch_id"),  # the latest batch with a line of the customer
         )
         with_country = with_country_code(customers.join(by_country, "customer_id", "left"), "country", "iso", aliases)
         return with_country.select(
@@ -81,6 +83,7 @@ def line_customers_table(aliases: dict[str, str | None]) -> Callable[[DataFrame]
             F.lit(None).cast("boolean").alias("consent_email"),
             F.lit(None).cast("boolean").alias("consent_sms"),
             "consent_profiling",
+            "_batch_id",
         )
 
     return build

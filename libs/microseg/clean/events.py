@@ -40,6 +40,7 @@ def web_events_table(good: DataFrame) -> DataFrame:
         "event_ts",
         F.lower(clean_code("event_type")).alias("event_type"),
         F.lower(clean_code("channel")).alias("channel"),
+        "_batch_id",
     )
 
 
@@ -57,7 +58,12 @@ def clean_email_events(df: DataFrame, keys: DataFrame) -> DataFrame:
 
 def email_events_table(good: DataFrame) -> DataFrame:
     return good.select(
-        "event_id", "customer_id", "campaign_id", F.lower(clean_code("event_type")).alias("event_type"), "event_ts"
+        "event_id",
+        "customer_id",
+        "campaign_id",
+        F.lower(clean_code("event_type")).alias("event_type"),
+        "event_ts",
+        "_batch_id",
     )
 
 
@@ -74,8 +80,9 @@ def tickets_table(good: DataFrame) -> DataFrame:
         F.lower(clean_code("channel")).alias("channel"),
         F.lower(clean_code("topic")).alias("topic"),
         "satisfaction",
+        "_batch_id",
     )
 
 
 def surveys_table(good: DataFrame) -> DataFrame:
-    return good.select("response_id", "customer_id", "submitted_at", "nps")
+    return good.select("response_id", "customer_id", "submitted_at", "nps", "_batch_id")

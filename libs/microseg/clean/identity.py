@@ -2,19 +2,21 @@
 
 The identity map (silver.identity_map) links every deterministic key (a CRM id, an email hash, a
 phone hash, a web anonymous id) to its one customer; keys that point at several customers go to
-ops.identity_conflicts instead, reported and never guessed. Clean writes the map as soon as
-silver.customers is written, and the cleaners of later sources link their records through it
-(``identity_keys``, ``crm_links``, ``email_links``); once the web events are cleaned, their
-anonymous ids are added.
+ops.identity_conflicts instead, reported and never guessed. Clean stages the map as soon as it
+has staged customers, and the cleaners of later sources link their records through it
+(``identity_keys``, ``crm_links``, ``email_links``); once the web events are staged, their
+anonymous ids are added. The quality gate publishes it with the rest.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from collections.abc import Callable
+
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from microseg.runtime import lake, tables
-from microseg.runtime.config import Config
+from microseg.runtime import lake
+from microseg.runtime.lake import Table
 from microseg.runtime.sparkops import cached
 
 CUSTOMER_KEYS = ("crm_id", "email_hash", "phone_hash")  # the identifier columns of silver.customers
@@ -44,12 +46,10 @@ def _linked_keys(records: DataFrame, column: str) -> DataFrame:
     )
 
 
-def identity_keys(spark: SparkSession, cfg: Config) -> DataFrame:
-    """Every key as written, with all its customers: the map's links and the conflicts' keys."""
-    single = tables.read(spark, cfg, lake.IDENTITY_MAP).select(
-        "key_type", "key_value", F.array("customer_id").alias("customer_ids")
-    )
-    return single.unionByName(tables.read(spark, cfg, lake.IDENTITY_CONFLICTS).select(*single.columns))
+def identity_keys(read: Callable[[Table], DataFrame]) -> DataFrame:
+    """Every key as ``read`` gives the map and the conflicts, with all its customers."""
+    single = read(lake.IDENTITY_MAP).select("key_type", "key_value", F.array("customer_id").alias("customer_ids"))
+    return single.unionByName(read(lake.IDENTITY_CONFLICTS).select(*single.columns))
 
 
 def crm_links(keys: DataFrame) -> DataFrame:
@@ -68,17 +68,17 @@ def email_links(keys: DataFrame) -> DataFrame:
     )
 
 
-def write_identity_map(spark: SparkSession, cfg: Config, anonymous_ids: bool) -> dict:
-    """Write the identity map and the identity conflicts from silver.customers and, with
-    ``anonymous_ids`` (once the web events are cleaned), from silver.web_events' anonymous ids.
+def stage_identity_map(
+    customers: DataFrame, web_events: DataFrame | None, write: Callable[[DataFrame, Table], object]
+) -> dict:
+    """Build the identity map and the identity conflicts from ``customers`` and, when given (once the web
+    events are cleaned), the anonymous ids of ``web_events``; ``write`` (frame, table) stages each.
 
     Returns counts of linked keys and conflicts by key type.
     """
-    customers = tables.read(spark, cfg, lake.CUSTOMERS)
     keys = [_linked_keys(customers, c) for c in CUSTOMER_KEYS]
-    if anonymous_ids and tables.exists(spark, cfg, lake.WEB_EVENTS):
-        web = tables.read(spark, cfg, lake.WEB_EVENTS).where(F.col("customer_id").isNotNull())
-        keys.append(_linked_keys(web, "anonymous_id"))
+    if web_events is not None:
+        keys.append(_linked_keys(web_events.where(F.col("customer_id").isNotNull()), "anonymous_id"))
     all_keys = keys[0]
     for frame in keys[1:]:
         all_keys = all_keys.unionByName(frame)
@@ -89,8 +89,8 @@ def write_identity_map(spark: SparkSession, cfg: Config, anonymous_ids: bool) ->
         conflicts = linked.where(several).select(
             "key_type", "key_value", "customer_ids", F.size("customer_ids").alias("customers")
         )
-        tables.overwrite(single, cfg, lake.IDENTITY_MAP)
-        tables.overwrite(conflicts, cfg, lake.IDENTITY_CONFLICTS)
+        write(single, lake.IDENTITY_MAP)
+        write(conflicts, lake.IDENTITY_CONFLICTS)
     return {
         "linked_keys": {r["key_type"]: r["count"] for r in by_type if r["one"]},
         "conflicts": {r["key_type"]: r["count"] for r in by_type if r["several"]},

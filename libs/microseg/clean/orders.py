@@ -60,6 +60,7 @@ def line_items_table(good: DataFrame) -> DataFrame:
         _line_amount().alias("line_amount_base"),
         "is_return",
         "is_product",
+        "_batch_id",
     )
 
 
@@ -75,6 +76,7 @@ def line_orders_table(good: DataFrame) -> DataFrame:
         F.coalesce(F.first(F.lower(clean_code("channel")), ignorenulls=True), F.lit("web")).alias("channel"),
         F.max("is_return").alias("is_return"),
         F.lit(None).cast("string").alias("offer_code"),
+        F.min("_batch_id").alias("_batch_id"),
     )
 
 
@@ -105,6 +107,7 @@ def orders_table(good: DataFrame) -> DataFrame:
         F.lower(clean_code("channel")).alias("channel"),
         F.coalesce(F.col("is_return"), F.lit(False)).alias("is_return"),
         F.upper(clean_code("offer_code")).alias("offer_code"),
+        "_batch_id",
     )
 
 
@@ -134,4 +137,5 @@ def items_table(good: DataFrame) -> DataFrame:
         ),
         F.coalesce(F.col("is_return"), F.lit(False)).alias("is_return"),
         F.lit(True).alias("is_product"),
+        "_batch_id",
     )

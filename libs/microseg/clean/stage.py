@@ -1,9 +1,12 @@
-"""Clean stage: bronze -> typed, standardised silver tables keyed by customer_id, bad rows to quarantine.
+"""Clean stage: the new bronze batches of every source -> typed, standardised rows, staged for the quality gate.
 
-Each source is first mapped onto its canonical entity (the mapping's ``columns``), then runs
-through an ordered list of rules; a row breaking one goes to quarantine.<source> with the first
-rule it breaks and why. Silver is recomputed from all of bronze on every run, so reruns give the
-same tables. Rows in must equal rows written plus rows quarantined, or the stage fails.
+Per source, the batches of bronze not yet published (``clean.staging.plans``) are mapped onto the source's
+entity (the mapping's ``columns``) and run through an ordered list of rules; a row breaking one goes to
+quarantine with the first rule it breaks and why. Good rows and quarantined rows are staged
+(``clean.staging``): the quality stage validates them and only then publishes them to silver, so silver
+never holds a batch that failed the gate. A source is rebuilt from all of its bronze with --full-refresh,
+for a database snapshot, and when a published file changed in place. Rows in must equal rows staged plus
+rows quarantined, or the stage fails.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from microseg.clean import staging
 from microseg.clean.customers import clean_customers, customers_table, line_customers_table
 from microseg.clean.events import (
     clean_by_customer_ref,
@@ -24,7 +28,7 @@ from microseg.clean.events import (
     tickets_table,
     web_events_table,
 )
-from microseg.clean.identity import identity_keys, write_identity_map
+from microseg.clean.identity import identity_keys, stage_identity_map
 from microseg.clean.orders import (
     clean_order_items,
     clean_order_lines,
@@ -34,6 +38,7 @@ from microseg.clean.orders import (
     line_orders_table,
     orders_table,
 )
+from microseg.clean.staging import REBUILD, STAGED, Manifest, Plan
 from microseg.ingest.mapping import ENTITIES, SourceSpec, canonical, load_mapping
 from microseg.quality.rules import quarantine_records
 from microseg.runtime import lake, tables
@@ -47,73 +52,111 @@ Outputs = dict[Table, Callable[[DataFrame], DataFrame]]  # silver table -> its s
 Cleaned = tuple[DataFrame, Outputs]  # rows flagged by the rules (_rule, _reason), and where good rows go
 
 
-def read_bronze(spark: SparkSession, cfg: Config, source: str) -> tuple[DataFrame, RowCount]:
-    """The bronze table of ``source``, and its row count (``rows``), taken in the pass that cleans them."""
-    return count_rows(tables.read(spark, cfg, lake.bronze(source)))
+def stage_source(
+    cfg: Config,
+    plan: Plan,
+    read: RowCount,
+    flagged: DataFrame,
+    outputs: Outputs,
+    bronze_columns: list[str],
+    manifest: Manifest,
+) -> tuple[Entry, list[tuple]]:
+    """Stage good rows through ``outputs`` (silver table -> transform) and bad ones as quarantine.<source>.
 
+    ``flagged`` is built from the plan's bronze rows, counted (``read``) in the pass that flags them, before
+    any join of the rules could change them.
 
-def publish(
-    cfg: Config, source: str, bronze: DataFrame, rows_in: RowCount, flagged: DataFrame, outputs: Outputs
-) -> Entry:
-    """Write good rows through ``outputs`` (silver table -> transform) and bad ones to quarantine.<source>.
-
-    ``bronze`` and ``rows_in`` come from ``read_bronze``, and ``flagged`` is built from that ``bronze``:
-    the rows in are counted in the same pass that flags them, before any join could change them.
+    Returns:
+        The source's entry, and its ops.batches rows (state ``staged``, with each batch's counts).
 
     Raises:
-        ReconciliationError: if rows in != rows written + rows quarantined.
+        ReconciliationError: if rows in != rows staged + rows quarantined.
     """
+    source = plan.source
     has_customer = "customer_id" in flagged.columns
     linked = F.col("customer_id").isNotNull() if has_customer else F.lit(False)
     with cached(flagged) as kept:
-        counts = kept.groupBy("_rule", linked.alias("_linked")).count().collect()
-        rows_read = rows_in.get["rows"]
+        counts = kept.groupBy("_batch_id", "_rule", linked.alias("_linked")).count().collect()
         by_rule: dict[str | None, int] = {}
+        by_batch: dict[str, list[int]] = {b: [0, 0] for b in plan.batches}  # batch -> [good, quarantined]
         for row in counts:
             by_rule[row["_rule"]] = by_rule.get(row["_rule"], 0) + row["count"]
-        written = by_rule.pop(None, 0)
+            by_batch.setdefault(row["_batch_id"], [0, 0])[row["_rule"] is not None] += row["count"]
+        rows_in = read.get["rows"]
+        good_rows = by_rule.pop(None, 0)
         quarantined = sum(by_rule.values())
-        if rows_read != written + quarantined:
-            raise ReconciliationError(
-                f"source {source}: {rows_read} rows in bronze but {written} written + {quarantined} quarantined; "
-                f"a join in the clean rules duplicated or lost rows"
-            )
         good = kept.where(F.col("_rule").isNull())
         for table, transform in outputs.items():
-            tables.overwrite(transform(good), cfg, table)
-        bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
-        tables.overwrite(quarantine_records(kept, source, bronze_columns), cfg, lake.quarantine(source))
-    details: dict = {"quarantined_by_rule": dict(sorted(by_rule.items()))}
+            staging.stage(transform(good), cfg, table, manifest, source)
+        staging.stage(quarantine_records(kept, source, bronze_columns), cfg, lake.quarantine(source), manifest, source)
+    if rows_in != good_rows + quarantined:
+        raise ReconciliationError(
+            f"source {source}: {rows_in} rows in bronze but {good_rows} staged + {quarantined} quarantined; "
+            f"a join in the clean rules duplicated or lost rows"
+        )
+    details: dict = {"mode": plan.mode, "batches": len(plan.batches)}
+    details["quarantined_by_rule"] = dict(sorted(by_rule.items()))
     if has_customer:
         good_linked = sum(r["count"] for r in counts if r["_rule"] is None and r["_linked"])
-        details["coverage"] = round(good_linked / rows_read, 4) if rows_read else None
-    return Entry(source, rows_read, written, quarantined, details=details)
+        details["coverage"] = round(good_linked / rows_in, 4) if rows_in else None
+    batch_rows = [
+        (source, batch, STAGED, plan.mode, good + bad, good, bad, manifest.run_id, None)
+        for batch, (good, bad) in sorted(by_batch.items())
+    ]
+    return Entry(source, rows_in, good_rows, quarantined, details=details), batch_rows
 
 
 @dataclass(frozen=True)
 class Inputs:
-    """What a cleaner may read beside its own source: silver tables cleaned before it, and the config."""
+    """What a cleaner may read beside its rows: silver as it will be with what this run staged, and the config."""
 
     spark: SparkSession
     cfg: Config
     spec: SourceSpec
+    plan: Plan
     keys: DataFrame | None  # the identity keys (clean.identity), when the source links to the CRM
+    manifest: Manifest
+    history: Callable[[], DataFrame]  # every bronze row of the source, mapped onto its entity
 
     def silver(self, name: str) -> DataFrame:
-        return tables.read(self.spark, self.cfg, lake.silver(name))
+        return staging.current(self.spark, self.cfg, lake.silver(name), self.manifest)
 
 
 def _customers(df: DataFrame, given: Inputs) -> Cleaned:
-    return clean_customers(df, given.cfg.sources.country_aliases), {lake.CUSTOMERS: customers_table}
+    flagged = clean_customers(df, given.cfg.sources.country_aliases)
+    return flagged, {lake.CUSTOMERS: lambda good: _latest(customers_table(good), given)}
+
+
+def _latest(customers: DataFrame, given: Inputs) -> DataFrame:
+    """The staged customers that replace their silver row: the row with the later updated_at wins (the staged
+    one on a tie, and over a row without updated_at), as a rebuild from all of bronze would choose."""
+    silver = lake.CUSTOMERS
+    if given.plan.mode == REBUILD or not tables.exists(given.spark, given.cfg, silver):
+        return customers
+    known = tables.read(given.spark, given.cfg, silver).select("customer_id", F.col("updated_at").alias("_current"))
+    newer = F.coalesce(F.col("updated_at") >= F.col("_current"), F.col("_current").isNull())
+    return customers.join(known, "customer_id", "left").where(newer).drop("_current")
 
 
 def _order_lines(df: DataFrame, given: Inputs) -> Cleaned:
     sources = given.cfg.sources
-    flagged = clean_order_lines(df, given.keys, sources.currency_rates, given.spec.product_code_pattern)
+
+    def clean(rows: DataFrame) -> DataFrame:
+        return clean_order_lines(rows, given.keys, sources.currency_rates, given.spec.product_code_pattern)
+
     outputs: Outputs = {lake.ORDER_ITEMS: line_items_table, lake.ORDERS: line_orders_table}
     if given.keys is None:  # no CRM source: the order lines are the customers' only record
-        outputs[lake.CUSTOMERS] = line_customers_table(sources.country_aliases)
-    return flagged, outputs
+        derive = line_customers_table(sources.country_aliases)
+        if given.plan.mode == REBUILD:
+            outputs[lake.CUSTOMERS] = derive
+        else:  # a customer of the new batches is derived again from all of their lines
+
+            def customers_of(good: DataFrame) -> DataFrame:
+                lines = clean(given.history()).where(F.col("_rule").isNull())
+                return derive(lines.join(good.select("customer_id").distinct(), "customer_id", "left_semi"))
+
+            outputs[lake.CUSTOMERS] = customers_of
+    return clean(df), outputs
 
 
 def _orders(df: DataFrame, given: Inputs) -> Cleaned:
@@ -154,31 +197,66 @@ CLEANERS: dict[str, Callable[[DataFrame, Inputs], Cleaned]] = {
 assert set(CLEANERS) == set(ENTITIES), "every entity has a cleaner"
 
 
-def clean_source(spark: SparkSession, cfg: Config, spec: SourceSpec, by_entity: dict[str, SourceSpec]) -> Entry:
-    """Clean one source's bronze table into its silver table(s) and quarantine.<source>."""
+def clean_source(
+    spark: SparkSession, cfg: Config, spec: SourceSpec, plan: Plan, by_entity: dict[str, SourceSpec], manifest: Manifest
+) -> tuple[Entry, list[tuple]]:
+    """Stage one source's planned batches as its silver table(s) and quarantine.<source>."""
     entity = spec.entity
-    bronze, rows_in = read_bronze(spark, cfg, spec.name)
-    df = canonical(bronze, spec, str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml")))
+    mapping_file = str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml"))
+    everything = tables.read(spark, cfg, lake.bronze(spec.name))
+    bronze, read = count_rows(everything if plan.mode == REBUILD else everything.where(plan.condition))
+    df = canonical(bronze, spec, mapping_file)
     crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
-    keys = identity_keys(spark, cfg) if crm_needed else None
-    flagged, outputs = CLEANERS[entity](df, Inputs(spark, cfg, spec, keys))
-    entry = publish(cfg, spec.name, bronze, rows_in, flagged, outputs)
+    keys = identity_keys(lambda t: staging.current(spark, cfg, t, manifest)) if crm_needed else None
+    given = Inputs(spark, cfg, spec, plan, keys, manifest, lambda: canonical(everything, spec, mapping_file))
+    flagged, outputs = CLEANERS[entity](df, given)
+    bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
+    staged = stage_source(cfg, plan, read, flagged, outputs, bronze_columns, manifest)
     if lake.CUSTOMERS in outputs:  # later sources link to these customers through the identity map
         with described(spark, "clean: identity map of the customers"):
-            write_identity_map(spark, cfg, anonymous_ids=False)
-    return entry
+            _stage_identity(spark, cfg, manifest, anonymous_ids=False)
+    return staged
+
+
+def _stage_identity(spark: SparkSession, cfg: Config, manifest: Manifest, anonymous_ids: bool) -> dict:
+    def current(table: Table) -> DataFrame | None:
+        return staging.current(spark, cfg, table, manifest)
+
+    customers, web = current(lake.CUSTOMERS), current(lake.WEB_EVENTS) if anonymous_ids else None
+    manifest.plans[staging.IDENTITY] = Plan(staging.IDENTITY, [], REBUILD)
+    return stage_identity_map(
+        customers, web, lambda df, table: staging.stage(df, cfg, table, manifest, staging.IDENTITY)
+    )
 
 
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """Clean every source of the mapping into silver, in dependency order (customers first)."""
+    """Stage the new batches of every source, in dependency order (customers first), for the quality gate."""
     specs = load_mapping(cfg)
     by_entity = {spec.entity: spec for spec in specs.values()}
     report = StageReport("clean")
+    staging.clear(cfg)
+    with described(spark, "clean: the batches to stage"):
+        plans = staging.plans(spark, cfg, list(specs.values()), run.full_refresh)
+    manifest = Manifest(run.run_id)
+    batch_rows: list[tuple] = []
     for entity in ENTITIES:
         spec = by_entity.get(entity)
-        if spec is not None:
-            with described(spark, f"clean {spec.name} ({entity})"):
-                report.entries.append(clean_source(spark, cfg, spec, by_entity))
-    with described(spark, "clean: identity map, with the web events' anonymous ids"):
-        report.info["identity"] = write_identity_map(spark, cfg, anonymous_ids=True)
+        if spec is None:
+            continue
+        plan = plans.get(spec.name)
+        if plan is None:
+            report.entries.append(Entry(spec.name, 0, 0, 0, details={"mode": "nothing new", "batches": 0}))
+            continue
+        manifest.plans[spec.name] = plan
+        with described(spark, f"clean {spec.name} ({entity}, {plan.mode}, {len(plan.batches)} batches)"):
+            entry, rows = clean_source(spark, cfg, spec, plan, by_entity, manifest)
+        report.entries.append(entry)
+        batch_rows += rows
+    if lake.CUSTOMERS.name in manifest.tables or lake.WEB_EVENTS.name in manifest.tables:
+        with described(spark, "clean: identity map, with the web events' anonymous ids"):
+            report.info["identity"] = _stage_identity(spark, cfg, manifest, anonymous_ids=True)
+    if manifest.tables:
+        staging.record(spark, cfg, batch_rows)
+        staging.write_manifest(cfg, manifest)
+    report.info["staged"] = sorted(manifest.tables)
     return report

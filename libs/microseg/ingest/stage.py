@@ -36,10 +36,13 @@ OBSERVED_FILES = 100  # a batch of up to this many files is counted per file in 
 
 
 def batch_id(source: str, files: list[FileInfo]) -> str:
+    """``b-<latest modification, UTC>-<hash of the files>``: the same files give the same id, and a later
+    drop sorts after earlier ones, so Delta's file statistics skip older files when a batch is replaced."""
     digest = hashlib.sha256(source.encode())
     for f in files:
         digest.update(f"{f.path}|{f.size}|{f.modified_ms}".encode())
-    return f"b-{digest.hexdigest()[:16]}"
+    latest = dt.datetime.fromtimestamp(max(f.modified_ms for f in files) / 1000, dt.UTC)
+    return f"b-{latest:%Y%m%dT%H%M%S}-{digest.hexdigest()[:16]}"
 
 
 def ingested_files(spark: SparkSession, cfg: Config) -> dict[str, Seen]:
@@ -97,8 +100,12 @@ def _write_bronze(bronze: DataFrame, cfg: Config, name: Table, batch: str, paths
 
 
 def ingest_snapshot(spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec) -> Entry:
-    """A database table has no files: each run reads a full snapshot and replaces the bronze table."""
-    raw = read_jdbc(spark, spec)
+    """A database table has no files: each run reads a full snapshot and replaces the bronze table.
+
+    The snapshot is read from the database once (a local checkpoint), so the contact table and bronze hold
+    the same state of a live database.
+    """
+    raw = read_jdbc(spark, spec).localCheckpoint(eager=True)
     if spec.pii:
         raw = _split_identifiers(cfg, spec, raw)
     batch = f"s-{run.run_id}"

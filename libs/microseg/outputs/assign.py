@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from microseg.features.catalog import load_catalog
 from microseg.outputs.profiles import PROFILES, build_profiles, snapshot_features
-from microseg.runtime import delta_ops, lake, tables
+from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.errors import MicrosegError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
@@ -32,6 +32,10 @@ from microseg.segmentation.stage import macros_of, rows_of, snapshot
 
 ASSIGNMENTS, HISTORY = lake.SEGMENT_ASSIGNMENTS, lake.SEGMENT_HISTORY
 MEMBERSHIP = "array<struct<segment_id:string,probability:double>>"
+HISTORY_COLUMNS = ("customer_id", "layer", "segment_id", "macro_segment", "valid_from", "valid_to", "is_current")
+# What history_changes does to a row of the history.
+OPEN, CLOSE, REOPEN, REMOVE = "open", "close", "reopen", "remove"
+NO_CHANGE = {"opened": 0, "closed": 0, "reopened": 0, "removed": 0}
 
 
 def _literal_map(pairs: dict) -> Column:
@@ -104,65 +108,123 @@ def score(features: DataFrame, cfg: Config) -> tuple[DataFrame, list[dict]]:
 
 
 def update_history(spark: SparkSession, cfg: Config, assigned: DataFrame, as_of: object) -> dict:
-    """Apply one snapshot's assignments to the type-2 history of (customer_id, layer).
+    """Apply one snapshot's assignments to the type-2 history of (customer_id, layer), in one Delta commit.
 
-    Rerunning the latest snapshot first undoes it (its opened rows deleted, the rows it closed
-    reopened), so a rerun gives the same history. A snapshot older than the history's latest is refused.
+    Every application, first or rerun, is one MERGE (no commit at all when nothing changes), so an
+    interruption leaves the history either as it was or with the snapshot applied. The MERGE undoes
+    and re-applies (``history_changes``): from the state before ``as_of`` and the snapshot, it closes
+    the rows of customers who moved or left, opens rows for those who moved or entered, and undoes
+    what an earlier application of the same ``as_of`` did that this one would not (reopens a row it
+    closed, removes a row it opened). A rerun with the same assignments changes nothing; one with
+    other assignments gives the history that applying them directly would; so does a rerun after
+    a crash of the earlier, three-commit version of this function, whichever commit it stopped after.
+
+    Returns:
+        What the commit did: ``opened`` rows inserted, ``closed`` rows closed, and, undoing an earlier
+        application of the same as_of, ``reopened`` rows it had closed and ``removed`` rows it had opened.
+        All 0 when nothing changed.
 
     Raises:
-        MicrosegError: as_of is before the latest valid_from in gold.segment_history.
+        MicrosegError: as_of is before a snapshot already in gold.segment_history (a valid_from or a valid_to).
     """
     incoming = assigned.select("customer_id", "layer", "segment_id", "macro_segment")
     if not tables.exists(spark, cfg, HISTORY):
         opened = incoming.select(
             "*",
-            F.lit(as_of).alias("valid_from"),
+            F.lit(as_of).cast("date").alias("valid_from"),
             F.lit(None).cast("date").alias("valid_to"),
             F.lit(True).alias("is_current"),
         )
-        return {"opened": tables.create(opened, cfg, HISTORY)["numOutputRows"], "closed": 0}
-    latest = tables.read(spark, cfg, HISTORY).agg(F.max("valid_from")).first()[0]
+        return {**NO_CHANGE, "opened": tables.create(opened, cfg, HISTORY)["numOutputRows"]}
+    history = tables.read(spark, cfg, HISTORY)
+    # A snapshot that only closed rows leaves its date in valid_to alone: the latest applied is either column's.
+    latest = history.agg(F.greatest(F.max("valid_from"), F.max("valid_to"))).first()[0]
     if latest is not None and str(latest) > str(as_of):
         raise MicrosegError(
             f"{HISTORY} already holds snapshots up to {latest}; assigning {as_of} would rewrite later history. "
             f"Run assign for snapshots in date order (or rebuild the history from {ASSIGNMENTS})."
         )
-    day = delta_ops.literal(as_of)
-    if latest is not None and str(latest) == str(as_of):
-        tables.delete(spark, cfg, HISTORY, f"valid_from = {day}")
-        reopened = {"valid_to": "CAST(NULL AS DATE)", "is_current": "true"}
-        tables.update(spark, cfg, HISTORY, reopened, f"valid_to = {day}")
-    current = tables.read(spark, cfg, HISTORY).where("is_current")
-    current = current.select("customer_id", "layer", F.col("segment_id").alias("_old"))
-    joined = incoming.join(current, ["customer_id", "layer"], "left")
-    moved = F.col("_old").isNull() | (F.col("_old") != F.col("segment_id"))
-    opened = joined.where(moved).drop("_old")
-    # Customers no longer in the snapshot (consent withdrawn, say) leave their segment: close only.
-    left = current.join(incoming, ["customer_id", "layer"], "left_anti").select(
+    with cached(history_changes(history, incoming, as_of)) as changes:
+        planned = dict(changes.groupBy("_action").count().collect())
+        if not planned:
+            return dict(NO_CHANGE)
+        columns = ", ".join(HISTORY_COLUMNS)
+        merged = tables.merge_type2(
+            changes,
+            cfg,
+            HISTORY,
+            # The values too: a row as_of opened in another segment is removed, its replacement inserted.
+            on=" AND ".join(
+                [f"t.{c} = s.{c}" for c in ("customer_id", "layer", "valid_from")]
+                + [f"t.{c} <=> s.{c}" for c in ("segment_id", "macro_segment")]
+            ),
+            clauses=[
+                f"WHEN MATCHED AND s._action = '{REMOVE}' THEN DELETE",
+                f"WHEN MATCHED AND s._action IN ('{CLOSE}', '{REOPEN}') "
+                "THEN UPDATE SET valid_to = s.valid_to, is_current = s.is_current",
+                f"WHEN NOT MATCHED AND s._action = '{OPEN}' "
+                f"THEN INSERT ({columns}) VALUES ({', '.join('s.' + c for c in HISTORY_COLUMNS)})",
+            ],
+        )
+    # Closes and reopens are both updates to Delta: the plan tells them apart.
+    reopened = planned.get(REOPEN, 0)
+    return {
+        "opened": merged.get("numTargetRowsInserted", 0),
+        "closed": merged.get("numTargetRowsUpdated", 0) - reopened,
+        "reopened": reopened,
+        "removed": merged.get("numTargetRowsDeleted", 0),
+    }
+
+
+def history_changes(history: DataFrame, incoming: DataFrame, as_of: object) -> DataFrame:
+    """The rows of gold.segment_history to change for the snapshot ``incoming`` of ``as_of``, as the history's
+    columns and ``_action``: open (insert), close, reopen, or remove (delete), only where the row is not so already.
+
+    The state before ``as_of`` (the base) is every current row not opened at ``as_of``, plus the rows
+    ``as_of`` closed, taken as open: at most one row per (customer_id, layer). Against it, a customer
+    in another segment than its base row's moved (base row closed at as_of, new row opened), one
+    without a base row entered (opened), one absent from the snapshot left (closed). Rows opened at
+    ``as_of`` earlier that are not wanted any more (moved elsewhere, or not at all) are removed; a
+    macro segment change alone opens nothing (the row keeps the macro segment it opened with).
+    """
+    day = F.lit(as_of).cast("date")
+    base = history.where((F.col("is_current") & (F.col("valid_from") != day)) | (F.col("valid_to") == day)).select(
         "customer_id",
         "layer",
-        F.lit(None).cast("string").alias("segment_id"),
-        F.lit(None).cast("string").alias("macro_segment"),
+        F.col("segment_id").alias("_base"),
+        F.col("macro_segment").alias("_base_macro"),
+        F.col("valid_from").alias("_since"),
+        F.col("valid_to").alias("_until"),
     )
-    # A changed row goes in twice: keyed, to close the current row; unkeyed, to insert the new one.
-    staged = (
-        opened.select(F.col("customer_id").alias("_key"), "*")
-        .unionByName(left.select(F.col("customer_id").alias("_key"), "*"))
-        .unionByName(opened.select(F.lit(None).cast("string").alias("_key"), "*"))
+    compared = base.join(incoming.withColumn("_in", F.lit(True)), ["customer_id", "layer"], "full")
+    stays = F.col("_in").isNotNull() & F.col("_since").isNotNull() & (F.col("segment_id") == F.col("_base"))
+    ends = F.col("_since").isNotNull() & ~stays
+    base_rows = compared.where(F.col("_since").isNotNull()).select(
+        "customer_id",
+        "layer",
+        F.col("_base").alias("segment_id"),
+        F.col("_base_macro").alias("macro_segment"),
+        F.col("_since").alias("valid_from"),
+        F.when(ends, day).cast("date").alias("valid_to"),
+        (~ends).alias("is_current"),
+        F.when(ends & F.col("_until").isNull(), F.lit(CLOSE))
+        .when(~ends & F.col("_until").isNotNull(), F.lit(REOPEN))
+        .alias("_action"),
     )
-    merged = tables.merge_type2(
-        staged,
-        cfg,
-        HISTORY,
-        on="t.customer_id = s._key AND t.layer = s.layer AND t.is_current",
-        clauses=[
-            f"WHEN MATCHED THEN UPDATE SET is_current = false, valid_to = {day}",
-            "WHEN NOT MATCHED AND s._key IS NULL THEN INSERT "
-            "(customer_id, layer, segment_id, macro_segment, valid_from, valid_to, is_current) "
-            f"VALUES (s.customer_id, s.layer, s.segment_id, s.macro_segment, {day}, CAST(NULL AS DATE), true)",
-        ],
+    same = ["customer_id", "layer", "segment_id", "macro_segment"]
+    wanted = compared.where(F.col("_in").isNotNull() & ~stays).select(*same, F.lit(True).alias("_wanted"))
+    there = history.where(F.col("valid_from") == day).select(
+        *[F.col(c).alias(f"_there_{c}") for c in same], F.lit(True).alias("_there")
     )
-    return {"opened": merged["numTargetRowsInserted"], "closed": merged["numTargetRowsUpdated"]}
+    # Null-safe: a snapshot may lack a macro segment, and an outer join on = would not match the nulls.
+    at_day = wanted.join(there, [F.col(c).eqNullSafe(F.col(f"_there_{c}")) for c in same], "full").select(
+        *[F.coalesce(c, f"_there_{c}").alias(c) for c in same],
+        day.alias("valid_from"),
+        F.lit(None).cast("date").alias("valid_to"),
+        F.lit(True).alias("is_current"),
+        F.when(F.col("_there").isNull(), F.lit(OPEN)).when(F.col("_wanted").isNull(), F.lit(REMOVE)).alias("_action"),
+    )
+    return base_rows.unionByName(at_day).where(F.col("_action").isNotNull())
 
 
 def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:

@@ -74,24 +74,25 @@ def _expectation(rule: QualityRule):
     raise ConfigError(f"rule {rule.name}: unknown expectation {rule.expectation}")  # pragma: no cover
 
 
-def validate(
-    frames: dict[str, DataFrame], suites: list[TableRules], docs_dir: str | None = None, store: Config | None = None
-) -> list[RuleResult]:
-    """Run each table's suite through an ephemeral GX context; return one result per rule.
+Check = tuple[str, TableRules, DataFrame]  # a name for GX (unique), the rules, the rows they validate
+
+
+def validate(checks: list[Check], docs_dir: str | None = None, store: Config | None = None) -> list[RuleResult]:
+    """Run each check's rules on its rows through an ephemeral GX context; return one result per rule.
 
     With ``docs_dir`` (a folder or URI; ``store`` the config that reaches it), GX Data Docs (static HTML of
     the suites and their results) are published there: built in a local folder, then copied (GX's own
     stores know no Hadoop file systems).
     """
     if not docs_dir:
-        return _validate(frames, suites, None)
+        return _validate(checks, None)
     with tempfile.TemporaryDirectory(prefix="microseg-data-docs-") as local:
-        results = _validate(frames, suites, local)
+        results = _validate(checks, local)
         storage.put_folder(store, local, docs_dir)
     return results
 
 
-def _validate(frames: dict[str, DataFrame], suites: list[TableRules], docs_dir: str | None) -> list[RuleResult]:
+def _validate(checks: list[Check], docs_dir: str | None) -> list[RuleResult]:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -108,33 +109,30 @@ def _validate(frames: dict[str, DataFrame], suites: list[TableRules], docs_dir: 
         actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])]
     datasource = context.data_sources.add_spark(name="microseg")
     results: list[RuleResult] = []
-    for suite_cfg in suites:
-        df = frames[suite_cfg.table]
+    for name, suite_cfg, df in checks:
         missing = sorted({r.column for r in suite_cfg.rules} - set(df.columns))
         if missing:
             raise DataQualityError(
                 f"table {suite_cfg.table} has no column(s) {missing} that its quality rules check; "
                 f"fix conf/quality or the clean stage"
             )
-        asset = datasource.add_dataframe_asset(name=suite_cfg.table)
-        batch = asset.add_batch_definition_whole_dataframe(name=f"{suite_cfg.table}:whole")
+        asset = datasource.add_dataframe_asset(name=name)
+        batch = asset.add_batch_definition_whole_dataframe(name=f"{name}:whole")
         suite = context.suites.add(
-            gx.ExpectationSuite(
-                name=f"{suite_cfg.table}:suite", expectations=[_expectation(r) for r in suite_cfg.rules]
-            )
+            gx.ExpectationSuite(name=f"{name}:suite", expectations=[_expectation(r) for r in suite_cfg.rules])
         )
         definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{suite_cfg.table}:validation", data=batch, suite=suite)
+            gx.ValidationDefinition(name=f"{name}:validation", data=batch, suite=suite)
         )
         checkpoint = context.checkpoints.add(
             gx.Checkpoint(
-                name=f"{suite_cfg.table}:checkpoint",
+                name=f"{name}:checkpoint",
                 validation_definitions=[definition],
                 actions=actions,
                 result_format=RESULT_FORMAT,
             )
         )
-        with described(df.sparkSession, f"quality {suite_cfg.table}: expectations"):
+        with described(df.sparkSession, f"quality {name}: expectations"):
             run_result = checkpoint.run(batch_parameters={"dataframe": df})
         outcome = next(iter(run_result.run_results.values()))
         by_name = {r.name: r for r in suite_cfg.rules}

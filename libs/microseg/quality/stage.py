@@ -1,9 +1,12 @@
-"""Quality stage: the data-quality gate over silver (Great Expectations through ``quality.gx``).
+"""Quality stage: the data-quality gate between what clean staged and silver (Great Expectations, ``quality.gx``).
 
-Rules are data (conf/quality/*.yaml): each names an expectation, a column and a
-severity. ``warn`` rules are reported; a failing ``critical`` rule raises
-DataQualityError, which stops the run before any gold table is written.
-Results of every rule go to ops.dq_results.
+Rules are data (conf/quality/*.yaml): each names an expectation, a column and a severity. Row rules
+run on the staged rows; ``unique`` rules on the table as it will be once they are published (its rows of
+other batches and the staged ones). ``warn`` rules are reported; ``quarantine`` rules move the rows that
+break them to quarantine.<table>; a failing ``critical`` rule marks the staged batches failed in
+ops.batches and raises DataQualityError: nothing is published, every silver (and so gold) table stays at
+its version. Only when every rule allows it is the staging published (``quality.publish``), one Delta
+commit per table. Results of every rule go to ops.dq_results.
 """
 
 from __future__ import annotations
@@ -11,46 +14,45 @@ from __future__ import annotations
 import os
 
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
 
-from microseg.quality.gx import RuleResult, load_rules, validate
-from microseg.quality.rules import Rule, flag_rules, quarantine_records, violation
+from microseg.clean import staging
+from microseg.clean.staging import FAILED, Manifest
+from microseg.quality.gx import Check, RuleResult, TableRules, load_rules, validate
+from microseg.quality.publish import Gated, publish
+from microseg.quality.rules import Rule, flag_rules, violation
 from microseg.runtime import lake, tables
 from microseg.runtime.config import Config, QualityRule
-from microseg.runtime.errors import DataQualityError, ReconciliationError
-from microseg.runtime.runlog import Entry, RunContext, StageReport
-from microseg.runtime.sparkops import cached, described
+from microseg.runtime.errors import DataQualityError
+from microseg.runtime.lake import Table
+from microseg.runtime.runlog import RunContext, StageReport
+from microseg.runtime.sparkops import described
 
 # GX reports usage statistics over the network unless told not to; this machine has none.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 
 
-def quarantine_rows(spark: SparkSession, cfg: Config, name: str, rules: list[QualityRule]) -> Entry:
-    """Move the rows of ``table`` that break quarantine rules to quarantine.<table>, each with its first rule.
+def checks_of(spark: SparkSession, cfg: Config, manifest: Manifest, suites: list[TableRules]) -> list[Check]:
+    """What GX validates: each staged table's row rules on its staged rows, its ``unique`` rules on the table
+    as it will be (so a key published by an earlier batch counts)."""
+    checks: list[Check] = []
+    for suite in suites:
+        table = lake.named(suite.table)
+        if table.name not in manifest.tables:
+            continue
+        rows = [r for r in suite.rules if r.expectation != "unique"]
+        keys = [r for r in suite.rules if r.expectation == "unique"]
+        if rows:
+            checks.append((suite.table, TableRules(table=suite.table, rules=rows), staging.staged(spark, cfg, table)))
+        if keys:
+            whole = staging.current(spark, cfg, table, manifest).select(*sorted({r.column for r in keys}))
+            checks.append((f"{suite.table} (whole table)", TableRules(table=suite.table, rules=keys), whole))
+    return checks
 
-    Returns:
-        The table's entry: rows in, rows kept (as the overwrite committed them), rows moved, and the
-        rows moved by rule in ``details["quarantined_by_rule"]``.
 
-    Raises:
-        ReconciliationError: if rows in != rows kept + rows moved.
-    """
-    table = lake.named(name)
-    df = tables.read(spark, cfg, table)
+def gate(table: Table, rows: DataFrame, rules: list[QualityRule]) -> Gated:
+    """The staged ``rows`` of ``table`` with the rows breaking its failed ``quarantine`` rules flagged."""
     row_rules = [Rule(r.name, r.reason or f"{r.expectation} on {r.column}", violation(r)) for r in rules]
-    with cached(flag_rules(df, row_rules)) as flagged:
-        by_rule = {r["_rule"]: r["count"] for r in flagged.groupBy("_rule").count().collect()}
-        rows_in, kept = sum(by_rule.values()), by_rule.pop(None, 0)
-        if by_rule:
-            tables.append(quarantine_records(flagged, name, df.columns), cfg, lake.quarantine(table.short_name))
-            good = flagged.where(F.col("_rule").isNull()).select(*[F.col(f"`{c}`") for c in df.columns])
-            kept = tables.overwrite(good, cfg, table).rows_written
-    moved = sum(by_rule.values())
-    if rows_in != kept + moved:
-        raise ReconciliationError(
-            f"{name}: {rows_in} rows in but {kept} kept + {moved} quarantined; rerun the quality stage"
-        )
-    return Entry(name, rows_in, kept, moved, details={"quarantined_by_rule": dict(sorted(by_rule.items()))})
+    return Gated(table, flag_rules(rows, row_rules), rows.columns)
 
 
 def results_frame(spark: SparkSession, run: RunContext, results: list[RuleResult]) -> DataFrame:
@@ -74,36 +76,54 @@ def results_frame(spark: SparkSession, run: RunContext, results: list[RuleResult
 
 
 def run_quality(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
-    """Validate every silver table that has rules; record results; raise on a critical failure."""
-    suites = [s for s in load_rules(cfg) if tables.exists(spark, cfg, s.table)]
-    frames = {s.table: tables.read(spark, cfg, s.table) for s in suites}
-    results = validate(frames, suites, docs_dir=f"{cfg.lake_root}/ops/data_docs", store=cfg)
+    """Validate what clean staged; record results; publish it, or raise on a critical failure."""
+    report = StageReport("quality")
+    manifest = staging.read_manifest(cfg)
+    if manifest is None:
+        report.info["staged"] = "nothing staged: silver is up to date"
+        return report
+    suites = load_rules(cfg)
+    results = validate(checks_of(spark, cfg, manifest, suites), docs_dir=f"{cfg.lake_root}/ops/data_docs", store=cfg)
     with described(spark, "quality: ops.dq_results"):
         tables.append(results_frame(spark, run, results), cfg, lake.DQ_RESULTS)
-    report = StageReport("quality")
     critical = [r for r in results if not r.success and r.rule.severity == "critical"]
-    for suite in suites:
-        mine = [r for r in results if r.table == suite.table]
-        failed = {r.rule.name: r.unexpected_count for r in mine if not r.success}
-        to_quarantine = [r.rule for r in mine if not r.success and r.rule.severity == "quarantine"]
-        if to_quarantine and not critical:
-            with described(spark, f"quality {suite.table}: quarantine"):
-                entry = quarantine_rows(spark, cfg, suite.table, to_quarantine)
-        else:
-            entry = Entry(suite.table, rows_quarantined=0, details={"quarantined_by_rule": {}})
-        entry.details = {"failed_rules": failed, **entry.details}
-        report.entries.append(entry)
-    report.info["warnings"] = {
-        f"{r.table}:{r.rule.name}": r.unexpected_count for r in results if not r.success and r.rule.severity == "warn"
-    }
     if critical:
         lines = "; ".join(
             f"{r.table} rule {r.rule.name} ({r.rule.expectation} on {r.rule.column}): "
             f"{r.unexpected_count} of {r.evaluated} rows fail"
             for r in critical
         )
+        _record_failed(spark, cfg, manifest, lines)
         raise DataQualityError(
-            f"critical data-quality failure, run stopped before any gold table was written: {lines}. "
-            f"Inspect ops.dq_results for run {run.run_id}, fix the source or the clean rules, then rerun."
+            f"critical data-quality failure, nothing published: {lines}. Every silver and gold table is unchanged; "
+            f"the batches are marked failed in ops.batches and their rows stay in {cfg.lake_root}/staging for "
+            f"inspection. Inspect ops.dq_results for run {run.run_id}, fix the source file (ingest takes a "
+            f"changed file again) or the clean rules, then rerun."
         )
+    gated = []
+    for name in manifest.tables:
+        table = lake.named(name)
+        if table.layer == "quarantine":  # clean's quarantine: published with the batches' other quarantine
+            continue
+        failed = [r.rule for r in results if r.table == name and not r.success and r.rule.severity == "quarantine"]
+        gated.append(gate(table, staging.staged(spark, cfg, table), failed))
+    entries = publish(spark, cfg, manifest, gated, run.run_id)
+    for entry in entries:
+        mine = [r for r in results if r.table == entry.source]
+        failed = {r.rule.name: r.unexpected_count for r in mine if not r.success}
+        entry.details = {"failed_rules": failed, **entry.details}
+    report.entries = entries
+    report.info["warnings"] = {
+        f"{r.table}:{r.rule.name}": r.unexpected_count for r in results if not r.success and r.rule.severity == "warn"
+    }
     return report
+
+
+def _record_failed(spark: SparkSession, cfg: Config, manifest: Manifest, reason: str) -> None:
+    rows = [
+        (plan.source, batch, FAILED, plan.mode, None, 0, None, manifest.run_id, reason[:5000])
+        for plan in manifest.plans.values()
+        if plan.source != staging.IDENTITY
+        for batch in plan.batches
+    ]
+    staging.record(spark, cfg, rows)

@@ -211,6 +211,12 @@ class RunConfig(_Strict):
     stages: list[str] = Field(
         default_factory=list, description="the stages a run takes, by name; empty: every stage, in order"
     )
+    lock_lease_seconds: int = Field(
+        3600,
+        ge=1,
+        description="a run holds its as_of in ops.run_locks on a lease this long, renewed at each stage's start; "
+        "a dead run's lock is taken over once it expires (at once on the same host)",
+    )
 
 
 class TablesConfig(_Strict):

@@ -43,3 +43,11 @@ class SparkPackagesError(MicrosegError):
 
 class TableSchemaError(MicrosegError, ValueError):
     """A write carries a column its table's registry entry does not declare, or one of another type."""
+
+
+class RunLockError(MicrosegError):
+    """A run could not take, confirm or keep the lock of its as_of in ops.run_locks: it does not run (on)."""
+
+
+class RunInProgressError(RunLockError):
+    """Another run holds the lock of this as_of (ops.run_locks) and its lease is live."""

@@ -106,22 +106,23 @@ CUSTOMERS = Table(
     _columns(
         "customer_id string, crm_id string, email_hash string, phone_hash string, email_valid boolean, "
         "phone_valid boolean, country string, signup_date date, updated_at timestamp, consent_email boolean, "
-        "consent_sms boolean, consent_profiling boolean"
+        "consent_sms boolean, consent_profiling boolean, _batch_id string"
     ),
-    (OVERWRITE,),
+    (OVERWRITE, MERGE),
     keys=("customer_id",),
-    written_by="clean, quality",
+    written_by="quality (from the batches clean stages)",
 )
 ORDERS = Table(
     "silver.orders",
     "Orders in the base currency, linked to customers; returns flagged.",
     _columns(
         "order_id string, customer_id string, order_ts timestamp, currency string, amount double, "
-        "amount_base double, discount_base double, channel string, is_return boolean, offer_code string"
+        "amount_base double, discount_base double, channel string, is_return boolean, offer_code string, "
+        "_batch_id string"
     ),
-    (OVERWRITE,),
+    (OVERWRITE, REPLACE),
     keys=("order_id",),
-    written_by="clean, quality",
+    written_by="quality (from the batches clean stages)",
 )
 ORDER_ITEMS = Table(
     "silver.order_items",
@@ -129,48 +130,52 @@ ORDER_ITEMS = Table(
     _columns(
         "order_id string, customer_id string, line_no integer, product_id string, description string, "
         "category string, quantity integer, unit_price double, line_amount_base double, is_return boolean, "
-        "is_product boolean"
+        "is_product boolean, _batch_id string"
     ),
-    (OVERWRITE,),
+    (OVERWRITE, REPLACE),
     keys=("order_id", "line_no"),
-    written_by="clean, quality",
+    written_by="quality (from the batches clean stages)",
 )
 WEB_EVENTS = Table(
     "silver.web_events",
     "Clickstream events; anonymous visitors linked to customers where a login ties them.",
     _columns(
         "event_id string, customer_id string, anonymous_id string, session_id string, event_ts timestamp, "
-        "event_type string, channel string"
+        "event_type string, channel string, _batch_id string"
     ),
-    (OVERWRITE,),
+    (OVERWRITE, REPLACE),
     keys=("event_id",),
-    written_by="clean, quality",
+    written_by="quality (from the batches clean stages)",
 )
 EMAIL_EVENTS = Table(
     "silver.email_events",
     "Email sends, opens, clicks and unsubscribes, linked to customers by hashed email.",
-    _columns("event_id string, customer_id string, campaign_id string, event_type string, event_ts timestamp"),
-    (OVERWRITE,),
+    _columns(
+        "event_id string, customer_id string, campaign_id string, event_type string, event_ts timestamp, "
+        "_batch_id string"
+    ),
+    (OVERWRITE, REPLACE),
     keys=("event_id",),
-    written_by="clean, quality",
+    written_by="quality (from the batches clean stages)",
 )
 SUPPORT_TICKETS = Table(
     "silver.support_tickets",
     "Support tickets with channel, topic and satisfaction.",
     _columns(
-        "ticket_id string, customer_id string, created_at timestamp, channel string, topic string, satisfaction integer"
+        "ticket_id string, customer_id string, created_at timestamp, channel string, topic string, "
+        "satisfaction integer, _batch_id string"
     ),
-    (OVERWRITE,),
+    (OVERWRITE, REPLACE),
     keys=("ticket_id",),
-    written_by="clean, quality",
+    written_by="quality (from the batches clean stages)",
 )
 SURVEY_RESPONSES = Table(
     "silver.survey_responses",
     "Survey answers (NPS).",
-    _columns("response_id string, customer_id string, submitted_at timestamp, nps integer"),
-    (OVERWRITE,),
+    _columns("response_id string, customer_id string, submitted_at timestamp, nps integer, _batch_id string"),
+    (OVERWRITE, REPLACE),
     keys=("response_id",),
-    written_by="clean, quality",
+    written_by="quality (from the batches clean stages)",
 )
 IDENTITY_MAP = Table(
     "silver.identity_map",
@@ -178,7 +183,7 @@ IDENTITY_MAP = Table(
     _columns("key_type string, key_value string, customer_id string"),
     (OVERWRITE,),
     keys=("key_type", "key_value"),
-    written_by="clean",
+    written_by="quality (staged by clean)",
     comments=(("customer_id", "The one customer the key belongs to"),),
 )
 
@@ -286,20 +291,60 @@ INGEST_LOG = Table(
     written_by="ingest",
     comments=(("size", "The file's size in bytes"), ("source", "The source, as named in the source mapping")),
 )
+BATCHES = Table(
+    "ops.batches",
+    "Every bronze batch clean staged and quality published or failed; the latest row per batch is its state.",
+    _columns(
+        "source string, batch_id string, status string, mode string, rows_in long, rows_written long, "
+        "rows_quarantined long, run_id string, reason string, logged_at timestamp"
+    ),
+    (APPEND,),
+    keys=("source", "batch_id", "logged_at"),
+    written_by="clean (staged), quality (published, failed)",
+    comments=(
+        ("status", "staged (cleaned, waiting for the quality gate), published (in silver) or failed (a critical rule)"),
+        ("mode", "incremental (the batch added to silver) or rebuild (the source's silver rebuilt from all of bronze)"),
+        ("rows_in", "Rows of the batch in bronze"),
+        ("rows_written", "Rows of the batch staged (clean) or published to silver (quality)"),
+        ("reason", "Why the batch failed: the critical rules that broke"),
+    ),
+)
 IDENTITY_CONFLICTS = Table(
     "ops.identity_conflicts",
     "Keys that point at several customers: reported, never guessed.",
     _columns("key_type string, key_value string, customer_ids array<string>, customers integer"),
     (OVERWRITE,),
     keys=("key_type", "key_value"),
-    written_by="clean",
+    written_by="quality (staged by clean)",
     comments=(("customers", "How many customers the key points at"),),
+)
+RUN_LOCKS = Table(
+    "ops.run_locks",
+    "One row per as_of a run holds, one run at a time (runtime/run_lock.py): the run, where it runs, its lease; "
+    "the row is deleted when the run ends, failed or not.",
+    _columns(
+        "as_of date, run_id string, host string, pid integer, stages string, started_at timestamp, "
+        "renewed_at timestamp, lease_until timestamp"
+    ),
+    (MERGE,),
+    keys=("as_of",),
+    written_by="every run",
+    comments=(
+        ("as_of", "The snapshot date the run is for"),
+        ("host", "The host the run's driver program runs on"),
+        ("pid", "The process id of the run's driver program on that host"),
+        ("stages", "The stages the run takes, in order"),
+        ("started_at", "When the run took the lock (UTC)"),
+        ("renewed_at", "When the run last renewed its lease (UTC), at a stage's start"),
+        ("lease_until", "When the lease ends (UTC): then another run may take the lock"),
+    ),
 )
 
 TABLES: tuple[Table, ...] = (
     CUSTOMER_CONTACT, CUSTOMERS, ORDERS, ORDER_ITEMS, WEB_EVENTS, EMAIL_EVENTS, SUPPORT_TICKETS,
     SURVEY_RESPONSES, IDENTITY_MAP, CUSTOMER_FEATURES, LIFECYCLE_TRANSITIONS, SEGMENT_ASSIGNMENTS,
-    SEGMENT_HISTORY, SEGMENT_PROFILES, SEGMENT_MIGRATIONS, RUN_LOG, DQ_RESULTS, INGEST_LOG, IDENTITY_CONFLICTS,
+    SEGMENT_HISTORY, SEGMENT_PROFILES, SEGMENT_MIGRATIONS, RUN_LOG, DQ_RESULTS, INGEST_LOG, BATCHES, IDENTITY_CONFLICTS,
+    RUN_LOCKS,
 )  # fmt: skip
 BY_NAME = {t.name: t for t in TABLES}
 
@@ -323,8 +368,25 @@ def quarantine(source: str) -> Table:
         f"quarantine.{source}",
         f"Rows of {source} that broke a rule: the rule, the reason, the record as JSON, the raw line.",
         QUARANTINE_COLUMNS,
-        (OVERWRITE, APPEND),
-        written_by="clean (overwrite), quality (append)",
+        (OVERWRITE, REPLACE),
+        written_by="quality: the rows of each batch replaced (a rebuild: the whole table)",
+    )
+
+
+def staging(table: Table) -> Table:
+    """Where clean stages a silver table's new rows (or a quarantine table's) until the quality gate publishes them.
+
+    ``<lake.root>/staging/<layer>_<table>``: the batch as it would be published, with its ``_batch_id``;
+    replaced by every clean run, left in place after a failed gate for inspection.
+    """
+    return Table(
+        f"staging.{table.layer}_{table.short_name}",
+        f"Staged rows of {table.name}, waiting for the quality gate.",
+        table.columns,
+        (OVERWRITE,),
+        keys=table.keys,
+        more_columns=table.more_columns,
+        written_by="clean",
     )
 
 

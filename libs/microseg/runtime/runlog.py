@@ -22,6 +22,7 @@ class RunContext:
     as_of: dt.date
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC).replace(tzinfo=None))
+    full_refresh: bool = False  # clean rebuilds every source's silver from all of bronze
     retrain: bool = False  # train even if the champions were trained on the same inputs (--retrain)
 
 

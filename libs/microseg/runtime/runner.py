@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from pyspark.sql import SparkSession
 
-from microseg.runtime import logs, sparkops
+from microseg.runtime import faults, logs, run_lock, sparkops
 from microseg.runtime.config import Config
 from microseg.runtime.runlog import Entry, RunContext, StageReport, log_stage
 
@@ -44,11 +44,16 @@ def run_stages(
     stages: list[tuple[str, StageFunction]],
     as_of: dt.date | None = None,
     progress: Callable[[str], None] | None = None,
+    full_refresh: bool = False,
     retrain: bool = False,
 ) -> PipelineResult:
-    """Run the (name, function) ``stages`` in order for ``as_of`` (default: ``snapshot_date``); ``retrain``
-    goes to the stages in their RunContext (train trains even if nothing changed).
+    """Run the (name, function) ``stages`` in order for ``as_of`` (default: ``snapshot_date``); ``full_refresh``
+    (clean rebuilds silver from all of bronze) and ``retrain`` (train even if nothing changed) go to the
+    stages in their RunContext.
 
+    One run per as_of at a time: the run takes the as_of's lock in ops.run_locks first
+    (``run_lock.acquire``: another live run of it stops this one with ``RunInProgressError``),
+    renews its lease at each later stage's start, and releases it at the end, failed or not.
     Each stage runs in its own Spark job group (``sparkops.group_id``), is timed, and is
     appended to ops.run_log, also when it fails (status ``failed`` with the error), and the
     error is raised again. Progress goes to this module's logger (``microseg.runtime.runner``), one line per
@@ -56,13 +61,31 @@ def run_stages(
     the same lines instead (``lambda _: None`` silences them).
     """
     say = progress or log.info
-    run = RunContext(as_of=snapshot_date(cfg, as_of), retrain=retrain)
-    result = PipelineResult(run)
+    run = RunContext(as_of=snapshot_date(cfg, as_of), full_refresh=full_refresh, retrain=retrain)
     names = [name for name, _ in stages]
     say(f"microseg run {run.run_id}: as_of {run.as_of}, stages {', '.join(names)}, lake {cfg.lake_root}")
+    lock = run_lock.acquire(spark, cfg, run.as_of, run.run_id, names)
+    try:
+        return _run_locked(spark, cfg, stages, run, lock, say, progress)
+    finally:
+        run_lock.release(spark, cfg, lock)
+
+
+def _run_locked(
+    spark: SparkSession,
+    cfg: Config,
+    stages: list[tuple[str, StageFunction]],
+    run: RunContext,
+    lock: run_lock.Lock,
+    say: Callable[[str], None],
+    progress: Callable[[str], None] | None,
+) -> PipelineResult:
+    result = PipelineResult(run)
     for number, (stage, function) in enumerate(stages, start=1):
         step = f"[{number}/{len(stages)}] {stage}"
         group = sparkops.group_id(run.run_id, stage)
+        if number > 1:  # the first stage starts on the lease just taken
+            lock = run_lock.renew(spark, cfg, lock)
         with logs.stage(stage):
             say(f"{step} started")
             started = time.perf_counter()
@@ -80,6 +103,7 @@ def run_stages(
                 raise
             report.seconds = time.perf_counter() - started
             report.jobs = sparkops.jobs_in_group(spark, group)
+            faults.point("stage_end", stage)
             log_stage(spark, cfg, run, report)
             result.reports.append(report)
             say(f"{step} done in {report.seconds:.1f}s: {_stage_line(report)}")

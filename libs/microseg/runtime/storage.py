@@ -90,6 +90,22 @@ def write_text(cfg: Config | None, uri: str, text: str) -> str:
     return uri
 
 
+def read_text(cfg: Config | None, uri: str) -> str | None:
+    """The text (UTF-8) of the file at ``uri``, or None if there is none."""
+    fs, path = filesystem(cfg, uri)
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r", encoding="utf-8") as handle:
+        return handle.read()
+
+
+def remove(cfg: Config | None, uri: str) -> None:
+    """Delete the file or folder (recursively) at ``uri``, if there is one."""
+    fs, path = filesystem(cfg, uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
 def put_folder(cfg: Config | None, local: str | Path, uri: str) -> str:
     """Copy the local folder ``local`` (its files, recursively) to ``uri``; returns ``uri``."""
     fs, path = filesystem(cfg, uri)

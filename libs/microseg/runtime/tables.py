@@ -17,7 +17,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
-from microseg.runtime import catalog, delta_ops, lake, storage
+from microseg.runtime import catalog, delta_ops, faults, lake, storage
 from microseg.runtime.config import Config
 from microseg.runtime.errors import TableMissingError, TableSchemaError
 from microseg.runtime.lake import APPEND, MERGE, OVERWRITE, REPLACE, TYPE2, Table
@@ -77,6 +77,7 @@ def previous_as_of(spark: SparkSession, cfg: Config, table: TableRef, as_of: obj
 
 def delete(spark: SparkSession, cfg: Config, table: TableRef, condition: str) -> CommitMetrics:
     """DELETE the table's rows matching the SQL ``condition``; returns the commit's metrics (numDeletedRows...)."""
+    faults.point("delta", str(table))
     path = table_path(cfg, table)
     delta_ops.delete(spark, path, condition)
     return CommitMetrics(spark, path)
@@ -84,18 +85,30 @@ def delete(spark: SparkSession, cfg: Config, table: TableRef, condition: str) ->
 
 def update(spark: SparkSession, cfg: Config, table: TableRef, assignments: dict[str, str], condition: str) -> None:
     """UPDATE the table's rows matching the SQL ``condition`` (column -> SQL expression)."""
+    faults.point("delta", str(table))
     delta_ops.update(spark, table_path(cfg, table), assignments, condition)
 
 
 def merge_type2(source: DataFrame, cfg: Config, table: TableRef, on: str, clauses: list[str]) -> CommitMetrics:
     """MERGE ``source`` (``s``) into a type 2 table (``t``) ``on`` a condition with WHEN ``clauses``
-    (the caller's, which close and open rows); returns the commit's metrics."""
+    (the caller's, which close and open rows); returns the commit's metrics, none when the MERGE
+    changed nothing (Delta then commits nothing)."""
+    faults.point("delta", str(table))
     table = entry(table)
     if TYPE2 not in table.writes:
         raise ValueError(f"{table} allows {', '.join(table.writes)} writes (runtime/lake.py), not {TYPE2}")
-    path = table_path(cfg, table)
-    delta_ops.merge(source.sparkSession, path, source, on, clauses)
-    return CommitMetrics(source.sparkSession, path)
+    spark, path = source.sparkSession, table_path(cfg, table)
+    before = delta_ops.latest_version(spark, path)
+    delta_ops.merge(spark, path, source, on, clauses)
+    return CommitMetrics(spark, path, since=before)
+
+
+def merge_on_keys(source: DataFrame, cfg: Config, table: TableRef, clauses: list[str]) -> None:
+    """MERGE ``source`` (``s``) into an existing merge table (``t``) on the entry's keys with the caller's WHEN
+    ``clauses``: a conditional upsert (ops.run_locks: a lock taken over only from a stale holder)."""
+    table, source = _allow(table, MERGE, source, cfg)
+    on = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in table.keys)
+    delta_ops.merge(source.sparkSession, table_path(cfg, table), source, on, clauses)
 
 
 MIGRATE = "microseg migrate --conf <your conf>"
@@ -245,6 +258,7 @@ class CommitMetrics(Mapping[str, int]):
 
 def overwrite(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Replace the table's rows with ``df``'s; returns the commit's metrics (numOutputRows: rows written)."""
+    faults.point("delta", str(table))
     table, df = _allow(table, OVERWRITE, df, cfg)
     if created := _create_if_new(df, cfg, table):
         return created
@@ -260,6 +274,7 @@ def replace_where(df: DataFrame, cfg: Config, table: TableRef, condition: str) -
     numOutputRows counts the rows written, numCopiedRows of them kept from files it rewrote
     (``rows_written`` subtracts them), numDeletedRows the rows it replaced.
     """
+    faults.point("delta", str(table))
     table, df = _allow(table, REPLACE, df, cfg)
     if created := _create_if_new(df, cfg, table):
         return created
@@ -271,6 +286,7 @@ def replace_where(df: DataFrame, cfg: Config, table: TableRef, condition: str) -
 
 def append(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Append ``df`` to the table; returns the commit's metrics (numOutputRows: rows written)."""
+    faults.point("delta", str(table))
     table, df = _allow(table, APPEND, df, cfg)
     if created := _create_if_new(df, cfg, table):
         return created
@@ -291,6 +307,7 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
     numTargetRowsCopied, numSourceRows (rows new or changed)... for a MERGE; numOutputRows when this
     write created the table; none when nothing was new (no commit).
     """
+    faults.point("delta", str(table))
     table, df = _allow(table, MERGE, df, cfg)
     if created := _create_if_new(df, cfg, table):
         return created
@@ -316,8 +333,19 @@ def _evolving(writer, table: Table):  # noqa: ANN001 - pyspark's DataFrameWriter
     return writer.option("mergeSchema", "true") if table.drifts else writer
 
 
+def write_staged(df: DataFrame, cfg: Config, table: Table) -> CommitMetrics:
+    """Replace the staged rows of ``table`` (a ``lake.staging`` entry) with ``df``'s: a plain Delta overwrite,
+    neither described nor named in the metastore, since staging lives only from clean to the quality gate."""
+    faults.point("delta", str(table))
+    check_columns(df, table)
+    path = table_path(cfg, table)
+    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    return CommitMetrics(df.sparkSession, path)
+
+
 def create(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
     """Write a table's first rows (any kind of table, a type 2 one too); refuses to replace an existing one."""
+    faults.point("delta", str(table))
     table = entry(table)
     check_columns(df, table)
     path = table_path(cfg, table)

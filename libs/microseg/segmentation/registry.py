@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 
-from microseg.runtime import logs, spark_models
+from microseg.runtime import faults, logs, spark_models
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ModelMissingError
 from microseg.segmentation.pipeline import clustering_column, model_name
@@ -135,6 +135,7 @@ def promote(
         return str(champion.version.version), "same centroids as the champion: kept"
     if not train.register_model:
         return None, "not registered"
+    faults.point("mlflow", f"register {name}")
     version = str(retried(mlflow.register_model)(model_uri, name, tags=lineage or None).version)
     passes_rule = swept.chosen is None or passes(swept.chosen, train)
     at_least_as_good = champion_score is None or (
@@ -150,7 +151,9 @@ def promote(
     if promoted:
         set_alias = retried(client(cfg).set_registered_model_alias)
         if champion.version is not None:
+            faults.point("mlflow", f"alias {name}@{PREVIOUS}")
             set_alias(name, PREVIOUS, champion.version.version)
+        faults.point("mlflow", f"alias {name}@{CHAMPION}")
         set_alias(name, CHAMPION, version)
     elif unscored is None:
         mark_lineage(cfg, name, str(champion.version.version), lineage)  # kept on these inputs, on the evidence
@@ -164,6 +167,7 @@ def mark_lineage(cfg: Config, name: str, version: str, lineage: dict[str, str] |
     """Set the ``lineage.*`` tags on a model version (replacing those it had)."""
     set_tag = retried(client(cfg).set_model_version_tag)
     for key, value in (lineage or {}).items():
+        faults.point("mlflow", f"tag {name} v{version} {key}")
         set_tag(name, version, key, value)
 
 

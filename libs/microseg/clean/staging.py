@@ -1,0 +1,170 @@
+"""Batches between clean and the quality gate: what each source still has to publish, where clean stages it,
+and ops.batches, the record of every batch's state.
+
+Clean stages each source's new bronze batches as the rows it would publish (``staging.<layer>_<table>``);
+quality validates them and only then publishes them to silver (quality/publish.py). The manifest
+(``<lake.root>/staging/_manifest.json``) names what the last clean run staged; clean writes it last and
+quality removes the staging folder last, so an interruption leaves either nothing staged or a complete
+staging that the next clean replaces.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass, field
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from microseg.ingest.mapping import SourceSpec
+from microseg.runtime import lake, storage, tables
+from microseg.runtime.config import Config
+from microseg.runtime.lake import Table
+
+INCREMENTAL, REBUILD = "incremental", "rebuild"  # a source's new batches added to silver, or its silver rebuilt
+STAGED, PUBLISHED, FAILED = "staged", "published", "failed"
+IDENTITY = "identity"  # the pseudo-source of the identity map: rebuilt whenever customers or web events change
+
+
+@dataclass
+class Plan:
+    """What clean does with one source: the batches it stages, and whether they are added or rebuild its silver."""
+
+    source: str
+    batches: list[str]
+    mode: str
+
+    @property
+    def condition(self) -> str:
+        """SQL selecting the plan's rows of a table that has ``_batch_id``."""
+        return f"_batch_id IN ({', '.join(repr(b) for b in self.batches)})" if self.batches else "false"
+
+
+@dataclass
+class Manifest:
+    """What one clean run staged: the plan of each source, and the source that fed each staged table."""
+
+    run_id: str
+    plans: dict[str, Plan] = field(default_factory=dict)
+    tables: dict[str, str] = field(default_factory=dict)  # staged table (silver or quarantine name) -> source
+
+    def plan_of(self, table: Table) -> Plan | None:
+        source = self.tables.get(table.name)
+        return self.plans[source] if source else None
+
+    def to_json(self) -> str:
+        plans = [asdict(p) for p in self.plans.values()]
+        return json.dumps({"run_id": self.run_id, "plans": plans, "tables": self.tables})
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        plans = {p["source"]: Plan(**p) for p in data["plans"]}
+        return cls(data["run_id"], plans, data["tables"])
+
+
+def _root(cfg: Config) -> str:
+    return f"{cfg.lake_root}/staging"
+
+
+def clear(cfg: Config) -> None:
+    """Remove everything staged (before a clean run stages anew, after quality published it)."""
+    storage.remove(cfg, _root(cfg))
+
+
+def write_manifest(cfg: Config, manifest: Manifest) -> None:
+    storage.write_text(cfg, f"{_root(cfg)}/_manifest.json", manifest.to_json())
+
+
+def read_manifest(cfg: Config) -> Manifest | None:
+    """What the last clean run staged and quality has not published yet; None if nothing."""
+    text = storage.read_text(cfg, f"{_root(cfg)}/_manifest.json")
+    return Manifest.from_json(text) if text else None
+
+
+def stage(df: DataFrame, cfg: Config, table: Table, manifest: Manifest, source: str) -> None:
+    """Write ``df`` as the staged rows of ``table`` (fed by ``source``)."""
+    manifest.tables[table.name] = source
+    tables.write_staged(df, cfg, lake.staging(table))
+
+
+def staged(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:
+    return tables.read(spark, cfg, lake.staging(table))
+
+
+def current(spark: SparkSession, cfg: Config, table: Table, manifest: Manifest) -> DataFrame | None:
+    """``table`` as it will be once what ``manifest`` staged is published (None: neither exists).
+
+    A rebuilt table is its staged rows; a merged one (customers) its rows not staged again plus the staged;
+    any other its rows of other batches plus the staged.
+    """
+    plan = manifest.plan_of(table)
+    existing = tables.read(spark, cfg, table) if tables.exists(spark, cfg, table) else None
+    if plan is None:
+        return existing
+    new = staged(spark, cfg, table)
+    if existing is None or plan.mode == REBUILD:
+        return new
+    if lake.MERGE in table.writes:
+        return existing.join(new.select(*table.keys), list(table.keys), "left_anti").unionByName(new)
+    return existing.where(f"NOT ({plan.condition})").unionByName(new)
+
+
+def published(spark: SparkSession, cfg: Config) -> dict[str, set[str]]:
+    """source -> its batches whose latest state in ops.batches is published."""
+    if not tables.exists(spark, cfg, lake.BATCHES):
+        return {}
+    latest = (
+        tables.read(spark, cfg, lake.BATCHES)
+        .groupBy("source", "batch_id")
+        .agg(F.max_by("status", "logged_at").alias("status"))
+        .where(F.col("status") == PUBLISHED)
+        .collect()
+    )
+    found: dict[str, set[str]] = {}
+    for row in latest:
+        found.setdefault(row["source"], set()).add(row["batch_id"])
+    return found
+
+
+def plans(spark: SparkSession, cfg: Config, specs: list[SourceSpec], full_refresh: bool) -> dict[str, Plan]:
+    """The plan of every source with something to stage: its bronze batches not yet published.
+
+    A file source's batches are those ops.ingest_log records (no scan of bronze); a database snapshot's, the
+    one in bronze. A source is rebuilt from all of its bronze with ``full_refresh``, when it is a database
+    snapshot (each run's snapshot replaces the last), and when a file of a published batch was ingested
+    again (it changed in place, and ingest removed its older rows from bronze).
+    """
+    present = [s for s in specs if tables.exists(spark, cfg, lake.bronze(s.name))]
+    files: dict[tuple[str, str], set[str]] = {}  # (source, path) -> the batches that ingested it
+    if tables.exists(spark, cfg, lake.INGEST_LOG):
+        for row in tables.read(spark, cfg, lake.INGEST_LOG).select("source", "path", "batch_id").collect():
+            files.setdefault((row["source"], row["path"]), set()).add(row["batch_id"])
+    in_bronze: dict[str, set[str]] = {}
+    for (source, _), batches in files.items():
+        in_bronze.setdefault(source, set()).update(batches)
+    for spec in present:
+        if spec.format == "jdbc":
+            rows = tables.read(spark, cfg, lake.bronze(spec.name)).select("_batch_id").distinct().collect()
+            in_bronze[spec.name] = {r[0] for r in rows}
+    done = published(spark, cfg)
+    result = {}
+    for spec in present:
+        batches, published_here = in_bronze.get(spec.name, set()), done.get(spec.name, set())
+        pending = batches - published_here
+        if not pending and not full_refresh:
+            continue
+        refiled = any(b & pending and b & published_here for (s, _), b in files.items() if s == spec.name)
+        rebuild = full_refresh or spec.format == "jdbc" or refiled
+        mode = REBUILD if rebuild else INCREMENTAL
+        result[spec.name] = Plan(spec.name, sorted(batches if rebuild else pending), mode)
+    return result
+
+
+def record(spark: SparkSession, cfg: Config, rows: list[tuple]) -> None:
+    """Append (source, batch_id, status, mode, rows_in, rows_written, rows_quarantined, run_id, reason) rows."""
+    if rows:
+        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        frame = spark.createDataFrame([(*r, now) for r in rows], lake.BATCHES.ddl)
+        tables.append(frame, cfg, lake.BATCHES)

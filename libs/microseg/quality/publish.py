@@ -1,0 +1,103 @@
+"""Publication of what clean staged and the quality gate passed: one Delta commit per table, rerunnable.
+
+A silver table takes its staged rows as its source's plan says: a rebuilt source replaces the whole
+table; a merged table (customers) upserts its staged rows; any other replaces the rows of the plan's
+batches (``_batch_id IN (...)``), so publishing the same batches again writes the same rows once. Each
+quarantine table takes the rows of the same batches the same way. Then ops.batches records the batches
+as published and the staging is removed. An interruption anywhere before that leaves the batches
+pending: the next run stages and publishes them again, to the same tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import reduce
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from microseg.clean import staging
+from microseg.clean.staging import PUBLISHED, REBUILD, Manifest, Plan
+from microseg.quality.rules import quarantine_records
+from microseg.runtime import lake, tables
+from microseg.runtime.config import Config
+from microseg.runtime.errors import ReconciliationError
+from microseg.runtime.lake import Table
+from microseg.runtime.runlog import Entry
+from microseg.runtime.sparkops import cached, described
+
+
+@dataclass(frozen=True)
+class Gated:
+    """A staged silver table's rows, each flagged (``_rule``, ``_reason``) if a quarantine rule takes it."""
+
+    table: Table
+    flagged: DataFrame
+    columns: list[str]
+
+
+def write(df: DataFrame, cfg: Config, table: Table, plan: Plan) -> tables.CommitMetrics:
+    """One commit of ``df`` into ``table`` as ``plan`` says (see the module's description)."""
+    if plan.mode == REBUILD or (lake.REPLACE not in table.writes and lake.MERGE not in table.writes):
+        return tables.overwrite(df, cfg, table)
+    if lake.MERGE in table.writes:
+        return tables.merge(df, cfg, table)
+    return tables.replace_where(df, cfg, table, plan.condition)
+
+
+def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Gated], run_id: str) -> list[Entry]:
+    """Publish every staged table and its quarantine; returns one entry per silver table.
+
+    Raises:
+        ReconciliationError: if a table's staged rows != rows published + rows quarantined.
+    """
+    quarantines: dict[str, list[tuple[DataFrame, Plan]]] = {}
+    for name, source in manifest.tables.items():
+        if lake.named(name).layer == "quarantine":
+            rows = staging.staged(spark, cfg, lake.named(name))
+            quarantines.setdefault(name, []).append((rows, manifest.plans[source]))
+    entries = []
+    for g in gated:
+        plan = manifest.plan_of(g.table)
+        record_columns = [c for c in g.columns if c != "_batch_id"]
+        with described(spark, f"quality: publish {g.table}"), cached(g.flagged) as flagged:
+            by_rule = {r["_rule"]: r["count"] for r in flagged.groupBy("_rule").count().collect()}
+            staged, kept = sum(by_rule.values()), by_rule.pop(None, 0)
+            good = flagged.where(F.col("_rule").isNull()).select(*[F.col(f"`{c}`") for c in g.columns])
+            committed = write(good, cfg, g.table, plan)
+            if by_rule:
+                moved = quarantine_records(flagged, g.table.name, record_columns)
+                quarantines.setdefault(lake.quarantine(g.table.short_name).name, []).append((moved, plan))
+            merged = lake.MERGE in g.table.writes and plan.mode != REBUILD  # unchanged rows are not written
+            if not merged and committed.rows_written != kept:
+                raise ReconciliationError(
+                    f"{g.table}: {staged} rows staged, {kept} to publish but {committed.rows_written} committed; "
+                    f"rerun the quality stage"
+                )
+            details = {"mode": plan.mode, "quarantined_by_rule": dict(sorted(by_rule.items()))}
+            if merged:
+                details["inserted"] = committed.get("numTargetRowsInserted", 0)
+                details["updated"] = committed.get("numTargetRowsUpdated", 0)
+            entries.append(Entry(g.table.name, staged, kept, staged - kept, details=details))
+    for name, parts in sorted(quarantines.items()):
+        with described(spark, f"quality: publish {name}"):
+            _write_quarantine(cfg, lake.named(name), parts)
+    rows = [
+        (plan.source, batch, PUBLISHED, plan.mode, None, None, None, run_id, None)
+        for plan in manifest.plans.values()
+        if plan.source != staging.IDENTITY
+        for batch in plan.batches
+    ]
+    staging.record(spark, cfg, rows)
+    staging.clear(cfg)
+    return entries
+
+
+def _write_quarantine(cfg: Config, table: Table, parts: list[tuple[DataFrame, Plan]]) -> None:
+    """One commit of a quarantine table's rows from every plan that feeds it."""
+    rows = reduce(DataFrame.unionByName, [df for df, _ in parts])
+    plans = [plan for _, plan in parts]
+    if any(p.mode == REBUILD for p in plans):
+        tables.overwrite(rows, cfg, table)
+    else:
+        tables.replace_where(rows, cfg, table, " OR ".join(f"({p.condition})" for p in plans))
