@@ -80,6 +80,17 @@ def test_a_digest_reads_config_sections_by_value():
     assert re.fullmatch(r"[0-9a-f]{16}", provenance.code_version())
 
 
+def test_the_first_difference_between_two_fingerprints_is_named():
+    from microseg.runtime.runlog import difference
+
+    before = {"silver": {"customers": "v1 a", "orders": "v1 b"}, "code": "c1", "previous": None}
+    assert difference(before, dict(before), "inputs") is None
+    after = {**before, "silver": {"customers": "v1 a", "orders": "v2 b"}, "code": "c2"}
+    assert difference(before, after, "inputs") == "inputs.code: c1 -> c2"  # keys in order: code before silver
+    assert difference(before, {**after, "code": "c1"}, "inputs") == "inputs.silver.orders: v1 b -> v2 b"
+    assert difference(None, before, "inputs").startswith("inputs: None -> {")
+
+
 LINEAGE = {"lineage.as_of": "2025-06-30", "lineage.features": "3:00ff", "lineage.features_version": "4"}
 COMPARED = ["lineage.as_of", "lineage.features"]
 
