@@ -58,7 +58,7 @@ def test_a_table_state_changes_with_each_commit_and_with_a_table_made_again(spar
 
     cfg = make_config()
     assert provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES) is None
-    rows = spark.createDataFrame([("r1", "c1", None, 9)], lake.SURVEY_RESPONSES.ddl)
+    rows = spark.createDataFrame([{"response_id": "r1", "customer_id": "c1", "nps": 9}], lake.SURVEY_RESPONSES.ddl)
     tables.overwrite(rows, cfg, lake.SURVEY_RESPONSES)
     first = provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES)
     assert first == provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES)
