@@ -235,12 +235,13 @@ def test_a_second_call_for_a_completed_as_of_is_a_no_op_that_says_so(spark, demo
 
 
 def test_rerun_same_as_of_keeps_assignments_and_trains_nothing(spark, demo, first_run, capsys):
-    """`microseg run` of all seven stages over the lake of the first run changes no assignment, and trains
-    nothing: clean rewrites silver, features writes the same rows again, so train finds its champions'
-    lineage unchanged and is skipped."""
+    """`microseg run` of all seven stages over the lake of the first run changes no assignment, and computes
+    no features and trains nothing: with no new file, silver stays as it was, so features finds its inputs
+    unchanged and train its champions' lineage, and both are skipped."""
     cfg = demo["cfg"]
     before = tables.read(spark, cfg, "gold.segment_assignments").collect()
     version = tables.version(spark, cfg, "gold.segment_assignments")
+    features_version = tables.version(spark, cfg, "gold.customer_features")
     client = MlflowClient(tracking_uri=cfg.tracking_uri)
     experiment = client.get_experiment_by_name(cfg.mlflow.experiment)
     parents = "tags.kind = 'training'"
@@ -256,6 +257,8 @@ def test_rerun_same_as_of_keeps_assignments_and_trains_nothing(spark, demo, firs
     feed = spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", version)
     feed = feed.load(tables.table_path(cfg, "gold.segment_assignments"))
     assert feed.where(F.col("_commit_version") > version).count() == 0
+    assert f"features: skipped, as_of {AS_OF} unchanged since run " in out
+    assert tables.version(spark, cfg, "gold.customer_features") == features_version
     assert "train: skipped, every champion (" in out and "(--retrain to train again)" in out
     assert len(client.search_runs([experiment.experiment_id], filter_string=parents)) == runs_before
     assert {m.name: m.latest_versions for m in client.search_registered_models()} == versions_before

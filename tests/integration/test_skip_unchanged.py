@@ -40,7 +40,13 @@ FEATURES = lake.CUSTOMER_FEATURES.name
 TRAINING_RUNS = "tags.kind = 'training'"
 
 
-def silver_rows(seed: int = 3) -> tuple[list[tuple], list[tuple]]:
+def order(order_id: str, customer_id: str, ts: dt.datetime, value: float, discount: float) -> dict:
+    """A silver.orders row (columns left out are null)."""
+    return {"order_id": order_id, "customer_id": customer_id, "order_ts": ts, "currency": "EUR", "amount": value,
+            "amount_base": value, "discount_base": discount, "channel": "web", "is_return": False}  # fmt: skip
+
+
+def silver_rows(seed: int = 3) -> tuple[list[dict], list[dict]]:
     """600 customers: frequent big spenders, one-off lapsed buyers, and discount hunters."""
     rng = random.Random(seed)
     customers, orders = [], []
@@ -48,12 +54,13 @@ def silver_rows(seed: int = 3) -> tuple[list[tuple], list[tuple]]:
         group = i % 3
         cid = f"c{i:03d}"
         signup = AS_OF - dt.timedelta(days=400 + rng.randrange(300))
-        customers.append((cid, f"crm{i}", None, None, False, False, "GB", signup, None, True, False, True))
+        customers.append({"customer_id": cid, "crm_id": f"crm{i}", "country": "GB", "signup_date": signup,
+                          "consent_email": True, "consent_profiling": True})  # fmt: skip
         count, days, amount, discount = [(10, 60, 300.0, 0.0), (1, 330, 40.0, 0.0), (5, 150, 80.0, 0.3)][group]
         for n in range(count):
             ts = dt.datetime.combine(AS_OF - dt.timedelta(days=1 + rng.randrange(days)), dt.time(12))
             value = round(amount * rng.uniform(0.8, 1.2), 2)
-            orders.append((f"{cid}-o{n}", cid, ts, "EUR", value, value, round(value * discount, 2), "web", False, None))
+            orders.append(order(f"{cid}-o{n}", cid, ts, value, round(value * discount, 2)))
     return customers, orders
 
 
@@ -98,10 +105,7 @@ def test_features_recompute_after_a_silver_table_changes(spark, lake_cfg):
     version = tables.version(spark, cfg, FEATURES)
     before = tables.read(spark, cfg, FEATURES).where(F.col("customer_id") == "c001").first()
     # One more order for c001 (a lapsed one-off buyer): silver.orders gets a new Delta version.
-    extra = spark.createDataFrame(
-        [("c001-new", "c001", dt.datetime(2025, 6, 29, 9), "EUR", 500.0, 500.0, 0.0, "web", False, None)],
-        lake.ORDERS.ddl,
-    )
+    extra = spark.createDataFrame([order("c001-new", "c001", dt.datetime(2025, 6, 29, 9), 500.0, 0.0)], lake.ORDERS.ddl)
     orders = tables.read(spark, cfg, lake.ORDERS).unionByName(extra).localCheckpoint()
     tables.overwrite(orders, cfg, lake.ORDERS)
     report = quiet_run(spark, cfg, ["features"]).report("features")

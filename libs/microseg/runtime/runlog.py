@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ from pyspark.sql import functions as F
 
 from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,29 @@ def unchanged_since(
 
     ``entry`` is (stage, source) of the run-log row that holds the fingerprint.
     """
+    stage = entry[0]
     last = last_ok_entry(spark, cfg, as_of, *entry)
     if last is None:
+        log.info("%s: computing as_of %s: no successful run of it recorded", stage, as_of)
         return None
     recorded = last[1].get("fingerprint") or {}
-    if recorded.get("inputs") != inputs or recorded.get("outputs") != outputs(last[1]):
+    changed = difference(recorded.get("inputs"), inputs, "inputs")
+    if changed is None:
+        changed = difference(recorded.get("outputs"), outputs(last[1]), "what it wrote")
+    if changed is not None:
+        log.info("%s: computing as_of %s: since run %s, %s", stage, as_of, last[0], changed)
         return None
     return last
+
+
+def difference(before: object, now: object, name: str) -> str | None:
+    """The first difference between two fingerprints (nested dicts), as ``<name>.<key>: <before> -> <now>``;
+    None when they are equal."""
+    if before == now:
+        return None
+    if isinstance(before, dict) and isinstance(now, dict):
+        for key in sorted(set(before) | set(now)):
+            found = difference(before.get(key), now.get(key), f"{name}.{key}")
+            if found is not None:
+                return found
+    return f"{name}: {before} -> {now}"

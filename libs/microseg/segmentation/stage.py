@@ -245,7 +245,9 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
         found = registry.champions_lineage(cfg, names, lineage, COMPARED)  # raises if the registry is unreachable
         if found.differs is None:
             return skipped_train(todo, lineage, found)
-        log.info("train: %d models to train (%s)", len(todo), found.differs)
+        log.info("train: training %d model%s: %s", len(todo), "s" if len(todo) != 1 else "", found.differs)
+    elif todo:
+        log.info("train: training %d model%s: --retrain", len(todo), "s" if len(todo) != 1 else "")
     with cached(training_rows(spark, cfg, run.as_of)) as data:
         with described(spark, "train: sweep samples"):
             raw = sweep_samples(data, todo, train)

@@ -58,7 +58,7 @@ def test_a_table_state_changes_with_each_commit_and_with_a_table_made_again(spar
 
     cfg = make_config()
     assert provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES) is None
-    rows = spark.createDataFrame([("r1", "c1", None, 9)], lake.SURVEY_RESPONSES.ddl)
+    rows = spark.createDataFrame([{"response_id": "r1", "customer_id": "c1", "nps": 9}], lake.SURVEY_RESPONSES.ddl)
     tables.overwrite(rows, cfg, lake.SURVEY_RESPONSES)
     first = provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES)
     assert first == provenance.table_state(spark, cfg, lake.SURVEY_RESPONSES)
@@ -78,6 +78,17 @@ def test_a_digest_reads_config_sections_by_value():
     assert provenance.digest({"profile": section}) == provenance.digest({"profile": section.model_dump(mode="json")})
     assert provenance.digest({"profile": section}) != provenance.digest({"profile": ProfileConfig(k_anonymity=11)})
     assert re.fullmatch(r"[0-9a-f]{16}", provenance.code_version())
+
+
+def test_the_first_difference_between_two_fingerprints_is_named():
+    from microseg.runtime.runlog import difference
+
+    before = {"silver": {"customers": "v1 a", "orders": "v1 b"}, "code": "c1", "previous": None}
+    assert difference(before, dict(before), "inputs") is None
+    after = {**before, "silver": {"customers": "v1 a", "orders": "v2 b"}, "code": "c2"}
+    assert difference(before, after, "inputs") == "inputs.code: c1 -> c2"  # keys in order: code before silver
+    assert difference(before, {**after, "code": "c1"}, "inputs") == "inputs.silver.orders: v1 b -> v2 b"
+    assert difference(None, before, "inputs").startswith("inputs: None -> {")
 
 
 LINEAGE = {"lineage.as_of": "2025-06-30", "lineage.features": "3:00ff", "lineage.features_version": "4"}
