@@ -25,6 +25,10 @@ so they never collide with generated ones or another day's. Every draw is a hash
 row key): the same data set gives the same day, and the generated customers are recomputed from the
 manifest's seed, customers and dates, never read back from the files.
 
+Simplifications: an update carries the customer's generated record with one field changed, so a later day's
+update of the same customer does not keep an earlier day's change; the day's other rows follow the generated
+record too (a customer whose consent to email an update withdrew can still be in a later day's campaign).
+
 The manifest gets the new end_date, customers, rows and dirt (counting all files) and one entry in ``days`` per
 added day; ``base`` keeps what the generated data was drawn from (customers, end_date, rows).
 """
