@@ -74,12 +74,6 @@ def delete(spark: SparkSession, path: str, condition: str) -> None:
     spark.sql(f"DELETE FROM {identifier(path)} WHERE {condition}")
 
 
-def update(spark: SparkSession, path: str, assignments: dict[str, str], condition: str) -> None:
-    """UPDATE the rows matching the SQL ``condition``: column -> SQL expression."""
-    values = ", ".join(f"`{column}` = {expression}" for column, expression in assignments.items())
-    spark.sql(f"UPDATE {identifier(path)} SET {values} WHERE {condition}")
-
-
 def merge(spark: SparkSession, path: str, source: DataFrame, on: str, clauses: list[str]) -> None:
     """MERGE ``source`` (aliased ``s``) into the table (aliased ``t``) ``on`` a condition, with WHEN ``clauses``.
 

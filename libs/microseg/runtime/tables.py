@@ -83,12 +83,6 @@ def delete(spark: SparkSession, cfg: Config, table: TableRef, condition: str) ->
     return CommitMetrics(spark, path)
 
 
-def update(spark: SparkSession, cfg: Config, table: TableRef, assignments: dict[str, str], condition: str) -> None:
-    """UPDATE the table's rows matching the SQL ``condition`` (column -> SQL expression)."""
-    faults.point("delta", str(table))
-    delta_ops.update(spark, table_path(cfg, table), assignments, condition)
-
-
 def merge_type2(source: DataFrame, cfg: Config, table: TableRef, on: str, clauses: list[str]) -> CommitMetrics:
     """MERGE ``source`` (``s``) into a type 2 table (``t``) ``on`` a condition with WHEN ``clauses``
     (the caller's, which close and open rows); returns the commit's metrics, none when the MERGE
