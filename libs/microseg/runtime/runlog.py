@@ -126,7 +126,8 @@ def unchanged_since(
     if changed is None:
         changed = difference(recorded.get("outputs"), outputs(last[1]), "what it wrote")
     if changed is not None:
-        log.info("%s: computing as_of %s: since run %s, %s", stage, as_of, last[0], changed)
+        since = last[1].get("computed_by_run", last[0])  # the run that computed what a skipped one relied on
+        log.info("%s: computing as_of %s: since run %s, %s", stage, as_of, since, changed)
         return None
     return last
 
