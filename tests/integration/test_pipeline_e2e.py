@@ -266,19 +266,22 @@ def test_rerun_same_as_of_keeps_assignments_and_trains_nothing(spark, demo, firs
 
 def test_critical_quality_failure_stops_before_gold(spark, demo, first_run, tmp_path, capsys):
     cfg = demo["cfg"]
-    gold = ["gold.customer_features", "gold.segment_assignments", "gold.segment_profiles"]
-    versions = {name: tables.version(spark, cfg, name) for name in gold}
+    guarded = ["silver.customers", "silver.orders", "gold.customer_features", "gold.segment_assignments",
+               "gold.segment_profiles"]  # fmt: skip
+    versions = {name: tables.version(spark, cfg, name) for name in guarded}
     (tmp_path / "customers.yaml").write_text(
         "table: silver.customers\n"
         "rules:\n"
         "  - {name: country_is_mars, expectation: in_set, column: country, values: [MARS], severity: critical}\n"
     )
     args = [*demo["args"], "--set", f"quality.rules_dir={tmp_path}"]
-    code = main(["run", *args, "--rerun", "--stage", "quality", "--stage", "features", "--stage", "assign"])
+    # The gate checks what clean stages: a full refresh stages every batch again, and the rule fails them all.
+    stages = ["--stage", "clean", "--stage", "quality", "--stage", "features", "--stage", "assign"]
+    code = main(["run", *args, "--full-refresh", *stages])
     assert code == 1
     err = capsys.readouterr().err
     assert "DataQualityError" in err and "country_is_mars" in err and "silver.customers" in err
-    assert {name: tables.version(spark, cfg, name) for name in gold} == versions
+    assert {name: tables.version(spark, cfg, name) for name in guarded} == versions
     failed = tables.read(spark, cfg, "ops.run_log").where((F.col("status") == "failed") & (F.col("stage") == "quality"))
     assert failed.count() == 1
 
