@@ -85,15 +85,15 @@ def stage_source(
         rows_in = read.get["rows"]
         good_rows = by_rule.pop(None, 0)
         quarantined = sum(by_rule.values())
+        if rows_in != good_rows + quarantined:
+            raise ReconciliationError(
+                f"source {source}: {rows_in} rows in bronze but {good_rows} staged + {quarantined} quarantined; "
+                f"a join in the clean rules duplicated or lost rows"
+            )
         good = kept.where(F.col("_rule").isNull())
         for table, transform in outputs.items():
             staging.stage(transform(good), cfg, table, manifest, source)
         staging.stage(quarantine_records(kept, source, bronze_columns), cfg, lake.quarantine(source), manifest, source)
-    if rows_in != good_rows + quarantined:
-        raise ReconciliationError(
-            f"source {source}: {rows_in} rows in bronze but {good_rows} staged + {quarantined} quarantined; "
-            f"a join in the clean rules duplicated or lost rows"
-        )
     details: dict = {"mode": plan.mode, "batches": len(plan.batches)}
     details["quarantined_by_rule"] = dict(sorted(by_rule.items()))
     if has_customer:
