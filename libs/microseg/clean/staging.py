@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.ingest.mapping import SourceSpec
-from microseg.runtime import lake, storage, tables
+from microseg.runtime import delta_ops, lake, storage, tables
 from microseg.runtime.config import Config
 from microseg.runtime.lake import Table
 
@@ -38,7 +38,7 @@ class Plan:
     @property
     def condition(self) -> str:
         """SQL selecting the plan's rows of a table that has ``_batch_id``."""
-        return f"_batch_id IN ({', '.join(repr(b) for b in self.batches)})" if self.batches else "false"
+        return f"_batch_id IN ({', '.join(delta_ops.literal(b) for b in self.batches)})" if self.batches else "false"
 
 
 @dataclass

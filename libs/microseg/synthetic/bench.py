@@ -25,15 +25,19 @@ from microseg.synthetic.daily import next_day
 from microseg.synthetic.datagen import generate
 
 
+def _generated(spark: SparkSession, cfg: Config) -> tuple[dict, float]:
+    """The bench's data generated into ``cfg.datagen.out``: its manifest, and the seconds it took."""
+    started = time.perf_counter()
+    manifest = generate(spark, cfg.datagen, cfg.datagen.out, store=cfg)
+    return manifest, time.perf_counter() - started
+
+
 def run_benchmark(
     spark: SparkSession, cfg: Config, customers: int, workdir: Path, compare_sklearn: bool = False
 ) -> str:
     """Run the whole pipeline on freshly generated data under ``workdir``; return a table of figures."""
     cfg = bench_config(cfg, customers, workdir)
-    data = cfg.datagen.out
-    started = time.perf_counter()
-    manifest = generate(spark, cfg.datagen, data, store=cfg)
-    datagen_seconds = time.perf_counter() - started
+    manifest, datagen_seconds = _generated(spark, cfg)
     result = run_pipeline(spark, cfg, as_of=cfg.datagen.end_date)
     source_rows = sum(manifest["rows"].values())
     lines = [
@@ -73,9 +77,7 @@ def run_daily_benchmark(spark: SparkSession, cfg: Config, customers: int, workdi
     """
     cfg = bench_config(cfg, customers, workdir)
     data = cfg.datagen.out
-    started = time.perf_counter()
-    manifest = generate(spark, cfg.datagen, data, store=cfg)
-    datagen_seconds = time.perf_counter() - started
+    manifest, datagen_seconds = _generated(spark, cfg)
     first = run_pipeline(spark, cfg, as_of=cfg.datagen.end_date)
     started = time.perf_counter()
     day = next_day(spark, cfg.datagen, data, store=cfg)["days"][-1]
