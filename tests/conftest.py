@@ -33,6 +33,19 @@ TEST_SETTINGS = [
 ]
 
 
+# Tests of work started in the background after collection run last, in this order (a stable sort: the others
+# keep theirs), to find that work done: tests/faults (its kill chain), then tests/cluster (its cluster run).
+LAST = {"faults": 1, "cluster": 2}
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        parts = item.path.relative_to(REPO / "tests").parts if item.path.is_relative_to(REPO / "tests") else ()
+        return LAST.get(parts[0], 0) if parts else 0
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session")
 def make_config(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Config]:
     """Config for a test: conf/local.yaml with small Spark settings, a fresh lake, and extra overrides."""

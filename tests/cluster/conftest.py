@@ -4,9 +4,9 @@ A run on the standalone cluster (pack the environment, start a master and a work
 generate data, submit the pipeline) takes minutes, mostly waiting on process starts, job scheduling
 and executors, little of it on this process's Spark session. So once collection has chosen a cluster
 test, a thread starts those steps (``cluster_run``), the unit and integration tests run meanwhile, and
-the cluster tests, moved to the end of the session, wait for the steps they check (each with a limit of
-its own, generous for a busy machine) and then read the outputs. The cluster and anything still running
-are stopped when the session ends, also when it is interrupted.
+the cluster tests, moved to the end of the session (tests/conftest.py), wait for the steps they check
+(each with a limit of its own, generous for a busy machine) and then read the outputs. The cluster and
+anything still running are stopped when the session ends, also when it is interrupted.
 """
 
 from __future__ import annotations
@@ -224,11 +224,6 @@ _RUN: ClusterRun | None = None
 
 def _is_cluster_test(item: pytest.Item) -> bool:
     return item.path.is_relative_to(HERE)
-
-
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Cluster tests last (a stable sort: everything else keeps its order), to find their run done."""
-    items.sort(key=_is_cluster_test)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -1,72 +1,64 @@
-"""Fault tests: real `microseg run` processes on tiny generated data, interrupted or raced.
+"""Fault tests: real `microseg` processes on tiny generated data, interrupted or raced.
 
-Each test starts the CLI in processes of its own (``microseg_process``), as a scheduler would, on a data set
-made once per test session by the tests' Spark session (``fault_data``): the fewest customers datagen makes,
-over a few months, so that a run of the first stages costs little more than its JVM's start.
+Each test starts the CLI in processes of its own (``processes.start_microseg``), as a scheduler would. The
+kill-and-restart chain (a dozen processes, mostly JVM starts) runs in the background from the end of
+collection when test_kill_restart.py is selected; the fault tests run after the others (tests/conftest.py),
+and that one waits for the chain. ``fault_data`` is a data set made once per session by the tests' Spark
+session: the fewest customers datagen makes, over a few months, so that a run of the first stages costs
+little more than its JVM's start.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
-import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from processes import AS_OF, KillChain, start_microseg
 
-import microseg
 from microseg.runtime.config import DatagenConfig
 from microseg.synthetic.datagen import generate
 
-REPO = Path(__file__).resolve().parents[2]
-AS_OF = dt.date(2025, 12, 31)
-# tests/conftest.py's TEST_SETTINGS as `microseg run --set` takes them, with a small driver: a fault test runs
-# several drivers at once.
-RUN_SETTINGS = [
-    "spark.master=local[2]",
-    "spark.shuffle_partitions=2",
-    "spark.log_level=ERROR",
-    "spark.settings.spark.driver.memory=1g",
-    "spark.settings.spark.sql.codegen.wholeStage='false'",
-    "spark.settings.spark.sql.codegen.factoryMode='NO_CODEGEN'",
-]
+HERE = Path(__file__).resolve().parent
+_CHAIN: KillChain | None = None
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the kill chain if test_kill_restart.py is to run."""
+    global _CHAIN
+    if session.config.option.collectonly or not any(i.path == HERE / "test_kill_restart.py" for i in session.items):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    root = factory.mktemp("kill-restart") if factory else Path(tempfile.mkdtemp(prefix="microseg-kill-restart-"))
+    _CHAIN = KillChain(root)
+    _CHAIN.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _CHAIN is not None:
+        _CHAIN.stop()
+
+
+@pytest.fixture(scope="session")
+def kill_chain() -> KillChain:
+    """The chain started after collection."""
+    assert _CHAIN is not None, "the kill chain did not start"
+    return _CHAIN
 
 
 @pytest.fixture(scope="session")
 def fault_data(spark, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """100 generated customers with three months of activity up to AS_OF, and the manifest."""
     data = tmp_path_factory.mktemp("fault-data")
-    spec = DatagenConfig(customers=100, seed=3, partitions=1, start_date=dt.date(2025, 10, 1), end_date=AS_OF)
+    end = dt.date.fromisoformat(AS_OF)
+    spec = DatagenConfig(customers=100, seed=3, partitions=1, start_date=dt.date(2025, 10, 1), end_date=end)
     return data, generate(spark, spec, str(data))
 
 
 @pytest.fixture(scope="session")
 def microseg_process() -> Callable[..., subprocess.Popen]:
-    """``microseg_process(*args, log=path, extra_env=None)``: `microseg <args>` started in a process of its own,
-    leading a process group with its JVM (this checkout's package, the tests' settings and HMAC key,
-    ``extra_env``), its output to ``log``."""
-    libs = str(Path(microseg.__file__).resolve().parents[1])
-    env = {
-        **os.environ,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        "PYTHONPATH": os.pathsep.join([libs, os.environ.get("PYTHONPATH", "")]),
-    }
-
-    def start(*args: str, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        command = [sys.executable, "-c", "import sys; from microseg.cli import main; sys.exit(main(sys.argv[1:]))",
-                   args[0], "--conf", str(REPO / "conf" / "local.yaml"), *[f"--set={s}" for s in RUN_SETTINGS],
-                   *args[1:]]  # fmt: skip
-        with open(log, "w") as out:
-            # A session of its own: the process and its JVM can be signalled together (os.killpg).
-            return subprocess.Popen(
-                command,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**env, **(extra_env or {})},
-                cwd=REPO,
-                start_new_session=True,
-            )
-
-    return start
+    """``microseg_process(*args, log=path, extra_env=None)``: ``processes.start_microseg``."""
+    return start_microseg

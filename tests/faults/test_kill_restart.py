@@ -2,19 +2,17 @@
 the lake it leaves equals the lake of an uninterrupted run of the same inputs.
 
 Kill points (runtime/faults.py): every Delta write, every MLflow registry change, and each stage's end. A
-reference run records where its points fall (``MICROSEG_FAULT_TRACE``); a seeded schedule then picks, in
-stage order, at least one point in every stage (two in clean, quality, train and assign), with a delay
-that lands the kill inside the write or registration it announced (or before it, delay 0). Each process of
-the chain gets one kill point and is restarted by the next; the last runs without one.
+reference run records where its points fall (``MICROSEG_FAULT_TRACE``); a seeded schedule
+(``processes.schedule``) then picks, in stage order, at least one point in every stage (two in clean,
+quality, train), with a delay that lands the kill inside the write or registration it announced (or
+before it, delay 0). Each process of the chain gets one kill point and is restarted by the next; the last
+runs without one. The chain runs in the background from the start of the session (``processes.KillChain``);
+these tests wait for it.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-import random
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -27,66 +25,19 @@ from pyspark.sql.types import MapType
 from microseg.runtime import lake, tables
 from microseg.stages import STAGES
 
-# A reference run and a dozen restarted drivers: about 15 minutes on 2 idle cores, so not in `make test`.
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.skipif(
-        os.environ.get("MICROSEG_KILL_RESTART") != "1",
-        reason="the kill-and-restart chain takes about 15 minutes: make test-faults (MICROSEG_KILL_RESTART=1) runs it",
-    ),
-]
+pytestmark = pytest.mark.faults
 
-SEED = 20261126
-AS_OF = "2025-12-31"  # the end of conftest.fault_data
-SETTINGS = ("tables.metastore=none", "train.by_macro=false", "train.min_macro_size=20", "train.k_max=3")
-KILLS_PER_STAGE = {"ingest": 1, "clean": 2, "quality": 2, "features": 1, "train": 2, "assign": 1, "profile": 1}
+WAIT = 5400  # seconds the tests wait for the chain: on a busy 2-core machine it shares with the whole suite
 # Columns that differ between runs by design: run ids, times, and the registry's version numbers (a run killed
 # between registering a model and moving its alias leaves a version the restart does not reuse).
 VOLATILE = {"_ingested_at", "ingested_at", "logged_at", "run_id", "training_run_id", "model_version"}
 
 
-def run_to_end(microseg_process, lake_root: Path, data: Path, log: Path, **env: str) -> tuple[int, float]:
-    """`microseg run` of every stage for AS_OF in a process of its own, waited for; (exit code, seconds)."""
-    settings = [*SETTINGS, f"lake.root={lake_root}", f"sources.root={data}"]
-    started = time.perf_counter()
-    process = microseg_process("run", "--as-of", AS_OF, *[f"--set={s}" for s in settings], log=log, extra_env=env)
-    return process.wait(timeout=1800), time.perf_counter() - started
-
-
-def schedule(trace: list[tuple[str, str, str]], seed: int) -> list[tuple[str, int, int, str]]:
-    """(stage, n, delay_ms, what) kill points in stage order, from the reference run's points per stage."""
-    rng = random.Random(seed)
-    plan = []
-    for stage in STAGES:
-        points = [(kind, what) for s, kind, what in trace if s == stage]
-        picks = rng.sample(range(1, len(points) + 1), min(KILLS_PER_STAGE[stage], len(points))) if points else []
-        if stage == "train":  # one kill on an MLflow registry change
-            registry = [i for i, (kind, _) in enumerate(points, start=1) if kind == "mlflow"]
-            picks = sorted({rng.choice(registry), *picks[:1]}) if registry else picks
-        for n in sorted(picks) or [1]:  # a stage without points is killed at its end
-            kind, what = points[n - 1] if points else ("stage_end", stage)
-            plan.append((stage, n, rng.choice([0, rng.randint(20, 1500)]), f"{kind} {what}"))
-    return plan
-
-
 @pytest.fixture(scope="module")
-def runs(fault_data, microseg_process, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    data, _ = fault_data
-    work = tmp_path_factory.mktemp("kill-restart")
-    trace = work / "trace.tsv"
-    run = functools.partial(run_to_end, microseg_process)
-    rc, seconds = run(work / "reference", data, work / "reference.log", MICROSEG_FAULT_TRACE=str(trace))
-    assert rc == 0, (work / "reference.log").read_text()[-5000:]
-    points = [tuple(line.split("\t")) for line in trace.read_text().splitlines()]
-    outcomes = []
-    for i, (stage, n, delay, what) in enumerate(schedule(points, SEED)):
-        log = work / f"chain-{i:02d}.log"
-        rc, took = run(work / "chain", data, log, MICROSEG_KILL_AT=f"{stage}:{n}:{delay}")
-        outcomes.append({"stage": stage, "n": n, "delay_ms": delay, "point": what, "rc": rc, "seconds": round(took)})
-    rc, took = run(work / "chain", data, work / "final.log")
-    outcomes.append({"stage": "-", "rc": rc, "seconds": round(took)})
-    print(f"reference run {seconds:.0f}s; chain:", *outcomes, sep="\n  ")
-    return {"reference": work / "reference", "chain": work / "chain", "outcomes": outcomes, "logs": work}
+def runs(kill_chain) -> dict:
+    result = kill_chain.result(WAIT)
+    print(f"reference run {kill_chain.reference_seconds:.0f}s; chain:", *result["outcomes"], sep="\n  ")
+    return result
 
 
 def test_at_least_ten_kills_over_every_stage_then_a_run_completes(runs):

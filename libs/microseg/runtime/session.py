@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -248,19 +249,31 @@ def package_jars(packages: list[str], settings: dict[str, str]) -> list[str]:
     ivy_dir = Path(ivy.get("spark.jars.ivy") or Path.home() / ".ivy2.5.2").expanduser()
     key = json.dumps({"packages": sorted(packages), "spark": pyspark.__version__, **ivy}, sort_keys=True)
     manifest = ivy_dir / "microseg" / f"jars-{hashlib.sha256(key.encode()).hexdigest()[:16]}.txt"
-    if manifest.exists():
-        jars = manifest.read_text().split()
-        if jars and all(Path(jar).is_file() for jar in jars):
-            log.debug("Spark packages: %d jars listed in %s", len(jars), manifest)
-            return jars
-    log.info("resolving Spark packages %s with Ivy (first start: downloads to %s)", ", ".join(packages), ivy_dir)
-    jars = _resolve(packages, ivy)
+    if jars := _listed(manifest):
+        return jars
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    staged = manifest.with_suffix(f".{os.getpid()}.tmp")
-    staged.write_text("\n".join(jars) + "\n")
-    staged.replace(manifest)
+    # Two processes starting at once on a fresh machine would run Ivy on one cache together (its default
+    # locking lets them overwrite each other's files): the second waits, then finds the first's manifest.
+    with open(manifest.parent / ".resolve.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if jars := _listed(manifest):
+            return jars
+        log.info("resolving Spark packages %s with Ivy (first start: downloads to %s)", ", ".join(packages), ivy_dir)
+        jars = _resolve(packages, ivy)
+        staged = manifest.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_text("\n".join(jars) + "\n")
+        staged.replace(manifest)
     log.info("resolved %d jars; next starts take them from %s", len(jars), manifest)
     return jars
+
+
+def _listed(manifest: Path) -> list[str]:
+    """The jars ``manifest`` lists, if it exists and all of them do; else []."""
+    jars = manifest.read_text().split() if manifest.exists() else []
+    if jars and all(Path(jar).is_file() for jar in jars):
+        log.debug("Spark packages: %d jars listed in %s", len(jars), manifest)
+        return jars
+    return []
 
 
 def _resolve(packages: list[str], ivy: dict[str, str]) -> list[str]:
