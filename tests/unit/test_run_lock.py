@@ -70,6 +70,11 @@ def test_a_stale_holder_is_taken_over_and_a_renewal_finds_out(spark, make_config
     renewed = run_lock.renew(spark, cfg, taken)
     assert renewed.renewed_at > taken.renewed_at and renewed.lease_until > taken.lease_until
     assert run_lock.held(spark, cfg, AS_OF) == renewed
+    # Kept as it is while more than half the lease is left (no commit); renewed once less is.
+    assert run_lock.keep(spark, cfg, renewed) == renewed
+    assert run_lock.keep(spark, cfg.model_copy(update={"run": cfg.run.model_copy(update={"lock_lease_seconds": 1300})}),
+                         renewed).renewed_at > renewed.renewed_at  # fmt: skip
+    renewed = run_lock.held(spark, cfg, AS_OF)
     # On another host, whose processes cannot be seen from here: taken over once its lease has ended.
     plant(spark, cfg, "run-far", "elsewhere.example", os.getpid(), NOW - dt.timedelta(seconds=1))
     assert run_lock.acquire(spark, cfg, AS_OF, "run-later", ["train"]).run_id == "run-later"

@@ -220,8 +220,9 @@ class RunConfig(_Strict):
     lock_lease_seconds: int = Field(
         3600,
         ge=1,
-        description="a run holds its as_of in ops.run_locks on a lease this long, renewed at each stage's start; "
-        "a dead run's lock is taken over once it expires (at once on the same host)",
+        description="a run holds its as_of in ops.run_locks on a lease this long, renewed at a stage's start when "
+        "less than half is left (keep it twice the longest stage); a dead run's lock is taken over once it "
+        "expires (at once on the same host)",
     )
 
 

@@ -1,18 +1,17 @@
 """One run per as_of at a time: a lock row in ops.run_locks, held on a lease.
 
-A run takes the lock before its first stage (``acquire``), renews the lease at each later stage's
-start (``renew``) and deletes its row at its end, failed or not (``release``); ``runtime.runner``
-does all three. Taking is one Delta MERGE: insert when no row holds the as_of, or take over the
-row of a holder judged stale, which is one whose lease has expired, or one that ran on this host
-and whose process is gone (a run killed with SIGKILL can be started again at once). The row is then
-read back. Two runs started at once both MERGE: Delta's optimistic concurrency commits one and fails
-the other (ConcurrentAppendException or a kin of it), which then reads the winner's row and stops
-with ``RunInProgressError``, never with Delta's stack trace. Fails closed: a lock that cannot be
-taken and confirmed means the run does not start, and a renewal that finds the row gone or someone
-else's stops the run.
+A run takes the lock before its first stage (``acquire``), renews the lease at a later stage's start when less
+than half of it is left (``keep``) and deletes its row at its end, failed or not (``release``);
+``runtime.runner`` does all three. Taking is one Delta MERGE: insert when no row holds the as_of, or take over
+the row of a holder judged stale, which is one whose lease has expired, or one that ran on this host and whose
+process is gone (a run killed with SIGKILL can be started again at once). The row is then read back. Two runs
+started at once both MERGE: Delta's optimistic concurrency commits one and fails the other
+(ConcurrentAppendException or a kin of it), which then reads the winner's row and stops with
+``RunInProgressError``, never with Delta's stack trace. Fails closed: a lock that cannot be taken and
+confirmed means the run does not start, and a renewal that finds the row gone or someone else's stops the run.
 
 Times are naive UTC, from the clock of the process that writes them (as in ops.run_log); a lease
-longer than any stage (``run.lock_lease_seconds``, an hour by default) absorbs clock skew between hosts.
+twice as long as any stage (``run.lock_lease_seconds``, an hour by default) absorbs clock skew between hosts.
 """
 
 from __future__ import annotations
@@ -139,6 +138,14 @@ def _row(spark: SparkSession, lock: Lock) -> DataFrame:
     # Every time goes in through a DataFrame, as it comes back: a SQL literal would be read in the session's time
     # zone, a Python datetime in the process's.
     return spark.createDataFrame([tuple(getattr(lock, f.name) for f in fields(Lock))], LOCKS.ddl)
+
+
+def keep(spark: SparkSession, cfg: Config, lock: Lock) -> Lock:
+    """``lock`` renewed (``renew``) if less than half of its lease is left, else as it is: a stage that starts
+    still has at least half a lease, and a short run commits nothing to the lock table between its stages."""
+    if lock.lease_until - _now() > dt.timedelta(seconds=cfg.run.lock_lease_seconds / 2):
+        return lock
+    return renew(spark, cfg, lock)
 
 
 def renew(spark: SparkSession, cfg: Config, lock: Lock) -> Lock:

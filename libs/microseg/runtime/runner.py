@@ -53,7 +53,8 @@ def run_stages(
 
     One run per as_of at a time: the run takes the as_of's lock in ops.run_locks first
     (``run_lock.acquire``: another live run of it stops this one with ``RunInProgressError``),
-    renews its lease at each later stage's start, and releases it at the end, failed or not.
+    renews its lease at a later stage's start when half of it has gone (``run_lock.keep``), and releases it
+    at the end, failed or not.
     Each stage runs in its own Spark job group (``sparkops.group_id``), is timed, and is
     appended to ops.run_log, also when it fails (status ``failed`` with the error), and the
     error is raised again. Progress goes to this module's logger (``microseg.runtime.runner``), one line per
@@ -85,7 +86,7 @@ def _run_locked(
         step = f"[{number}/{len(stages)}] {stage}"
         group = sparkops.group_id(run.run_id, stage)
         if number > 1:  # the first stage starts on the lease just taken
-            lock = run_lock.renew(spark, cfg, lock)
+            lock = run_lock.keep(spark, cfg, lock)
         with logs.stage(stage):
             say(f"{step} started")
             started = time.perf_counter()
