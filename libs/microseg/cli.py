@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError, MicrosegError
 from microseg.runtime.loader import load_config
-from microseg.runtime.logs import LEVELS, configure_logging
+from microseg.runtime.logs import LEVELS, configure_logging, spark_error
 
 if TYPE_CHECKING:
     from microseg.runtime.runner import StageFunction
@@ -340,15 +340,21 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", type(exc).__name__, exc)
         return EXIT_FAILURE
     except Exception as exc:
-        if cfg is None or not _embedded_metastore_busy(cfg, exc):
+        if cfg is not None and _embedded_metastore_busy(cfg, exc):
+            log.error(
+                "the embedded metastore (Derby, in %s) could not be opened: another process most likely has it "
+                "open, such as another microseg run (of any as_of) or microseg sql on this lake; it admits one "
+                "process at a time. Wait for that process to end; to run processes side by side, name the tables "
+                "in a shared metastore (tables.metastore: hive) or not at all (tables.metastore: none)",
+                cfg.metastore_dir,
+            )
+            return EXIT_FAILURE
+        summary = spark_error(exc)
+        if summary is None:
             raise
-        log.error(
-            "the embedded metastore (Derby, in %s) could not be opened: another process most likely has it open, "
-            "such as another microseg run (of any as_of) or microseg sql on this lake; it admits one process at a "
-            "time. Wait for that process to end; to run processes side by side, name the tables in a shared "
-            "metastore (tables.metastore: hive) or not at all (tables.metastore: none)",
-            cfg.metastore_dir,
-        )
+        # The Java stack trace (often tens of KB) only at DEBUG: the console gets what went wrong.
+        log.debug("the full error:", exc_info=exc)
+        log.error("%s: %s (--log-level DEBUG shows the stack trace)", type(exc).__name__, summary)
         return EXIT_FAILURE
 
 
