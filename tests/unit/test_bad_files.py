@@ -98,3 +98,14 @@ def test_more_than_one_percent_of_a_file_fails_the_batch(spark, make_config):
     assert "b.csv" not in message
     assert "encoding: ISO-8859-1" in message
     check_decoding(rows_of(spark, {"file:/d/b.csv": (199, 1), "file:/d/c.csv": (100, 1)}), spec(), cfg)
+
+
+def test_a_spark_error_is_summarised_without_its_stack_trace(spark):
+    from microseg.runtime.logs import spark_error
+
+    with pytest.raises(Exception) as err:
+        spark.createDataFrame([("x",)], "v string").selectExpr("CAST(v AS INT) AS n").collect()
+    summary = spark_error(err.value)
+    assert "CAST_INVALID_INPUT" in summary and "'x'" in summary
+    assert "\tat " not in summary and len(summary) < 3000
+    assert spark_error(ValueError("not from Spark")) is None
