@@ -30,6 +30,7 @@ def spec(**extra) -> SourceSpec:
         ("file:/d/a.csv.gz", gzip.compress(b"order_id,customer,amount\n"), None),
         ("file:/d/a.csv.gz", gzip.compress(b"order_id;customer;amount\n"), 'options: {sep: ";"}'),
         ("file:/d/a.csv", b"PK\x03\x04rest", "extract its files"),
+        ("file:/d/a.csv.gz", b"\x1f\x8b\x07damaged", "gzip data is damaged"),
     ],
 )
 def test_unreadable_files_named_with_the_fix(spark, path, head, expected):

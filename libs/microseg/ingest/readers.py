@@ -63,7 +63,10 @@ def unreadable(spec: SourceSpec, path: str, head: bytes) -> str | None:
             )
         if kind != "gzip":
             return None
-        head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head)
+        except zlib.error:
+            return f"{path} is named {extension} but its gzip data is damaged; deliver the file again"
     return _other_delimiter(spec, path, head) if spec.format == "csv" else None
 
 

@@ -29,8 +29,8 @@ def malformed() -> Rule:
 def undecodable_columns(df: DataFrame) -> Column:
     """The names of ``df``'s text columns holding U+FFFD, which readers put where bytes did not decode in the
     file's encoding (comma-separated; null when none): one expression over every string column."""
-    names = [f.name for f in df.schema.fields if isinstance(f.dataType, StringType) and f.name != CORRUPT]
-    found = [F.when(F.col(f"`{n}`").contains("\ufffd"), F.lit(n)) for n in names if not n.startswith("_")]
+    names = [f.name for f in df.schema.fields if isinstance(f.dataType, StringType) and not f.name.startswith("_")]
+    found = [F.when(F.col(f"`{n}`").contains("\ufffd"), F.lit(n)) for n in names]
     return F.nullif(F.concat_ws(", ", *found), F.lit("")) if found else F.lit(None).cast("string")
 
 
