@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError, MicrosegError
 from microseg.runtime.loader import load_config
-from microseg.runtime.logs import LEVELS, configure_logging
+from microseg.runtime.logs import LEVELS, configure_logging, spark_error
 
 if TYPE_CHECKING:
     from microseg.runtime.runner import StageFunction
@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="make the new models champions whatever their metrics (implies --rerun)"
     )
 
+    check = commands.add_parser(
+        "validate", help="check the config, source mapping, quality rules and layer features; report every problem"
+    )
+    _common(check)
+
     gen = commands.add_parser("datagen", help="generate synthetic multi-source data")
     _common(gen)
     gen.add_argument("--customers", type=int, help="number of customers (default: datagen.customers)")
@@ -175,8 +180,10 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
     from microseg.runtime.runner import snapshot_date
     from microseg.runtime.session import build_spark
     from microseg.stages import run_pipeline, selected_stages, summary
+    from microseg.validate import check
 
     as_of, names = snapshot_date(cfg, args.as_of), selected_stages(cfg, args.stage)
+    check(cfg, args.origins)  # before the session, the lock and any stage
     spark = build_spark(cfg)
     done = completed_stages(spark, cfg, as_of)
     full_refresh = getattr(args, "full_refresh", False)
@@ -186,6 +193,14 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> int:
         return 0
     result = run_pipeline(spark, cfg, as_of=as_of, stages=names, full_refresh=full_refresh, retrain=args.retrain)
     print(summary(result, cfg))
+    return 0
+
+
+def cmd_validate(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.validate import check
+
+    check(cfg, args.origins)
+    print(f"{args.conf}: config, source mapping {cfg.sources.mapping}, quality rules and layer features are valid")
     return 0
 
 
@@ -289,6 +304,7 @@ def cmd_sql_server(cfg: Config, args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "validate": cmd_validate,
     "train": cmd_train,
     "datagen": cmd_datagen,
     "bench": cmd_bench,
@@ -313,9 +329,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides += _datagen_overrides(args)
     if args.command == "train" and args.force:
         overrides.append("train.force_promote=true")
-    cfg = None
+    cfg, args.origins = None, {}
     try:
-        cfg = load_config(args.conf, overrides)
+        cfg = load_config(args.conf, overrides, args.origins)
         return COMMANDS[args.command](cfg, args)
     except ConfigError as exc:
         log.error("configuration error: %s", exc)
@@ -324,15 +340,21 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s: %s", type(exc).__name__, exc)
         return EXIT_FAILURE
     except Exception as exc:
-        if cfg is None or not _embedded_metastore_busy(cfg, exc):
+        if cfg is not None and _embedded_metastore_busy(cfg, exc):
+            log.error(
+                "the embedded metastore (Derby, in %s) could not be opened: another process most likely has it "
+                "open, such as another microseg run (of any as_of) or microseg sql on this lake; it admits one "
+                "process at a time. Wait for that process to end; to run processes side by side, name the tables "
+                "in a shared metastore (tables.metastore: hive) or not at all (tables.metastore: none)",
+                cfg.metastore_dir,
+            )
+            return EXIT_FAILURE
+        summary = spark_error(exc)
+        if summary is None:
             raise
-        log.error(
-            "the embedded metastore (Derby, in %s) could not be opened: another process most likely has it open, "
-            "such as another microseg run (of any as_of) or microseg sql on this lake; it admits one process at a "
-            "time. Wait for that process to end; to run processes side by side, name the tables in a shared "
-            "metastore (tables.metastore: hive) or not at all (tables.metastore: none)",
-            cfg.metastore_dir,
-        )
+        # The Java stack trace (often tens of KB) only at DEBUG: the console gets what went wrong.
+        log.debug("the full error:", exc_info=exc)
+        log.error("%s: %s (--log-level DEBUG shows the stack trace)", type(exc).__name__, summary)
         return EXIT_FAILURE
 
 

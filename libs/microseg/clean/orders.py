@@ -8,7 +8,16 @@ from pyspark.sql.window import Window
 
 from microseg.clean.identity import crm_links
 from microseg.ingest.standardise import clean_code, rate_column
-from microseg.quality.rules import Rule, flag_rules, future, malformed, missing, orphan, unknown_currency
+from microseg.quality.rules import (
+    Rule,
+    flag_rules,
+    future,
+    malformed,
+    missing,
+    orphan,
+    undecodable,
+    unknown_currency,
+)
 from microseg.runtime.keys import customer_id_from_crm
 
 
@@ -30,6 +39,7 @@ def clean_order_lines(
         prepared = prepared.withColumn("customer_id", customer_id_from_crm(F.col("customer_ref")))
     rules = [
         malformed(),
+        undecodable(df),
         missing("customer_ref", "no_customer_key", "no customer key"),
         Rule("negative_price", "unit price is negative (an adjustment such as bad debt)", F.col("unit_price") < 0),
         future("order_ts"),
@@ -86,6 +96,7 @@ def clean_orders(df: DataFrame, keys: DataFrame, rates: dict[str, float]) -> Dat
     )
     rules = [
         malformed(),
+        undecodable(df),
         missing("order_id"),
         Rule("negative_amount", "order amount is negative", F.col("amount") < 0),
         future("order_ts"),
@@ -119,7 +130,7 @@ def clean_order_items(df: DataFrame, orders: DataFrame) -> DataFrame:
         "is_return",
     )
     joined = df.join(parents, on="order_id", how="left")
-    return flag_rules(joined, [malformed(), missing("order_id"), orphan("customer_id", "order")])
+    return flag_rules(joined, [malformed(), undecodable(df), missing("order_id"), orphan("customer_id", "order")])
 
 
 def items_table(good: DataFrame) -> DataFrame:

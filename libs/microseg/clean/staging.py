@@ -138,9 +138,11 @@ def plans(spark: SparkSession, cfg: Config, specs: list[SourceSpec], full_refres
     """
     present = [s for s in specs if tables.exists(spark, cfg, lake.bronze(s.name))]
     files: dict[tuple[str, str], set[str]] = {}  # (source, path) -> the batches that ingested it
+    rows: dict[tuple[str, str], int] = {}  # (source, batch) -> the rows ingest read
     if tables.exists(spark, cfg, lake.INGEST_LOG):
-        for row in tables.read(spark, cfg, lake.INGEST_LOG).select("source", "path", "batch_id").collect():
+        for row in tables.read(spark, cfg, lake.INGEST_LOG).select("source", "path", "batch_id", "rows").collect():
             files.setdefault((row["source"], row["path"]), set()).add(row["batch_id"])
+            rows[row["source"], row["batch_id"]] = rows.get((row["source"], row["batch_id"]), 0) + (row["rows"] or 0)
     in_bronze: dict[str, set[str]] = {}
     for (source, _), batches in files.items():
         in_bronze.setdefault(source, set()).update(batches)
@@ -157,6 +159,10 @@ def plans(spark: SparkSession, cfg: Config, specs: list[SourceSpec], full_refres
             continue
         refiled = any(b & pending and b & published_here for (s, _), b in files.items() if s == spec.name)
         rebuild = full_refresh or spec.format == "jdbc" or refiled
+        if not rebuild:  # a batch of empty files has no rows to stage
+            pending = {b for b in pending if rows.get((spec.name, b), 1) > 0}
+            if not pending:
+                continue
         mode = REBUILD if rebuild else INCREMENTAL
         result[spec.name] = Plan(spec.name, sorted(batches if rebuild else pending), mode)
     return result

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -89,6 +90,7 @@ class SourceSpec(BaseModel):
     path: str = Field("", description="file path or glob, relative to sources.root (files only)")
     schema_ddl: str = Field(alias="schema")
     options: dict[str, str] = Field(default_factory=dict)
+    encoding: str = Field("UTF-8", description="csv/json: the files' character encoding, as Java names it")
     optional_columns: list[str] = Field(default_factory=list)
     keys: list[str] = Field(default_factory=list, description="columns that identify a record of the source")
     event_time: str | None = Field(None, description="the column that dates a record")
@@ -107,6 +109,27 @@ class SourceSpec(BaseModel):
         if entity not in ENTITIES:
             raise ValueError(f"unknown entity {entity!r}; known entities: {', '.join(ENTITIES)}")
         return entity
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_encoding(cls, data: Any) -> Any:
+        """``options.encoding`` (or Spark's alias ``charset``) is the same setting: taken as ``encoding``."""
+        options = (data.get("options") or {}) if isinstance(data, dict) else {}
+        given = {str(options[k]) for k in ("encoding", "charset") if k in options}
+        if not given:
+            return data
+        if len({g.upper() for g in given | ({str(data["encoding"])} if "encoding" in data else set())}) > 1:
+            raise ValueError(f"encoding {data.get('encoding')!r} and options {options} disagree; keep encoding: only")
+        return {**data, "encoding": given.pop()}
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {encoding!r}; for example UTF-8, ISO-8859-1, windows-1252") from None
+        return encoding
 
     @property
     def captures_corrupt_records(self) -> bool:

@@ -14,24 +14,29 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.ingest.mapping import SourceSpec, check_mapping, load_mapping
 from microseg.ingest.privacy import contact_records, tokenise
-from microseg.ingest.readers import location, read_files, read_jdbc
+from microseg.ingest.readers import check_files, location, read_files, read_jdbc
 from microseg.ingest.standardise import with_nfkc
+from microseg.quality.rules import undecodable_columns
 from microseg.runtime import delta_ops, lake, storage, tables
 from microseg.runtime.config import Config
-from microseg.runtime.errors import ReconciliationError, SourceMissingError
+from microseg.runtime.errors import ReconciliationError, SourceMissingError, UndecodableTextError
 from microseg.runtime.keys import hash_key
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.runtime.sparkops import described
 from microseg.runtime.storage import FileInfo
 
+log = logging.getLogger(__name__)
+
 Seen = dict[str, tuple[int, int]]  # path -> (size, modified_ms) of its latest ingestion
+MAX_UNDECODABLE_SHARE = 0.01  # of a file's rows: more fails the batch (the file's encoding is not the mapping's)
 OBSERVED_FILES = 100  # a batch of up to this many files is counted per file in the pass that writes it
 
 
@@ -130,18 +135,57 @@ def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: Sourc
         return Entry(spec.name, rows_in=0, rows_written=0, rows_quarantined=0, details=details)
     batch = batch_id(spec.name, todo)
     paths = [f.path for f in todo]
-    raw, extra = read_files(spark, spec, paths)
-    if extra:
-        details["extra_columns"] = extra
-    if spec.pii:
-        raw = _split_identifiers(cfg, spec, raw)
-    bronze = raw.withColumns({"_ingested_at": F.lit(run.started_at).cast("timestamp"), "_batch_id": F.lit(batch)})
+    readable = [f for f in todo if f.size > 0]  # an empty file has no header to read: recorded with 0 rows
+    if len(readable) < len(todo):
+        details["empty_files"] = [f.path for f in todo if f.size == 0]
+        log.warning("source %s: empty file(s) recorded with 0 rows: %s", spec.name, details["empty_files"])
+    check_files(cfg, spec, readable)
+    bronze = None
+    if readable:
+        raw, extra = read_files(spark, spec, [f.path for f in readable])
+        if extra:
+            details["extra_columns"] = extra
+        if spec.captures_corrupt_records:
+            check_decoding(raw, spec, cfg)
+        if spec.pii:
+            raw = _split_identifiers(cfg, spec, raw)
+        bronze = raw.withColumns({"_ingested_at": F.lit(run.started_at).cast("timestamp"), "_batch_id": F.lit(batch)})
     name = lake.bronze(spec.name)
     if changed and tables.exists(spark, cfg, name):
         _drop_rows_of(spark, cfg, name, paths, batch)
-    rows, counts = _write_bronze(bronze, cfg, name, batch, paths)
+    rows, counts = 0, {}
+    if bronze is not None:
+        rows, counts = _write_bronze(bronze, cfg, name, batch, [f.path for f in readable])
     _log_files(spark, cfg, _ingest_log_rows(spec.name, todo, counts, batch, run.started_at))
     return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={**details, "batch_id": batch})
+
+
+def check_decoding(raw: DataFrame, spec: SourceSpec, cfg: Config) -> None:
+    """Fail the batch, before bronze, when more than MAX_UNDECODABLE_SHARE of a file's rows hold text that did
+    not decode in the source's encoding (clean quarantines fewer as ``undecodable_text``). One Spark job.
+
+    Raises:
+        UndecodableTextError: naming each such file and the mapping's ``encoding:`` to set.
+    """
+    bad = undecodable_columns(raw)
+    per_file = raw.groupBy("_source_file").agg(
+        F.count(F.lit(1)).alias("rows"), F.count_if(bad.isNotNull()).alias("bad"), F.max(bad).alias("columns")
+    )
+    failed = per_file.where(F.col("bad") > F.col("rows") * MAX_UNDECODABLE_SHARE).collect()
+    if not failed:
+        return
+    files = "\n".join(
+        f"  {r['_source_file']}: {r['bad']:,} of {r['rows']:,} rows (column(s) {r['columns']}, for example)"
+        for r in sorted(failed, key=lambda r: r["_source_file"])
+    )
+    other = "ISO-8859-1 (Latin-1) or windows-1252" if spec.encoding.upper() in ("UTF-8", "UTF8") else "their encoding"
+    raise UndecodableTextError(
+        f"source {spec.name}: more than {MAX_UNDECODABLE_SHARE:.0%} of the rows of {len(failed)} file(s) hold "
+        f"text that does not decode as {spec.encoding} (read as U+FFFD); nothing of the batch was written:\n"
+        f"{files}\nIf the files are in another encoding, set it on the source in "
+        f"{cfg.conf_file('sources', cfg.sources.mapping + '.yaml')}, for example encoding: {other.split(' ')[0]} "
+        f"(try {other}), then run again"
+    )
 
 
 def _split_identifiers(cfg: Config, spec: SourceSpec, raw: DataFrame) -> DataFrame:

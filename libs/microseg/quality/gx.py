@@ -40,16 +40,27 @@ class RuleResult:
     unexpected_percent: float
 
 
+def rule_files(cfg: Config) -> list[Path]:
+    return sorted(Path(cfg.conf_file(cfg.quality.rules_dir)).glob("*.yaml"))
+
+
+def read_rules(path: Path) -> TableRules:
+    """One rule file, validated.
+
+    Raises:
+        ConfigError: naming the file and every key at fault.
+    """
+    try:
+        return TableRules.model_validate(yaml.safe_load(path.read_text()))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"quality rules {path} are not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"quality rules {path} are invalid: {problems}") from None
+
+
 def load_rules(cfg: Config) -> list[TableRules]:
-    folder = cfg.conf_file(cfg.quality.rules_dir)
-    suites = []
-    for path in sorted(Path(folder).glob("*.yaml")):
-        try:
-            suites.append(TableRules.model_validate(yaml.safe_load(path.read_text())))
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"quality rules {path} are invalid: {problems}") from None
-    return suites
+    return [read_rules(path) for path in rule_files(cfg)]
 
 
 def _expectation(rule: QualityRule):

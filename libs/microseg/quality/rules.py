@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
 from pyspark.sql.window import Window
 
 from microseg.runtime.config import QualityRule
@@ -17,12 +18,28 @@ from microseg.runtime.lake import CORRUPT
 @dataclass(frozen=True)
 class Rule:
     name: str
-    reason: str
+    reason: str | Column  # a Column: a reason per row
     violated: Column
 
 
 def malformed() -> Rule:
     return Rule("malformed_record", "line could not be parsed with the source schema", F.col(CORRUPT).isNotNull())
+
+
+def undecodable_columns(df: DataFrame) -> Column:
+    """The names of ``df``'s text columns holding U+FFFD, which readers put where bytes did not decode in the
+    file's encoding (comma-separated; null when none): one expression over every string column."""
+    names = [f.name for f in df.schema.fields if isinstance(f.dataType, StringType) and not f.name.startswith("_")]
+    found = [F.when(F.col(f"`{n}`").contains("\ufffd"), F.lit(n)) for n in names]
+    return F.nullif(F.concat_ws(", ", *found), F.lit("")) if found else F.lit(None).cast("string")
+
+
+def undecodable(df: DataFrame) -> Rule:
+    found = undecodable_columns(df)
+    reason = F.concat(
+        F.lit("text in "), found, F.lit(" did not decode in the source's encoding; set encoding: in the mapping")
+    )
+    return Rule("undecodable_text", reason, found.isNotNull())
 
 
 def missing(column: str, name: str | None = None, reason: str | None = None) -> Rule:
@@ -47,7 +64,7 @@ def flag_rules(df: DataFrame, rules: list[Rule]) -> DataFrame:
     for r in reversed(rules):
         broken = F.coalesce(r.violated, F.lit(False))
         rule = F.when(broken, F.lit(r.name)).otherwise(rule)
-        reason = F.when(broken, F.lit(r.reason)).otherwise(reason)
+        reason = F.when(broken, r.reason if isinstance(r.reason, Column) else F.lit(r.reason)).otherwise(reason)
     return df.withColumns({"_rule": rule, "_reason": reason})
 
 

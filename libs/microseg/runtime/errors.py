@@ -51,3 +51,11 @@ class RunLockError(MicrosegError):
 
 class RunInProgressError(RunLockError):
     """Another run holds the lock of this as_of (ops.run_locks) and its lease is live."""
+
+
+class UnreadableFileError(MicrosegError):
+    """A source file cannot be read with its mapping (compressed under a plain name, another delimiter, ...)."""
+
+
+class UndecodableTextError(MicrosegError):
+    """Too many rows of a source file hold text that does not decode in the source's encoding."""

@@ -112,17 +112,20 @@ def interpolate(value: Any, where: str, missing: list[tuple[str, str]] | None = 
 def _unset(missing: list[tuple[str, str]], origins: dict[str, str]) -> str:
     lines = [f"{len(missing)} environment variable(s) the configuration needs are not set:"]
     for key, name in missing:
-        lines.append(f"  ${{{name}}} for {key} ({_origin_of(key, origins)}): export {name}=...")
+        lines.append(f"  ${{{name}}} for {key} ({origin_of(key, origins)}): export {name}=...")
     lines.append("Set them (the file asks for them, with no default), or give the keys with --set key=value.")
     return "\n".join(lines)
 
 
-def load_config(conf_file: str | Path = "conf/local.yaml", overrides: list[str] | None = None) -> Config:
+def load_config(
+    conf_file: str | Path = "conf/local.yaml", overrides: list[str] | None = None, origins: dict[str, str] | None = None
+) -> Config:
     """Load and validate the configuration.
 
     Args:
         conf_file: the environment file; ``base.yaml`` beside it supplies every default.
         overrides: ``key.sub=value`` strings, applied last.
+        origins: if given, filled with where each key was set (dotted key -> file or ``--set ...``).
 
     Returns:
         The validated, immutable Config.
@@ -132,7 +135,7 @@ def load_config(conf_file: str | Path = "conf/local.yaml", overrides: list[str] 
     """
     env_path = Path(conf_file).resolve()
     base_path = env_path.parent / "base.yaml"
-    origins: dict[str, str] = {}
+    origins = {} if origins is None else origins
     merged = _merge({}, _read_yaml(base_path), str(base_path), origins)
     if env_path != base_path:
         merged = _merge(merged, _read_yaml(env_path), str(env_path), origins)
@@ -154,7 +157,7 @@ def _describe(exc: ValidationError, origins: dict[str, str], env_path: Path) -> 
     lines = [f"invalid configuration ({exc.error_count()} problem(s)) loading {env_path}:"]
     for error in exc.errors():
         key = ".".join(str(p) for p in error["loc"])
-        origin = _origin_of(key, origins)
+        origin = origin_of(key, origins)
         if error["type"] == "extra_forbidden":
             lines.append(f"  {origin}: unknown key '{key}'; check its spelling against conf/base.yaml")
         elif error["type"] == "missing":
@@ -165,7 +168,8 @@ def _describe(exc: ValidationError, origins: dict[str, str], env_path: Path) -> 
     return "\n".join(lines)
 
 
-def _origin_of(key: str, origins: dict[str, str]) -> str:
+def origin_of(key: str, origins: dict[str, str]) -> str:
+    """The file (or ``--set``) that set ``key`` or the nearest key above it; ``config`` if none is known."""
     parts = key.split(".")
     while parts:
         found = origins.get(".".join(parts))

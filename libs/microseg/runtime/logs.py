@@ -186,3 +186,28 @@ class _LinesToLogger:
             if line.strip() and self.enabled():
                 self.logger.info(line)
         return len(text)
+
+
+SPARK_ERROR_LINES = 8  # of a Spark error's message, before its stack trace
+_TRACE_START = ("\tat ", "at ", "JVM stacktrace:", "Driver stacktrace:", "Caused by:", "Traceback ")
+
+
+def spark_error(exc: BaseException) -> str | None:
+    """The meaningful start of an error raised by Spark's JVM: its first lines (the error class and message,
+    and the SQL fragment it points at), without the Java stack trace it carries; None for other errors."""
+    from py4j.protocol import Py4JError, Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    if isinstance(exc, Py4JJavaError):
+        text = str(exc.java_exception.toString())
+    elif isinstance(exc, (PySparkException, Py4JError)):
+        text = str(exc)
+    else:
+        return None
+    lines = []
+    for line in text.splitlines():
+        if line.strip().startswith(_TRACE_START) or len(lines) == SPARK_ERROR_LINES:
+            break
+        if line.strip():
+            lines.append(line if len(line) <= 1000 else line[:1000] + " ...")
+    return "\n".join(lines) or type(exc).__name__
