@@ -37,8 +37,8 @@ def line(inv, day="01/05/2011", qty="2", price="2.5", cust="17850", corrupt=None
 
 
 def spec(**extra) -> SourceSpec:
-    return SourceSpec(name="shop", entity="order_lines", format="csv", path="x", schema="inv STRING", columns=COLUMNS,
-                      **extra)  # fmt: skip
+    fields = {"name": "shop", "entity": "order_lines", "format": "csv", "path": "x", "schema": "inv STRING"}
+    return SourceSpec(**{**fields, "columns": COLUMNS, **extra})
 
 
 def test_empty_unparseable_and_implausible_values_are_quarantined_with_the_raw_value(spark):
