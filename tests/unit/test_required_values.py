@@ -144,3 +144,35 @@ def test_a_batch_fails_when_its_rejected_share_passes_the_threshold(make_config)
         "top rules: no_customer_key (30), missing_order_ts (3), negative_quantity (1)"
     ]
     assert highest == {"guests": 0.025, "lenient": 0.2, "shop": 0.85}
+
+
+def test_orders_returns_and_required_amount(spark):
+    orders = SourceSpec(
+        name="orders", entity="orders", format="parquet", schema="order_id STRING", returns_when="order_type = 'return'"
+    )
+    schema = (
+        "order_id STRING, customer_ref STRING, order_ts TIMESTAMP, currency STRING, amount DOUBLE, order_type STRING, "
+        "_corrupt_record STRING, _source_file STRING, _ingested_at TIMESTAMP, _batch_id STRING"
+    )
+    ts = dt.datetime(2025, 5, 1)
+    rows = [
+        ("O1", "C1", ts, "EUR", 10.0, "sale"),
+        ("O2", "C1", ts, "EUR", 4.0, "return"),
+        ("O3", "C1", ts, "EUR", None, "sale"),
+        ("O4", None, ts, "EUR", 1.0, "sale"),
+        ("O5", "C1", dt.datetime(1989, 12, 31, 23, 59), "EUR", 1.0, None),
+    ]
+    bronze = spark.createDataFrame([(*r, None, "f.parquet", INGESTED, "b-1") for r in rows], schema)
+    flagged = intake(canonical(bronze, orders, "conf/sources/synthetic.yaml"), "orders", EARLIEST)
+    got = {r["order_id"]: (r["_rule"], r["_reason"], r["is_return"]) for r in flagged.collect()}
+    assert got == {
+        "O1": (None, None, False),
+        "O2": (None, None, True),
+        "O3": ("missing_amount", "amount is empty", False),
+        "O4": ("missing_customer_ref", "customer_ref is empty", False),
+        "O5": (
+            "implausible_timestamp",
+            "order_ts 1989-12-31 23:59:00 is before sources.earliest_event (1990-01-01)",
+            False,
+        ),
+    }
