@@ -165,7 +165,14 @@ def test_order_lines_rules_and_returns(spark):
     ]
     from microseg.ingest.mapping import SourceSpec, canonical
 
-    spec = SourceSpec(name="l", entity="order_lines", format="csv", path="x", schema="order_id STRING")
+    spec = SourceSpec(
+        name="l",
+        entity="order_lines",
+        format="csv",
+        path="x",
+        schema="order_id STRING",
+        returns_when="order_id LIKE 'C%'",
+    )
     lines = canonical(spark.createDataFrame(rows, schema).withColumn("_batch_id", F.lit("b-1")), spec, "m.yaml")
     flagged = clean_order_lines(lines, None, {"GBP": 2.0}, r"^[0-9]{5}[A-Z]*$")
     got = [(r["order_id"], r["product_id"], r["_rule"], r["is_return"], r["is_product"]) for r in flagged.collect()]

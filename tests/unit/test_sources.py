@@ -94,7 +94,8 @@ def test_bad_mapping_fails_at_start_naming_file_source_and_column(spark, make_co
     mapping = conf / "sources" / "synthetic.yaml"
     mapping.write_text(
         mapping.read_text().replace(
-            "is_return: order_type = 'return'", "is_return: order_type = 'return'\n      amount: amout"
+            "returns_when: order_type = 'return'",
+            "returns_when: order_type = 'return'\n    columns:\n      amount: amout",
         )
     )
     cfg = make_config().model_copy(update={"conf_dir": str(conf)})

@@ -9,7 +9,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
 from microseg.ingest.standardise import clean_code, with_country_code
-from microseg.quality.rules import Rule, flag_rules, malformed, missing, undecodable
+from microseg.quality.rules import Rule, flag_rules, malformed, missing
 from microseg.runtime.keys import customer_id_from_crm
 from microseg.runtime.lake import CORRUPT
 
@@ -24,7 +24,6 @@ def clean_customers(df: DataFrame, aliases: dict[str, str | None]) -> DataFrame:
     ).withColumn("_rank", F.when(F.col(CORRUPT).isNull() & F.col("customer_ref").isNotNull(), latest_first))
     rules = [
         malformed(),
-        undecodable(df),
         missing("customer_ref"),
         Rule("superseded_duplicate", "an older CRM row of a customer_ref with a newer updated_at", F.col("_rank") > 1),
     ]

@@ -7,7 +7,7 @@ from pyspark.sql import functions as F
 
 from microseg.clean.identity import anonymous_links, crm_links, email_links
 from microseg.ingest.standardise import clean_code
-from microseg.quality.rules import Rule, flag_rules, future, malformed, missing, orphan, undecodable
+from microseg.quality.rules import Rule, flag_rules, future, malformed, missing, orphan
 from microseg.runtime.lake import CORRUPT
 
 
@@ -20,7 +20,6 @@ def clean_web_events(df: DataFrame, keys: DataFrame) -> DataFrame:
     joined = joined.join(crm_links(keys).withColumnRenamed("customer_ref", "_ref"), on="_ref", how="left")
     rules = [
         malformed(),
-        undecodable(df),
         missing("event_id"),
         future("event_ts"),
         Rule(
@@ -50,7 +49,6 @@ def clean_email_events(df: DataFrame, keys: DataFrame) -> DataFrame:
     joined = df.join(email_links(keys), on="email_hash", how="left")
     rules = [
         malformed(),
-        undecodable(df),
         missing("email_hash", "missing_email", "no valid email address"),
         Rule("ambiguous_identity", "email belongs to more than one CRM customer", F.col("_owners") > 1),
         orphan("customer_id", "customer (by email)"),
@@ -71,7 +69,7 @@ def email_events_table(good: DataFrame) -> DataFrame:
 
 def clean_by_customer_ref(df: DataFrame, keys: DataFrame, time_column: str) -> DataFrame:
     joined = df.join(crm_links(keys), on="customer_ref", how="left")
-    return flag_rules(joined, [malformed(), undecodable(df), future(time_column), orphan("customer_id", "customer")])
+    return flag_rules(joined, [malformed(), future(time_column), orphan("customer_id", "customer")])
 
 
 def tickets_table(good: DataFrame) -> DataFrame:

@@ -15,7 +15,6 @@ from microseg.quality.rules import (
     malformed,
     missing,
     orphan,
-    undecodable,
     unknown_currency,
 )
 from microseg.runtime.keys import customer_id_from_crm
@@ -24,12 +23,12 @@ from microseg.runtime.keys import customer_id_from_crm
 def clean_order_lines(
     df: DataFrame, keys: DataFrame | None, rates: dict[str, float], product_pattern: str | None
 ) -> DataFrame:
-    """Lines of invoices: cancellations become returns; lines without a customer key are quarantined."""
+    """Lines of invoices (``is_return`` from the mapping's returns_when); lines without a customer key, and lines
+    with a negative quantity that the mapping does not call returns, are quarantined."""
     prepared = df.withColumns(
         {
             "customer_ref": clean_code("customer_ref"),
             "_rate": rate_column(F.col("currency"), rates),
-            "is_return": F.col("order_id").startswith("C") | (F.col("quantity") < 0),
             "is_product": F.col("product_id").rlike(product_pattern) if product_pattern else F.lit(True),
         }
     )
@@ -39,9 +38,13 @@ def clean_order_lines(
         prepared = prepared.withColumn("customer_id", customer_id_from_crm(F.col("customer_ref")))
     rules = [
         malformed(),
-        undecodable(df),
         missing("customer_ref", "no_customer_key", "no customer key"),
         Rule("negative_price", "unit price is negative (an adjustment such as bad debt)", F.col("unit_price") < 0),
+        Rule(
+            "negative_quantity",
+            "quantity is negative on a line that is not a return (returns_when in the source mapping says which are)",
+            (F.col("quantity") < 0) & ~F.col("is_return"),
+        ),
         future("order_ts"),
         unknown_currency(),
         orphan("customer_id", "customer"),
@@ -96,7 +99,6 @@ def clean_orders(df: DataFrame, keys: DataFrame, rates: dict[str, float]) -> Dat
     )
     rules = [
         malformed(),
-        undecodable(df),
         missing("order_id"),
         Rule("negative_amount", "order amount is negative", F.col("amount") < 0),
         future("order_ts"),
@@ -130,7 +132,7 @@ def clean_order_items(df: DataFrame, orders: DataFrame) -> DataFrame:
         "is_return",
     )
     joined = df.join(parents, on="order_id", how="left")
-    return flag_rules(joined, [malformed(), undecodable(df), missing("order_id"), orphan("customer_id", "order")])
+    return flag_rules(joined, [malformed(), missing("order_id"), orphan("customer_id", "order")])
 
 
 def items_table(good: DataFrame) -> DataFrame:

@@ -29,6 +29,7 @@ from microseg.clean.events import (
     web_events_table,
 )
 from microseg.clean.identity import identity_keys, stage_identity_map
+from microseg.clean.intake import intake
 from microseg.clean.orders import (
     clean_order_items,
     clean_order_lines,
@@ -38,7 +39,7 @@ from microseg.clean.orders import (
     line_orders_table,
     orders_table,
 )
-from microseg.clean.staging import REBUILD, STAGED, Manifest, Plan
+from microseg.clean.staging import REBUILD, STAGED, BatchCounts, Manifest, Plan
 from microseg.ingest.mapping import ENTITIES, SourceSpec, canonical, load_mapping
 from microseg.quality.rules import quarantine_records
 from microseg.runtime import lake, tables
@@ -79,9 +80,15 @@ def stage_source(
         counts = kept.groupBy("_batch_id", "_rule", linked.alias("_linked")).count().collect()
         by_rule: dict[str | None, int] = {}
         by_batch: dict[str, list[int]] = {b: [0, 0] for b in plan.batches}  # batch -> [good, quarantined]
+        batch_rules = manifest.batches[source] = {b: BatchCounts(0) for b in plan.batches}
         for row in counts:
-            by_rule[row["_rule"]] = by_rule.get(row["_rule"], 0) + row["count"]
-            by_batch.setdefault(row["_batch_id"], [0, 0])[row["_rule"] is not None] += row["count"]
+            rule, batch, n = row["_rule"], row["_batch_id"], row["count"]
+            by_rule[rule] = by_rule.get(rule, 0) + n
+            by_batch.setdefault(batch, [0, 0])[rule is not None] += n
+            counted = batch_rules.setdefault(batch, BatchCounts(0))
+            counted.rows += n
+            if rule is not None:
+                counted.quarantined[rule] = counted.quarantined.get(rule, 0) + n
         rows_in = read.get["rows"]
         good_rows = by_rule.pop(None, 0)
         quarantined = sum(by_rule.values())
@@ -205,11 +212,14 @@ def clean_source(
     mapping_file = str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml"))
     everything = tables.read(spark, cfg, lake.bronze(spec.name))
     bronze, read = count_rows(everything if plan.mode == REBUILD else everything.where(plan.condition))
-    df = canonical(bronze, spec, mapping_file)
+
+    def mapped(rows: DataFrame) -> DataFrame:  # on the entity's columns, flagged by the intake rules
+        return intake(canonical(rows, spec, mapping_file), entity, cfg.sources.earliest_event)
+
     crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
     keys = identity_keys(lambda t: staging.current(spark, cfg, t, manifest)) if crm_needed else None
-    given = Inputs(spark, cfg, spec, plan, keys, manifest, lambda: canonical(everything, spec, mapping_file))
-    flagged, outputs = CLEANERS[entity](df, given)
+    given = Inputs(spark, cfg, spec, plan, keys, manifest, lambda: mapped(everything))
+    flagged, outputs = CLEANERS[entity](mapped(bronze), given)
     bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
     staged = stage_source(cfg, plan, read, flagged, outputs, bronze_columns, manifest)
     if lake.CUSTOMERS in outputs:  # later sources link to these customers through the identity map

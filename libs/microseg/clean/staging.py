@@ -42,12 +42,22 @@ class Plan:
 
 
 @dataclass
+class BatchCounts:
+    """One batch of a source as clean staged it: its rows in bronze, and those quarantined, by rule."""
+
+    rows: int
+    quarantined: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class Manifest:
-    """What one clean run staged: the plan of each source, and the source that fed each staged table."""
+    """What one clean run staged: the plan of each source, the source that fed each staged table, and the rows of
+    each batch (as in ops.batches) with those clean quarantined by rule, for the quality gate's rejected share."""
 
     run_id: str
     plans: dict[str, Plan] = field(default_factory=dict)
     tables: dict[str, str] = field(default_factory=dict)  # staged table (silver or quarantine name) -> source
+    batches: dict[str, dict[str, BatchCounts]] = field(default_factory=dict)  # source -> batch -> its counts
 
     def plan_of(self, table: Table) -> Plan | None:
         source = self.tables.get(table.name)
@@ -55,13 +65,15 @@ class Manifest:
 
     def to_json(self) -> str:
         plans = [asdict(p) for p in self.plans.values()]
-        return json.dumps({"run_id": self.run_id, "plans": plans, "tables": self.tables})
+        batches = {s: {b: asdict(c) for b, c in counts.items()} for s, counts in self.batches.items()}
+        return json.dumps({"run_id": self.run_id, "plans": plans, "tables": self.tables, "batches": batches})
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         plans = {p["source"]: Plan(**p) for p in data["plans"]}
-        return cls(data["run_id"], plans, data["tables"])
+        batches = {s: {b: BatchCounts(**c) for b, c in v.items()} for s, v in data.get("batches", {}).items()}
+        return cls(data["run_id"], plans, data["tables"], batches)
 
 
 def _root(cfg: Config) -> str:

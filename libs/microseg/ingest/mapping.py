@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import codecs
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pyspark.errors import AnalysisException
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
@@ -23,11 +24,15 @@ from microseg.runtime.loader import interpolate
 @dataclass(frozen=True)
 class Entity:
     """A canonical entity a source maps onto: the columns it must have, those it may have (with their
-    types), and the timestamps converted to UTC."""
+    types), the timestamps converted to UTC, the columns every row needs a value in (its ids, event time,
+    amounts and quantities: a row without one is quarantined, clean.intake), and whether the mapping can
+    say which rows are returns (``returns_when``, giving ``is_return``)."""
 
     required: tuple[str, ...]
     optional: dict[str, str] = field(default_factory=dict)
     time_columns: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()
+    returns: bool = False
 
 
 # Every entity, declared once, in the order clean takes them: later ones link to the customers and
@@ -49,36 +54,55 @@ ENTITIES: dict[str, Entity] = {
             "consent_profiling": "boolean",
         },
         ("updated_at",),
+        ("customer_ref",),  # a CRM row without updated_at is kept: the latest-wins rules order it last
     ),
     "order_lines": Entity(
         ("order_id", "customer_ref", "order_ts", "product_id", "quantity", "unit_price", "currency"),
         {"description": "string", "country": "string", "channel": "string", "consent_profiling": "boolean"},
         ("order_ts",),
+        # customer_ref has its own rule (no_customer_key, clean.orders): guest lines are usual in such logs
+        ("order_id", "order_ts", "product_id", "quantity", "unit_price"),
+        returns=True,
     ),
     "orders": Entity(
         ("order_id", "customer_ref", "order_ts", "currency", "amount"),
-        {"discount": "double", "channel": "string", "is_return": "boolean", "offer_code": "string"},
+        {"discount": "double", "channel": "string", "offer_code": "string"},
         ("order_ts",),
+        ("order_id", "customer_ref", "order_ts", "amount"),
+        returns=True,
     ),
     "order_items": Entity(
         ("order_id", "line_no", "product_id", "quantity", "unit_price"),
         {"category": "string", "description": "string"},
+        values=("order_id", "line_no", "quantity", "unit_price"),
     ),
     "web_events": Entity(
         ("event_id", "event_ts", "event_type"),
         {"anonymous_id": "string", "customer_ref": "string", "session_id": "string", "channel": "string"},
         ("event_ts",),
+        ("event_id", "event_ts", "event_type"),
     ),
     "email_events": Entity(
-        ("event_id", "email_hash", "event_type", "event_ts"), {"campaign_id": "string"}, ("event_ts",)
+        ("event_id", "email_hash", "event_type", "event_ts"),
+        {"campaign_id": "string"},
+        ("event_ts",),
+        ("event_id", "event_type", "event_ts"),  # email_hash has its own rule (missing_email, clean.events)
     ),
     "support_tickets": Entity(
         ("ticket_id", "customer_ref", "created_at"),
         {"channel": "string", "topic": "string", "satisfaction": "int"},
         ("created_at",),
+        ("ticket_id", "customer_ref", "created_at"),
     ),
-    "survey_responses": Entity(("response_id", "customer_ref", "submitted_at"), {"nps": "int"}, ("submitted_at",)),
+    "survey_responses": Entity(
+        ("response_id", "customer_ref", "submitted_at"),
+        {"nps": "int"},
+        ("submitted_at",),
+        ("response_id", "customer_ref", "submitted_at"),
+    ),
 }
+
+RAW_PREFIX = "_raw_"  # canonical() keeps the source value of each required column as _raw_<column>
 
 
 class SourceSpec(BaseModel):
@@ -101,6 +125,19 @@ class SourceSpec(BaseModel):
     product_code_pattern: str | None = Field(None, description="regex of product codes; other codes are charges")
     pii: dict[str, Literal["email", "phone", "first_name", "last_name", "address"]] = Field(
         default_factory=dict, description="source column -> kind of direct identifier; hashed or dropped at ingest"
+    )
+    returns_when: str | None = Field(
+        None,
+        description="order_lines and orders: Spark SQL condition over the mapped row (canonical columns and the "
+        "source's other columns) that makes a row a return or cancellation; none: the feed has no returns",
+    )
+    max_rejected_share: float | None = Field(
+        None, ge=0, le=1, description="this source's quality.max_rejected_share; none: the config's"
+    )
+    expected_rules: list[str] = Field(
+        default_factory=list,
+        description="clean rules whose rows this feed is known to carry (guest sales without a customer key): "
+        "quarantined as usual, not counted in the batch's rejected share",
     )
 
     @field_validator("entity")
@@ -130,6 +167,15 @@ class SourceSpec(BaseModel):
         except LookupError:
             raise ValueError(f"unknown encoding {encoding!r}; for example UTF-8, ISO-8859-1, windows-1252") from None
         return encoding
+
+    @model_validator(mode="after")
+    def _returns_by_rule(self) -> SourceSpec:
+        if self.returns_when and not ENTITIES[self.entity].returns:
+            takes = [name for name, e in ENTITIES.items() if e.returns]
+            raise ValueError(f"returns_when applies to entities {takes}, not to {self.entity}")
+        if "is_return" in self.columns:
+            raise ValueError("is_return is not a mapped column: say which rows are returns with returns_when")
+        return self
 
     @property
     def captures_corrupt_records(self) -> bool:
@@ -201,12 +247,48 @@ def canonical(bronze: DataFrame, spec: SourceSpec, mapping_file: str) -> DataFra
             f"source mapping {mapping_file}: source {spec.name} (entity {spec.entity}) has no column(s) "
             f"{missing_columns}; add them to its schema or map them under columns:"
         )
-    for column, kind in ENTITIES[spec.entity].optional.items():
+    entity = ENTITIES[spec.entity]
+    for column, kind in entity.optional.items():
         mapped.setdefault(column, F.lit(None).cast(kind))
     if spec.timezone:
-        for column in ENTITIES[spec.entity].time_columns:
+        for column in entity.time_columns:
             mapped[column] = F.to_utc_timestamp(mapped[column], spec.timezone)
-    return bronze.select(*[expr.alias(name) for name, expr in mapped.items()], *metadata)
+    sources = [c for c in bronze.columns if not c.startswith("_")]
+    raw = {
+        f"{RAW_PREFIX}{column}": _raw_value(_references(spec.columns.get(column, f"`{column}`"), sources))
+        for column in entity.values
+    }
+    raw_columns = [c.alias(name) for name, c in raw.items()]
+    rows = bronze.select(*[expr.alias(name) for name, expr in mapped.items()], *metadata, *raw_columns)
+    if not entity.returns:
+        return rows
+    # Evaluated over the mapped row, so the condition can name canonical columns (order_id LIKE 'C%').
+    condition = spec.returns_when or "false"
+    try:
+        rows.select(F.expr(condition)).schema  # noqa: B018 - analyses the expression now
+    except AnalysisException as exc:
+        raise ConfigError(
+            f"source mapping {mapping_file}: source {spec.name}, returns_when: expression {condition!r} does not "
+            f"fit the mapped row ({exc.getMessage().splitlines()[0]})"
+        ) from None
+    return rows.withColumn("is_return", F.coalesce(F.expr(condition).cast("boolean"), F.lit(False)))
+
+
+def _references(expression: str, columns: list[str]) -> list[str]:
+    """The source columns a mapping expression names (string literals skipped), in ``columns``' spelling."""
+    text = re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"", " ", expression)
+    spelled = {c.lower(): c for c in columns}
+    found = [quoted or bare for quoted, bare in re.findall(r"`([^`]+)`|([A-Za-z_][A-Za-z0-9_]*)", text)]
+    return list(dict.fromkeys(spelled[name.lower()] for name in found if name.lower() in spelled))
+
+
+def _raw_value(references: list[str]) -> Column:
+    """The source values behind a canonical column, as text (``InvoiceDate='31/13/2011'``); null if all empty."""
+    if not references:
+        return F.lit(None).cast("string")
+    texts = {ref: F.col(f"`{ref}`").cast("string") for ref in references}
+    present = [F.when(F.trim(text) != "", F.concat(F.lit(f"{ref}='"), text, F.lit("'"))) for ref, text in texts.items()]
+    return F.when(F.coalesce(*present).isNotNull(), F.concat_ws(", ", *present))
 
 
 def check_mapping(spark: SparkSession, cfg: Config) -> None:

@@ -4,6 +4,7 @@ Clean applies rules as it standardises each source; the quality stage applies it
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame
@@ -18,7 +19,7 @@ from microseg.runtime.lake import CORRUPT
 @dataclass(frozen=True)
 class Rule:
     name: str
-    reason: str | Column  # a Column: a reason per row
+    reason: str | Column  # a Column when the reason quotes the row's value
     violated: Column
 
 
@@ -54,17 +55,32 @@ def future(column: str) -> Rule:
     return Rule("future_timestamp", f"{column} is later than the ingest time", F.col(column) > F.col("_ingested_at"))
 
 
+def before(column: str, earliest: dt.date) -> Rule:
+    """An event time before ``earliest`` (sources.earliest_event): a default or mistyped date, not an event."""
+    reason = F.concat(
+        F.lit(f"{column} "), F.col(column).cast("string"), F.lit(f" is before sources.earliest_event ({earliest})")
+    )
+    return Rule("implausible_timestamp", reason, F.col(column) < F.lit(dt.datetime.combine(earliest, dt.time())))
+
+
 def unknown_currency() -> Rule:
     return Rule("unknown_currency", "currency has no rate in sources.currency_rates", F.col("_rate").isNull())
 
 
 def flag_rules(df: DataFrame, rules: list[Rule]) -> DataFrame:
-    """Add _rule and _reason: the first rule the row breaks, or null for a good row."""
+    """Add _rule and _reason: the first rule the row breaks, or null for a good row.
+
+    A row ``df`` already flags (it has ``_rule``) keeps its rule: rules applied in turn are one ordered list.
+    """
     rule, reason = F.lit(None).cast("string"), F.lit(None).cast("string")
     for r in reversed(rules):
         broken = F.coalesce(r.violated, F.lit(False))
         rule = F.when(broken, F.lit(r.name)).otherwise(rule)
         reason = F.when(broken, r.reason if isinstance(r.reason, Column) else F.lit(r.reason)).otherwise(reason)
+    if "_rule" in df.columns:
+        earlier = F.col("_rule").isNotNull()
+        rule = F.when(earlier, F.col("_rule")).otherwise(rule)
+        reason = F.when(earlier, F.col("_reason")).otherwise(reason)
     return df.withColumns({"_rule": rule, "_reason": reason})
 
 

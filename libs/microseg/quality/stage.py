@@ -3,10 +3,13 @@
 Rules are data (conf/quality/*.yaml): each names an expectation, a column and a severity. Row rules
 run on the staged rows; ``unique`` rules on the table as it will be once they are published (its rows of
 other batches and the staged ones). ``warn`` rules are reported; ``quarantine`` rules move the rows that
-break them to quarantine.<table>; a failing ``critical`` rule marks the staged batches failed in
-ops.batches and raises DataQualityError: nothing is published, every silver (and so gold) table stays at
-its version. Only when every rule allows it is the staging published (``quality.publish``), one Delta
-commit per table. Results of every rule go to ops.dq_results.
+break them to quarantine.<table>. The run stops on a failing ``critical`` rule (the structural ones: keys
+unique across the whole table, values clean guarantees) and on a batch whose share of rows clean quarantined
+passes ``quality.max_rejected_share`` (or its source's own, in the mapping; rules the mapping lists as
+``expected_rules`` do not count): the staged batches are marked failed in ops.batches and DataQualityError
+names what failed; nothing is published, every silver (and so gold) table stays at its version. Only when
+every rule allows it is the staging published (``quality.publish``), one Delta commit per table.
+Results of every rule go to ops.dq_results.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from microseg.clean import staging
 from microseg.clean.staging import FAILED, Manifest
+from microseg.ingest.mapping import SourceSpec, load_mapping
 from microseg.quality.gx import Check, RuleResult, TableRules, load_rules, validate
 from microseg.quality.publish import Gated, publish
 from microseg.quality.rules import Rule, flag_rules, violation
@@ -47,6 +51,31 @@ def checks_of(spark: SparkSession, cfg: Config, manifest: Manifest, suites: list
             whole = staging.current(spark, cfg, table, manifest).select(*sorted({r.column for r in keys}))
             checks.append((f"{suite.table} (whole table)", TableRules(table=suite.table, rules=keys), whole))
     return checks
+
+
+def rejected_batches(cfg: Config, manifest: Manifest, specs: dict[str, SourceSpec]) -> tuple[list[str], dict]:
+    """The batches whose share of rows clean quarantined passes their source's threshold, each described (source,
+    batch, share, threshold, top rules), and every source's highest share, from the counts clean staged."""
+    failures, highest = [], {}
+    for source, batches in sorted(manifest.batches.items()):
+        spec = specs.get(source)
+        limit = cfg.quality.max_rejected_share
+        if spec is not None and spec.max_rejected_share is not None:
+            limit = spec.max_rejected_share
+        expected = set(spec.expected_rules) if spec is not None else set()
+        for batch, counts in sorted(batches.items()):
+            counted = {rule: n for rule, n in counts.quarantined.items() if rule not in expected}
+            rejected = sum(counted.values())
+            share = rejected / counts.rows if counts.rows else 0.0
+            highest[source] = max(highest.get(source, 0.0), round(share, 4))
+            if share > limit:
+                top = sorted(counted.items(), key=lambda item: (-item[1], item[0]))[:3]
+                failures.append(
+                    f"source {source} batch {batch}: {rejected} of {counts.rows} rows ({share:.1%}) quarantined by "
+                    f"clean, more than max_rejected_share {limit:.1%}; top rules: "
+                    + ", ".join(f"{rule} ({n})" for rule, n in top)
+                )
+    return failures, highest
 
 
 def gate(table: Table, rows: DataFrame, rules: list[QualityRule]) -> Gated:
@@ -87,18 +116,29 @@ def run_quality(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
     with described(spark, "quality: ops.dq_results"):
         tables.append(results_frame(spark, run, results), cfg, lake.DQ_RESULTS)
     critical = [r for r in results if not r.success and r.rule.severity == "critical"]
-    if critical:
+    rejected, report.info["rejected_share"] = rejected_batches(cfg, manifest, load_mapping(cfg))
+    if critical or rejected:
         lines = "; ".join(
-            f"{r.table} rule {r.rule.name} ({r.rule.expectation} on {r.rule.column}): "
-            f"{r.unexpected_count} of {r.evaluated} rows fail"
-            for r in critical
+            rejected
+            + [
+                f"{r.table} rule {r.rule.name} ({r.rule.expectation} on {r.rule.column}): "
+                f"{r.unexpected_count} of {r.evaluated} rows fail"
+                for r in critical
+            ]
         )
         _record_failed(spark, cfg, manifest, lines)
+        share_hint = (
+            " A batch with too many rejected rows: its rows and reasons are in the staged quarantine; if the feed is "
+            "known to carry such rows, set max_rejected_share or expected_rules of the source in its mapping "
+            "(conf/sources), or quality.max_rejected_share."
+            if rejected
+            else ""
+        )
         raise DataQualityError(
             f"critical data-quality failure, nothing published: {lines}. Every silver and gold table is unchanged; "
             f"the batches are marked failed in ops.batches and their rows stay in {cfg.lake_root}/staging for "
             f"inspection. Inspect ops.dq_results for run {run.run_id}, fix the source file (ingest takes a "
-            f"changed file again) or the clean rules, then rerun."
+            f"changed file again) or the clean rules, then rerun.{share_hint}"
         )
     gated = []
     for name in manifest.tables:

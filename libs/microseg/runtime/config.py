@@ -99,6 +99,9 @@ class SourcesConfig(_Strict):
     currency_rates: dict[str, float] = Field(default_factory=lambda: {"EUR": 1.0})
     country_aliases: dict[str, str | None] = Field(default_factory=dict)
     default_phone_region: str = "GB"
+    earliest_event: dt.date = Field(
+        dt.date(1990, 1, 1), description="event times before this date are quarantined as implausible_timestamp"
+    )
 
 
 class QualityRule(_Strict):
@@ -119,6 +122,13 @@ class QualityRule(_Strict):
 
 class QualityConfig(_Strict):
     rules_dir: str = "quality"
+    max_rejected_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="a batch whose share of rows quarantined by clean passes this stops the run (critical); "
+        "a source's mapping may set its own",
+    )
 
 
 class LifecycleConfig(_Strict):
