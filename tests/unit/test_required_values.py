@@ -132,18 +132,21 @@ def test_a_batch_fails_when_its_rejected_share_passes_the_threshold(make_config)
         },
         "guests": {"b-3": BatchCounts(40, {"no_customer_key": 30, "negative_price": 1})},
         "lenient": {"b-4": BatchCounts(10, {"missing_amount": 2})},
+        # A feed of CRM updates: older versions superseded in the batch are not rejections.
+        "crm": {"b-5": BatchCounts(20, {"superseded_duplicate": 8, "malformed_record": 1})},
     }
     specs = {
         "shop": spec(),
         "guests": spec(expected_rules=["no_customer_key"]),
         "lenient": spec(max_rejected_share=0.25),
+        "crm": spec(),
     }
     failures, highest = rejected_batches(cfg, manifest, specs)
     assert failures == [
         "source shop batch b-2: 34 of 40 rows (85.0%) quarantined by clean, more than max_rejected_share 5.0%; "
         "top rules: no_customer_key (30), missing_order_ts (3), negative_quantity (1)"
     ]
-    assert highest == {"guests": 0.025, "lenient": 0.2, "shop": 0.85}
+    assert highest == {"crm": 0.05, "guests": 0.025, "lenient": 0.2, "shop": 0.85}
 
 
 def test_orders_returns_and_required_amount(spark):

@@ -1,15 +1,15 @@
 """Quality stage: the data-quality gate between what clean staged and silver (Great Expectations, ``quality.gx``).
 
-Rules are data (conf/quality/*.yaml): each names an expectation, a column and a severity. Row rules
-run on the staged rows; ``unique`` rules on the table as it will be once they are published (its rows of
-other batches and the staged ones). ``warn`` rules are reported; ``quarantine`` rules move the rows that
-break them to quarantine.<table>. The run stops on a failing ``critical`` rule (the structural ones: keys
-unique across the whole table, values clean guarantees) and on a batch whose share of rows clean quarantined
-passes ``quality.max_rejected_share`` (or its source's own, in the mapping; rules the mapping lists as
-``expected_rules`` do not count): the staged batches are marked failed in ops.batches and DataQualityError
-names what failed; nothing is published, every silver (and so gold) table stays at its version. Only when
-every rule allows it is the staging published (``quality.publish``), one Delta commit per table.
-Results of every rule go to ops.dq_results.
+Rules are data (conf/quality/*.yaml): each names an expectation, a column and a severity. Row rules run on the
+staged rows; ``unique`` rules on the table as it will be once they are published (its rows of other batches and
+the staged ones). ``warn`` rules are reported; ``quarantine`` rules move the rows that break them to
+quarantine.<table>. The run stops on a failing ``critical`` rule (the structural ones: keys unique across the
+whole table, values clean guarantees) and on a batch whose share of rows clean quarantined passes
+``quality.max_rejected_share`` (or its source's own, in the mapping; rules the mapping lists as
+``expected_rules`` do not count, nor ``superseded_duplicate``): the staged batches are marked failed in
+ops.batches and DataQualityError names what failed; nothing is published, every silver (and so gold) table stays
+at its version. Only when every rule allows it is the staging published (``quality.publish``), one Delta commit
+per table. Results of every rule go to ops.dq_results.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ from microseg.runtime.errors import DataQualityError
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import RunContext, StageReport
 from microseg.runtime.sparkops import described
+
+# Rules that set a row aside without rejecting its data: an older version of a CRM record, replaced by the newer
+# one in the same batch (a feed of updates can carry many), is not counted in a batch's rejected share.
+NOT_REJECTED = frozenset({"superseded_duplicate"})
 
 # GX reports usage statistics over the network unless told not to; this machine has none.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -62,7 +66,7 @@ def rejected_batches(cfg: Config, manifest: Manifest, specs: dict[str, SourceSpe
         limit = cfg.quality.max_rejected_share
         if spec is not None and spec.max_rejected_share is not None:
             limit = spec.max_rejected_share
-        expected = set(spec.expected_rules) if spec is not None else set()
+        expected = NOT_REJECTED | set(spec.expected_rules if spec is not None else ())
         for batch, counts in sorted(batches.items()):
             counted = {rule: n for rule, n in counts.quarantined.items() if rule not in expected}
             rejected = sum(counted.values())
