@@ -233,13 +233,7 @@ def canonical(bronze: DataFrame, spec: SourceSpec, mapping_file: str) -> DataFra
     canonical_names = {c.lower() for c in spec.columns}
     mapped = {c: F.col(f"`{c}`") for c in bronze.columns if not c.startswith("_") and c.lower() not in canonical_names}
     for column, expression in spec.columns.items():
-        try:
-            bronze.select(F.expr(expression)).schema  # noqa: B018 - analyses the expression now
-        except AnalysisException as exc:
-            raise ConfigError(
-                f"source mapping {mapping_file}: source {spec.name}, column {column}: expression {expression!r} "
-                f"does not fit the source's schema ({exc.getMessage().splitlines()[0]})"
-            ) from None
+        _analysed(bronze, expression, f"{mapping_file}: source {spec.name}, column {column}", "the source's schema")
         mapped[column] = F.expr(expression)
     missing_columns = [c for c in ENTITIES[spec.entity].required if c not in mapped]
     if missing_columns:
@@ -264,14 +258,23 @@ def canonical(bronze: DataFrame, spec: SourceSpec, mapping_file: str) -> DataFra
         return rows
     # Evaluated over the mapped row, so the condition can name canonical columns (order_id LIKE 'C%').
     condition = spec.returns_when or "false"
+    _analysed(rows, condition, f"{mapping_file}: source {spec.name}, returns_when", "the mapped row")
+    return rows.withColumn("is_return", F.coalesce(F.expr(condition).cast("boolean"), F.lit(False)))
+
+
+def _analysed(df: DataFrame, expression: str, where: str, against: str) -> None:
+    """Analyse ``expression`` over ``df`` now (no Spark job).
+
+    Raises:
+        ConfigError: ``source mapping <where>: expression ... does not fit <against> (Spark's first line)``.
+    """
     try:
-        rows.select(F.expr(condition)).schema  # noqa: B018 - analyses the expression now
+        df.select(F.expr(expression)).schema  # noqa: B018 - analyses the expression now
     except AnalysisException as exc:
         raise ConfigError(
-            f"source mapping {mapping_file}: source {spec.name}, returns_when: expression {condition!r} does not "
-            f"fit the mapped row ({exc.getMessage().splitlines()[0]})"
+            f"source mapping {where}: expression {expression!r} does not fit {against} "
+            f"({exc.getMessage().splitlines()[0]})"
         ) from None
-    return rows.withColumn("is_return", F.coalesce(F.expr(condition).cast("boolean"), F.lit(False)))
 
 
 def _references(expression: str, columns: list[str]) -> list[str]:
