@@ -14,13 +14,17 @@ from microseg.runtime.runlog import StageReport
 from microseg.runtime.runner import run_stages
 
 AS_OF, OTHER_AS_OF = dt.date(2025, 6, 30), dt.date(2025, 7, 31)
-NOW = dt.datetime.now(dt.UTC).replace(tzinfo=None)
 HOUR = dt.timedelta(hours=1)
+
+
+def now() -> dt.datetime:
+    """Naive UTC now, as the lock's rows hold it (read at each use: a suite can run for more than an hour)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def plant(spark, cfg, run_id, host, pid, lease_until, as_of=AS_OF):
     """A lock row written as another run would have left it (through tables.merge, not the module under test)."""
-    row = (as_of, run_id, host, pid, "ingest, clean", NOW - 2 * HOUR, NOW - 2 * HOUR, lease_until)
+    row = (as_of, run_id, host, pid, "ingest, clean", now() - 2 * HOUR, now() - 2 * HOUR, lease_until)
     tables.merge(spark.createDataFrame([row], lake.RUN_LOCKS.ddl), cfg, lake.RUN_LOCKS)
 
 
@@ -50,7 +54,7 @@ def test_a_live_holder_is_refused_with_who_holds_it_and_what_to_do(spark, make_c
     run_lock.acquire(spark, cfg, OTHER_AS_OF, "run-c", ["train"])
     assert rows(spark, cfg) == [(str(AS_OF), "run-a"), (str(OTHER_AS_OF), "run-c")]
     # A holder on another host with a live lease is refused too, whatever its pid.
-    plant(spark, cfg, "run-far", "elsewhere.example", dead_pid(), NOW + HOUR, as_of=dt.date(2025, 8, 31))
+    plant(spark, cfg, "run-far", "elsewhere.example", dead_pid(), now() + HOUR, as_of=dt.date(2025, 8, 31))
     with pytest.raises(RunInProgressError, match=r"run run-far .* on host elsewhere\.example"):
         run_lock.acquire(spark, cfg, dt.date(2025, 8, 31), "run-d", ["ingest"])
     # Released, the as_of is free: only the holder's own row goes.
@@ -63,7 +67,7 @@ def test_a_live_holder_is_refused_with_who_holds_it_and_what_to_do(spark, make_c
 def test_a_stale_holder_is_taken_over_and_a_renewal_finds_out(spark, make_config):
     cfg = make_config("run.lock_lease_seconds=600")
     # Killed on this host (its process is gone), lease still running: taken over at once.
-    plant(spark, cfg, "run-killed", socket.gethostname(), dead_pid(), NOW + HOUR)
+    plant(spark, cfg, "run-killed", socket.gethostname(), dead_pid(), now() + HOUR)
     taken = run_lock.acquire(spark, cfg, AS_OF, "run-new", ["ingest"])
     assert rows(spark, cfg) == [(str(AS_OF), "run-new")]
     assert dt.timedelta(seconds=590) < taken.lease_until - taken.started_at <= dt.timedelta(seconds=600)
@@ -76,7 +80,7 @@ def test_a_stale_holder_is_taken_over_and_a_renewal_finds_out(spark, make_config
                          renewed).renewed_at > renewed.renewed_at  # fmt: skip
     renewed = run_lock.held(spark, cfg, AS_OF)
     # On another host, whose processes cannot be seen from here: taken over once its lease has ended.
-    plant(spark, cfg, "run-far", "elsewhere.example", os.getpid(), NOW - dt.timedelta(seconds=1))
+    plant(spark, cfg, "run-far", "elsewhere.example", os.getpid(), now() - dt.timedelta(seconds=1))
     assert run_lock.acquire(spark, cfg, AS_OF, "run-later", ["train"]).run_id == "run-later"
     # run-new's lease had been taken (by run-far, then run-later): its next renewal stops it.
     with pytest.raises(RunLockError, match=r"lost the run lock .* now held by run run-later"):
@@ -103,7 +107,7 @@ def test_a_run_holds_the_lock_while_it_runs_and_releases_it_failed_or_not(spark,
         run_stages(spark, cfg, [("one", stage("one", fail=True))], as_of=AS_OF)
     assert rows(spark, cfg) == []
     # Held by another live run: no stage starts.
-    plant(spark, cfg, "run-other", "elsewhere.example", 1, NOW + HOUR)
+    plant(spark, cfg, "run-other", "elsewhere.example", 1, now() + HOUR)
     seen.clear()
     with pytest.raises(RunInProgressError, match="a run for this as_of is in progress: run run-other"):
         run_stages(spark, cfg, [("one", stage("one"))], as_of=AS_OF)
@@ -134,7 +138,7 @@ def test_two_takes_at_once_one_holds_the_other_is_told(spark, make_config):
     """Both find the as_of free and MERGE at the same time: Delta commits one; the other's conflict
     (ConcurrentAppendException) is read back as the winner's lock."""
     cfg = make_config()
-    plant(spark, cfg, "run-old", "elsewhere.example", 1, NOW + HOUR, as_of=OTHER_AS_OF)  # the table exists
+    plant(spark, cfg, "run-old", "elsewhere.example", 1, now() + HOUR, as_of=OTHER_AS_OF)  # the table exists
     start, outcomes = threading.Barrier(2), {}
 
     def take(run_id):
