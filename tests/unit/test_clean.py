@@ -97,6 +97,7 @@ def test_canonical_mapping_renames_and_converts_time(spark):
     spec = SourceSpec(
         name="retail",
         entity="order_lines",
+        keys=["InvoiceNo"],
         format="csv",
         path="x",
         schema="InvoiceNo STRING",
@@ -127,6 +128,7 @@ def test_canonical_mapping_errors_name_file_source_and_column(spark):
     spec = SourceSpec(
         name="retail",
         entity="order_lines",
+        keys=["InvoiceNo"],
         format="csv",
         path="x",
         schema="InvoiceNo STRING",
@@ -138,6 +140,7 @@ def test_canonical_mapping_errors_name_file_source_and_column(spark):
     spec = SourceSpec(
         name="retail",
         entity="order_lines",
+        keys=["InvoiceNo"],
         format="csv",
         path="x",
         schema="InvoiceNo STRING",
@@ -168,6 +171,7 @@ def test_order_lines_rules_and_returns(spark):
     spec = SourceSpec(
         name="l",
         entity="order_lines",
+        keys=["InvoiceNo"],
         format="csv",
         path="x",
         schema="order_id STRING",

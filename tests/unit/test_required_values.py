@@ -37,7 +37,14 @@ def line(inv, day="01/05/2011", qty="2", price="2.5", cust="17850", corrupt=None
 
 
 def spec(**extra) -> SourceSpec:
-    fields = {"name": "shop", "entity": "order_lines", "format": "csv", "path": "x", "schema": "inv STRING"}
+    fields = {
+        "name": "shop",
+        "entity": "order_lines",
+        "format": "csv",
+        "path": "x",
+        "schema": "inv STRING",
+        "keys": ["inv"],
+    }
     return SourceSpec(**{**fields, "columns": COLUMNS, **extra})
 
 

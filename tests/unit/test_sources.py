@@ -131,16 +131,33 @@ def test_ingest_counts_rows_per_file_and_replaces_a_changed_file(
         options={"header": "true"},
     )
 
-    first = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 1)), spec, {})
+    first = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 1)), spec, {}, {})
     assert (first.rows_in, first.rows_written, first.details["files_new"]) == (4, 4, 2)
     logged = {Path(r["path"]).name: r["rows"] for r in tables.read(spark, cfg, "ops.ingest_log").collect()}
     assert logged == {"a.csv": 3, "b.csv": 1}
 
     (tmp_path / "t" / "b.csv").write_text("id,n\ny1,1\ny2,2\n")  # changed in place: now 2 rows
-    seen = ingest.ingested_files(spark, cfg)["t"]
-    second = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 2)), spec, seen)
+    seen, hashes = (found["t"] for found in ingest.ingested_files(spark, cfg))
+    second = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 2)), spec, seen, hashes)
     assert (second.details["files_new"], second.details["files_changed"], second.rows_written) == (0, 1, 2)
     bronze = sorted(r["id"] for r in tables.read(spark, cfg, "bronze.t").collect())
     assert bronze == ["x1", "x2", "x3", "y1", "y2"]
-    latest = {Path(p).name: size for p, (size, _) in ingest.ingested_files(spark, cfg)["t"].items()}
+    latest = {Path(p).name: size for p, (size, _) in ingest.ingested_files(spark, cfg)[0]["t"].items()}
     assert latest == {"a.csv": 20, "b.csv": 15}  # bytes of each file's latest version
+
+    # The same bytes delivered again under other names (twice in one drop): skipped, logged as duplicates.
+    for copy in ("c.csv", "d.csv"):
+        (tmp_path / "t" / copy).write_bytes((tmp_path / "t" / "a.csv").read_bytes())
+    seen, hashes = (found["t"] for found in ingest.ingested_files(spark, cfg))
+    third = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 3)), spec, seen, hashes)
+    assert (third.details["files_new"], third.rows_written) == (2, 0)
+    assert {Path(k).name: Path(v).name for k, v in third.details["files_duplicate"].items()} == {
+        "c.csv": "a.csv",
+        "d.csv": "a.csv",
+    }
+    assert tables.read(spark, cfg, "bronze.t").count() == 5
+    copies = tables.read(spark, cfg, "ops.ingest_log").where("duplicate_of IS NOT NULL").collect()
+    assert sorted((Path(r["path"]).name, r["rows"], r["batch_id"]) for r in copies) == [
+        ("c.csv", 0, None),
+        ("d.csv", 0, None),
+    ]

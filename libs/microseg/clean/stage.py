@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from microseg.clean import staging
+from microseg.clean import duplicates, staging
 from microseg.clean.customers import clean_customers, customers_table, line_customers_table
 from microseg.clean.events import (
     clean_by_customer_ref,
@@ -216,10 +216,17 @@ def clean_source(
     def mapped(rows: DataFrame) -> DataFrame:  # on the entity's columns, flagged by the intake rules
         return intake(canonical(rows, spec, mapping_file), entity, cfg.sources.earliest_event)
 
+    keyed = duplicates.checks_keys(spec)
+    if keyed:
+        bronze = bronze.withColumn(duplicates.KEY, duplicates.record_key(spec))
+
     crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
     keys = identity_keys(lambda t: staging.current(spark, cfg, t, manifest)) if crm_needed else None
     given = Inputs(spark, cfg, spec, plan, keys, manifest, lambda: mapped(everything))
     flagged, outputs = CLEANERS[entity](mapped(bronze), given)
+    if keyed:
+        earlier = None if plan.mode == REBUILD else everything.where(f"NOT ({plan.condition})")
+        flagged = duplicates.flag_duplicates(flagged, earlier and duplicates.first_deliveries(earlier, spec))
     bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
     staged = stage_source(cfg, plan, read, flagged, outputs, bronze_columns, manifest)
     if lake.CUSTOMERS in outputs:  # later sources link to these customers through the identity map

@@ -152,7 +152,8 @@ def plans(spark: SparkSession, cfg: Config, specs: list[SourceSpec], full_refres
     files: dict[tuple[str, str], set[str]] = {}  # (source, path) -> the batches that ingested it
     rows: dict[tuple[str, str], int] = {}  # (source, batch) -> the rows ingest read
     if tables.exists(spark, cfg, lake.INGEST_LOG):
-        for row in tables.read(spark, cfg, lake.INGEST_LOG).select("source", "path", "batch_id", "rows").collect():
+        logged = tables.read(spark, cfg, lake.INGEST_LOG).where(F.col("batch_id").isNotNull())  # not duplicates
+        for row in logged.select("source", "path", "batch_id", "rows").collect():
             files.setdefault((row["source"], row["path"]), set()).add(row["batch_id"])
             rows[row["source"], row["batch_id"]] = rows.get((row["source"], row["batch_id"]), 0) + (row["rows"] or 0)
     in_bronze: dict[str, set[str]] = {}

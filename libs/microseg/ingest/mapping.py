@@ -175,6 +175,12 @@ class SourceSpec(BaseModel):
             raise ValueError(f"returns_when applies to entities {takes}, not to {self.entity}")
         if "is_return" in self.columns:
             raise ValueError("is_return is not a mapped column: say which rows are returns with returns_when")
+        if self.entity == "order_lines" and not self.keys:
+            raise ValueError(
+                "an order_lines source declares no keys: name the source columns that identify a line, for example "
+                "keys: [order_id, line_number] or [order_id, product_id] (a line delivered twice is then quarantined "
+                "as duplicate_key, not counted twice)"
+            )
         return self
 
     @property

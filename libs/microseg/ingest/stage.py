@@ -1,7 +1,8 @@
 """Ingest stage: new files of every source into bronze.<source>, recorded in ops.ingest_log.
 
 A file already in ops.ingest_log (same path, size and modification time) is skipped, so a daily
-drop of new files ingests only those. A batch's id is a hash of its files: rerunning the same
+drop of new files ingests only those. A new file whose bytes equal an ingested file's (its SHA-256) is the
+same delivery again under another name: it is skipped and logged as a duplicate of the first, with 0 rows. A batch's id is a hash of its files: rerunning the same
 batch replaces its own rows (replaceWhere on _batch_id) and writes nothing twice. A file that
 changed in place is ingested again and its older rows are removed from bronze.
 
@@ -16,7 +17,7 @@ import datetime as dt
 import hashlib
 import logging
 
-from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.ingest.mapping import SourceSpec, check_mapping, load_mapping
@@ -36,6 +37,7 @@ from microseg.runtime.storage import FileInfo
 log = logging.getLogger(__name__)
 
 Seen = dict[str, tuple[int, int]]  # path -> (size, modified_ms) of its latest ingestion
+Hashes = dict[str, str]  # content hash -> the first file ingested with it
 MAX_UNDECODABLE_SHARE = 0.01  # of a file's rows: more fails the batch (the file's encoding is not the mapping's)
 OBSERVED_FILES = 100  # a batch of up to this many files is counted per file in the pass that writes it
 
@@ -50,19 +52,40 @@ def batch_id(source: str, files: list[FileInfo]) -> str:
     return f"b-{latest:%Y%m%dT%H%M%S}-{digest.hexdigest()[:16]}"
 
 
-def ingested_files(spark: SparkSession, cfg: Config) -> dict[str, Seen]:
-    """source -> the files ops.ingest_log holds for it (the latest row of each), read once for all sources."""
+def ingested_files(spark: SparkSession, cfg: Config) -> tuple[dict[str, Seen], dict[str, Hashes]]:
+    """source -> the files ops.ingest_log holds for it (the latest row of each), and source -> the content hashes
+    of the files whose rows it holds (a retracted file's latest row has no hash); read once for all sources."""
     if not tables.exists(spark, cfg, lake.INGEST_LOG):
-        return {}
+        return {}, {}
     rows = (
         tables.read(spark, cfg, lake.INGEST_LOG)
-        .select("source", "path", "size", "modified_ms", "ingested_at")
+        .select("source", "path", "size", "modified_ms", "ingested_at", "content_hash", "duplicate_of")
         .collect()
     )
     seen: dict[str, Seen] = {}
+    latest: dict[tuple[str, str], Row] = {}
     for r in sorted(rows, key=lambda r: r["ingested_at"]):
         seen.setdefault(r["source"], {})[r["path"]] = (r["size"], r["modified_ms"])
-    return seen
+        latest[r["source"], r["path"]] = r
+    hashes: dict[str, Hashes] = {}
+    for (source, path), r in sorted(latest.items(), key=lambda item: item[1]["ingested_at"]):
+        if r["content_hash"] and not r["duplicate_of"]:
+            hashes.setdefault(source, {}).setdefault(r["content_hash"], path)
+    return seen, hashes
+
+
+def redelivered(cfg: Config, fresh: list[FileInfo], known: Hashes) -> tuple[dict[str, str], dict[str, str]]:
+    """The content hash of each new non-empty file, and those of ``fresh`` that repeat an ingested file or an
+    earlier one of ``fresh`` (path -> the first file with its bytes)."""
+    hashes = {f.path: storage.content_hash(cfg, f.path) for f in fresh if f.size > 0}
+    first = dict(known)
+    duplicates = {}
+    for path, digest in hashes.items():
+        if digest in first:
+            duplicates[path] = first[digest]
+        else:
+            first[digest] = path
+    return hashes, duplicates
 
 
 def new_files(seen: Seen, files: list[FileInfo]) -> tuple[list[FileInfo], list[FileInfo]]:
@@ -119,7 +142,9 @@ def ingest_snapshot(spark: SparkSession, cfg: Config, run: RunContext, spec: Sou
     return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={"snapshot": batch})
 
 
-def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec, seen: Seen) -> Entry:
+def ingest_source(
+    spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec, seen: Seen, known: Hashes
+) -> Entry:
     """Ingest the new and changed files of one source and append them to ops.ingest_log."""
     if spec.format == "jdbc":
         return ingest_snapshot(spark, cfg, run, spec)
@@ -129,8 +154,14 @@ def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: Sourc
             f"source {spec.name}: no files match {location(cfg, spec)}; check sources.root and the mapping's path"
         )
     fresh, changed = new_files(seen, files)
-    todo = fresh + changed
+    hashes, duplicates = redelivered(cfg, fresh, known)
     details = {"files_found": len(files), "files_new": len(fresh), "files_changed": len(changed)}
+    if duplicates:
+        details["files_duplicate"] = duplicates
+        log.warning("source %s: file(s) already ingested under another name, skipped: %s", spec.name, duplicates)
+        copies = [f for f in fresh if f.path in duplicates]
+        _log_files(spark, cfg, _ingest_log_rows(spec.name, copies, {}, None, run.started_at, hashes, duplicates))
+    todo = [f for f in fresh if f.path not in duplicates] + changed
     if not todo:
         return Entry(spec.name, rows_in=0, rows_written=0, rows_quarantined=0, details=details)
     batch = batch_id(spec.name, todo)
@@ -156,7 +187,7 @@ def ingest_source(spark: SparkSession, cfg: Config, run: RunContext, spec: Sourc
     rows, counts = 0, {}
     if bronze is not None:
         rows, counts = _write_bronze(bronze, cfg, name, batch, [f.path for f in readable])
-    _log_files(spark, cfg, _ingest_log_rows(spec.name, todo, counts, batch, run.started_at))
+    _log_files(spark, cfg, _ingest_log_rows(spec.name, todo, counts, batch, run.started_at, hashes))
     return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={**details, "batch_id": batch})
 
 
@@ -221,18 +252,30 @@ def _log_files(spark: SparkSession, cfg: Config, rows: list[tuple]) -> None:
 
 
 def _ingest_log_rows(
-    source: str, files: list[FileInfo], counts: dict[str, int], batch: str, at: dt.datetime
+    source: str,
+    files: list[FileInfo],
+    counts: dict[str, int],
+    batch: str | None,
+    at: dt.datetime,
+    hashes: dict[str, str],
+    duplicates: dict[str, str] | None = None,
 ) -> list[tuple]:
-    """The ingest log rows of one batch: each file with its size, modification time and rows."""
-    return [(source, f.path, f.size, f.modified_ms, counts.get(f.path, 0), batch, at) for f in files]
+    """The ingest log rows of one batch (or of skipped duplicates, ``batch`` None): each file with its size,
+    modification time, rows, content hash and the file it duplicates."""
+    first = duplicates or {}
+    return [
+        (source, f.path, f.size, f.modified_ms, counts.get(f.path, 0), batch, at, hashes.get(f.path), first.get(f.path))
+        for f in files
+    ]
 
 
 def run_ingest(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     check_mapping(spark, cfg)
     report = StageReport("ingest")
     with described(spark, "ingest: read ops.ingest_log"):
-        seen = ingested_files(spark, cfg)
+        seen, hashes = ingested_files(spark, cfg)
     for spec in load_mapping(cfg).values():
         with described(spark, f"ingest {spec.name}"):
-            report.entries.append(ingest_source(spark, cfg, run, spec, seen.get(spec.name, {})))
+            entry = ingest_source(spark, cfg, run, spec, seen.get(spec.name, {}), hashes.get(spec.name, {}))
+            report.entries.append(entry)
     return report

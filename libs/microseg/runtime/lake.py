@@ -283,13 +283,19 @@ DQ_RESULTS = Table(
 )
 INGEST_LOG = Table(
     "ops.ingest_log",
-    "Every source file ingested: size, modification time, rows, batch.",
+    "Every source file ingested: size, modification time, rows, batch; a re-delivered file as a duplicate.",
     _columns(
-        "source string, path string, size long, modified_ms long, rows long, batch_id string, ingested_at timestamp"
+        "source string, path string, size long, modified_ms long, rows long, batch_id string, ingested_at timestamp, "
+        "content_hash string, duplicate_of string"
     ),
     (APPEND,),
     written_by="ingest",
-    comments=(("size", "The file's size in bytes"), ("source", "The source, as named in the source mapping")),
+    comments=(
+        ("size", "The file's size in bytes"),
+        ("source", "The source, as named in the source mapping"),
+        ("content_hash", "SHA-256 of the file's bytes"),
+        ("duplicate_of", "The earlier file with the same content: this one was skipped (no batch, 0 rows)"),
+    ),
 )
 BATCHES = Table(
     "ops.batches",

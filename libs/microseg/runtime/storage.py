@@ -12,6 +12,7 @@ Local paths are written through the same calls.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import os
 import posixpath
 import re
@@ -182,6 +183,16 @@ def list_files(cfg: Config | None, pattern: str) -> list[FileInfo]:
         files += [f for f in inside if f["type"] == "file" and not posixpath.basename(f["name"]).startswith(("_", "."))]
     found = {FileInfo(_uri(kind, f["name"]), int(f["size"]), _modified_ms(kind, f)) for f in files}
     return sorted(found, key=lambda f: f.path)
+
+
+def content_hash(cfg: Config | None, uri: str) -> str:
+    """The SHA-256 of a file's bytes (hex), read in 8 MiB chunks: the same content under any name or time."""
+    fs, path = filesystem(cfg, uri)
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _uri(kind: str, path: str) -> str:
