@@ -1,10 +1,11 @@
 """Ingest stage: new files of every source into bronze.<source>, recorded in ops.ingest_log.
 
 A file already in ops.ingest_log (same path, size and modification time) is skipped, so a daily
-drop of new files ingests only those. A new file whose bytes equal an ingested file's (its SHA-256) is the
-same delivery again under another name: it is skipped and logged as a duplicate of the first, with 0 rows. A batch's id is a hash of its files: rerunning the same
-batch replaces its own rows (replaceWhere on _batch_id) and writes nothing twice. A file that
-changed in place is ingested again and its older rows are removed from bronze.
+drop of new files ingests only those. A new file whose bytes equal an ingested file's (its SHA-256)
+is the same delivery again under another name: it is skipped and logged as a duplicate of the first,
+with 0 rows. A batch's id is a hash of its files: rerunning the same batch replaces its own rows
+(replaceWhere on _batch_id) and writes nothing twice. A file that changed in place is ingested again
+and its older rows are removed from bronze.
 
 ops.ingest_log is appended to: one row per file and ingestion (a file that changed in place has a
 row per version; the latest is the one compared). Rows are counted as they are written (a Spark
