@@ -138,6 +138,19 @@ def cmd_migrate(cfg: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retract(cfg: Config, args: argparse.Namespace) -> int:
+    from microseg.retract import retract
+    from microseg.runtime.session import build_spark
+
+    report = retract(build_spark(cfg), cfg, args.source, batch=args.batch, file=args.file)
+    info = report.info
+    print(f"retract: batch {info['batch_id']} of source {info['source']} ({len(info['files'])} file(s)) taken back")
+    for e in report.entries:
+        print(f"  {e.source}: {e.rows_in:,} rows deleted")
+    print("The next run rebuilds the source's silver without it; remove or fix the file(s) in the source folder.")
+    return 0
+
+
 def cmd_sql(cfg: Config, args: argparse.Namespace) -> int:
     from microseg.runtime import sql_endpoint
 
@@ -162,6 +175,7 @@ COMMANDS = {
     "catalog": cmd_catalog,
     "tables": cmd_tables,
     "migrate": cmd_migrate,
+    "retract": cmd_retract,
     "sql": cmd_sql,
     "sql-server": cmd_sql_server,
 }

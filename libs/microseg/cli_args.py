@@ -117,6 +117,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(migrate)
     migrate.add_argument("--dry-run", action="store_true", help="only print what would change")
+    retract = commands.add_parser(
+        "retract",
+        help="take a delivered batch back: its rows leave bronze, silver and quarantine, recorded in ops.run_log; "
+        "the next run proceeds as if it had never arrived",
+    )
+    _common(retract)
+    retract.add_argument("--source", required=True, help="the source, as named in the source mapping")
+    which = retract.add_mutually_exclusive_group(required=True)
+    which.add_argument("--file", help="a file of the batch: its path as ops.ingest_log records it, or its name")
+    which.add_argument("--batch", help="the batch id (ops.ingest_log / ops.batches batch_id)")
     sql = commands.add_parser(
         "sql", help="spark-sql on the project's tables by name; other arguments go to spark-sql (-e SQL, -f FILE)"
     )

@@ -23,7 +23,7 @@ from microseg.runtime.config import Config
 from microseg.runtime.lake import Table
 
 INCREMENTAL, REBUILD = "incremental", "rebuild"  # a source's new batches added to silver, or its silver rebuilt
-STAGED, PUBLISHED, FAILED = "staged", "published", "failed"
+STAGED, PUBLISHED, FAILED, RETRACTED = "staged", "published", "failed", "retracted"
 IDENTITY = "identity"  # the pseudo-source of the identity map: rebuilt whenever customers or web events change
 
 
@@ -123,20 +123,40 @@ def current(spark: SparkSession, cfg: Config, table: Table, manifest: Manifest) 
     return existing.where(f"NOT ({plan.condition})").unionByName(new)
 
 
-def published(spark: SparkSession, cfg: Config) -> dict[str, set[str]]:
-    """source -> its batches whose latest state in ops.batches is published."""
+@dataclass
+class Settled:
+    """The batches with nothing left to stage, from ops.batches: those published and those retracted."""
+
+    published: dict[str, set[str]] = field(default_factory=dict)  # source -> batches
+    retracted: dict[str, set[str]] = field(default_factory=dict)  # source -> batches (microseg retract)
+    rebuild: set[str] = field(default_factory=set)  # sources with a batch retracted since their last publication
+
+    def done(self, source: str) -> set[str]:
+        return self.published.get(source, set()) | self.retracted.get(source, set())
+
+
+def settled(spark: SparkSession, cfg: Config) -> Settled:
+    """Every batch whose latest state in ops.batches is published or retracted."""
+    found = Settled()
     if not tables.exists(spark, cfg, lake.BATCHES):
-        return {}
+        return found
     latest = (
         tables.read(spark, cfg, lake.BATCHES)
         .groupBy("source", "batch_id")
-        .agg(F.max_by("status", "logged_at").alias("status"))
-        .where(F.col("status") == PUBLISHED)
+        .agg(F.max_by("status", "logged_at").alias("status"), F.max("logged_at").alias("at"))
+        .where(F.col("status").isin(PUBLISHED, RETRACTED))
         .collect()
     )
-    found: dict[str, set[str]] = {}
+    last: dict[tuple[str, str], dt.datetime] = {}  # (source, status) -> when a batch last took it
     for row in latest:
-        found.setdefault(row["source"], set()).add(row["batch_id"])
+        kind = found.published if row["status"] == PUBLISHED else found.retracted
+        kind.setdefault(row["source"], set()).add(row["batch_id"])
+        key = (row["source"], row["status"])
+        last[key] = max(last.get(key, row["at"]), row["at"])
+    for source in found.retracted:
+        published_at = last.get((source, PUBLISHED))
+        if published_at is None or last[source, RETRACTED] > published_at:
+            found.rebuild.add(source)
     return found
 
 
@@ -145,8 +165,9 @@ def plans(spark: SparkSession, cfg: Config, specs: list[SourceSpec], full_refres
 
     A file source's batches are those ops.ingest_log records (no scan of bronze); a database snapshot's, the
     one in bronze. A source is rebuilt from all of its bronze with ``full_refresh``, when it is a database
-    snapshot (each run's snapshot replaces the last), and when a file of a published batch was ingested
-    again (it changed in place, and ingest removed its older rows from bronze).
+    snapshot (each run's snapshot replaces the last), when a file of a published batch was ingested
+    again (it changed in place, and ingest removed its older rows from bronze), and once after a batch of it
+    was retracted (its rows are gone from bronze; a customer it updated gets its earlier record back).
     """
     present = [s for s in specs if tables.exists(spark, cfg, lake.bronze(s.name))]
     files: dict[tuple[str, str], set[str]] = {}  # (source, path) -> the batches that ingested it
@@ -163,15 +184,16 @@ def plans(spark: SparkSession, cfg: Config, specs: list[SourceSpec], full_refres
         if spec.format == "jdbc":
             rows = tables.read(spark, cfg, lake.bronze(spec.name)).select("_batch_id").distinct().collect()
             in_bronze[spec.name] = {r[0] for r in rows}
-    done = published(spark, cfg)
+    known = settled(spark, cfg)
     result = {}
     for spec in present:
-        batches, published_here = in_bronze.get(spec.name, set()), done.get(spec.name, set())
+        batches = in_bronze.get(spec.name, set()) - known.retracted.get(spec.name, set())
+        published_here = known.done(spec.name)
         pending = batches - published_here
-        if not pending and not full_refresh:
+        if not pending and not full_refresh and spec.name not in known.rebuild:
             continue
         refiled = any(b & pending and b & published_here for (s, _), b in files.items() if s == spec.name)
-        rebuild = full_refresh or spec.format == "jdbc" or refiled
+        rebuild = full_refresh or spec.format == "jdbc" or refiled or spec.name in known.rebuild
         if not rebuild:  # a batch of empty files has no rows to stage
             pending = {b for b in pending if rows.get((spec.name, b), 1) > 0}
             if not pending:
