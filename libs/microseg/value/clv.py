@@ -333,17 +333,18 @@ def clv(
     horizon_months: int = 12,
     monthly_discount_rate: float = 0.01,
     unit_days: float = 7.0,
+    days_per_month: float = DAYS_PER_MONTH,
 ) -> np.ndarray:
     """Discounted expected value of the purchases of the next ``horizon_months`` months:
     sum over i = 1..horizon of (E[purchases by month i] - E[by month i-1]) * E[order value] / (1 + d)^i,
-    as lifetimes' ``customer_lifetime_value`` defines it. A month is 365.25/12 days; t_x and T are in units of
-    ``unit_days`` days (7: weeks)."""
+    as lifetimes' ``customer_lifetime_value`` defines it. A month is ``days_per_month`` days (365.25/12; lifetimes
+    takes 4.345 weeks); t_x and T are in units of ``unit_days`` days (7: weeks)."""
     x, t_x, T, m = _arrays(x, t_x, T, m)
     value = expected_average_order_value(gamma_gamma, x, m)
     total = np.zeros_like(x)
     previous = np.zeros_like(x)
     for month in range(1, horizon_months + 1):
-        current = expected_purchases(bg_nbd, month * DAYS_PER_MONTH / unit_days, x, t_x, T)
+        current = expected_purchases(bg_nbd, month * days_per_month / unit_days, x, t_x, T)
         total += value * (current - previous) / (1 + monthly_discount_rate) ** month
         previous = current
     return total
