@@ -126,6 +126,9 @@ def test_expected_purchases():
     assert clv.expected_purchases(PAPER, 0.0, 2, 30.43, 38.86) == 0.0
     t = np.array([1.0, 10.0, 52.0, 200.0])
     assert np.all(np.diff(clv.expected_purchases(PAPER, t, 4, 20.0, 30.0)) > 0)
+    # Many purchases and a long horizon: finite (eq. 10 as printed overflows its 2F1 to NaN here).
+    many = clv.expected_purchases(PAPER, np.array([520.0, 5200.0]), np.array([200, 1000]), 50.0, 52.0)
+    assert np.all(np.isfinite(many)) and many[0] > 50 and many[1] < 1e-6
     # A customer just acquired (x = t_x = T = 0) expects what the population does.
     np.testing.assert_allclose(
         clv.expected_purchases(PAPER, t, 0, 0.0, 0.0), clv.expected_purchases_unconditional(PAPER, t)

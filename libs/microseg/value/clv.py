@@ -294,21 +294,31 @@ def expected_purchases(
     t_x: np.ndarray | float,
     T: np.ndarray | float,
 ) -> np.ndarray:
-    """E[purchases in (T, T+t] | x, t_x, T] (eq. 10 of the paper)."""
-    r, alpha, a, b = _bg(fit)
+    """E[purchases in (T, T+t] | x, t_x, T] (eq. 10 of the paper).
+
+    Eq. 10 has (1-z)^(r+x) 2F1(r+x, b+x; a+b+x-1; z) with z = t / (alpha+T+t); for many purchases and a long
+    horizon the 2F1 overflows while the power underflows (NaN). Euler's transformation,
+    2F1(A, B; C; z) = (1-z)^(C-A-B) 2F1(C-A, C-B; C; z), turns the product into
+    (1-z)^(a-1) 2F1(a+b-1-r, a-1; a+b+x-1; z), whose parameters do not grow with x.
+    """
     t, x, t_x, T = _arrays(t, x, t_x, T)
-    z = t / (alpha + T + t)
-    ratio = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t)))
-    head = (a + b + x - 1) / (a - 1) * (1 - ratio * hyp2f1(r + x, b + x, a + b + x - 1, z))
+    head = _purchases_head(fit, t, x, T)
     return head / (1.0 + _alive_odds_term(fit, x, t_x, T))
+
+
+def _purchases_head(fit: BgNbdFit | dict[str, float], t: np.ndarray, x: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """(a+b+x-1)/(a-1) [1 - ((alpha+T)/(alpha+T+t))^(r+x) 2F1(r+x, b+x; a+b+x-1; t/(alpha+T+t))], Euler-transformed
+    (see ``expected_purchases``)."""
+    r, alpha, a, b = _bg(fit)
+    z = t / (alpha + T + t)
+    power = np.exp((a - 1) * (np.log(alpha + T) - np.log(alpha + T + t)))  # (1-z)^(a-1)
+    return (a + b + x - 1) / (a - 1) * (1 - power * hyp2f1(a + b - 1 - r, a - 1, a + b + x - 1, z))
 
 
 def expected_purchases_unconditional(fit: BgNbdFit | dict[str, float], t: np.ndarray | float) -> np.ndarray:
     """E[X(t)]: expected repeat purchases in (0, t] of a customer who made a first purchase at 0 (eq. 9)."""
-    r, alpha, a, b = _bg(fit)
     t = np.asarray(t, dtype=float)
-    ratio = np.exp(r * (np.log(alpha) - np.log(alpha + t)))
-    return (a + b - 1) / (a - 1) * (1 - ratio * hyp2f1(r, b, a + b - 1, t / (alpha + t)))
+    return _purchases_head(fit, t, np.zeros_like(t), np.zeros_like(t))
 
 
 def expected_average_order_value(
