@@ -68,33 +68,11 @@ def _weights(weight: np.ndarray | float | None, like: np.ndarray) -> np.ndarray:
 # --- BG/NBD ----------------------------------------------------------------------------------------------------
 
 
-def _bg_nbd_terms(
-    theta: np.ndarray, x: np.ndarray, t_x: np.ndarray, T: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per-tuple log-likelihood and its derivatives in (r, alpha, a, b) on the natural scale.
-
-    ln L = A1 + A2 + logaddexp(A3, A4) with (eq. 6 of the paper)
-    A1 = ln G(r+x) - ln G(r) + r ln alpha, A2 = ln B(a, b+x) - ln B(a, b), A3 = -(r+x) ln(alpha+T),
-    A4 = ln(a / (b+x-1)) - (r+x) ln(alpha+t_x) for x > 0 (dropped out after the x-th repeat purchase) and
-    -inf for x = 0 (the indicator term).
-    """
-    r, alpha, a, b = theta
-    pos = x > 0
-    rx = r + x
-    a1 = gammaln(rx) - gammaln(r) + r * np.log(alpha)
-    a2 = gammaln(a + b) + gammaln(b + x) - gammaln(b) - gammaln(a + b + x)
-    log_at, log_atx = np.log(alpha + T), np.log(alpha + t_x)
-    a3 = -rx * log_at
-    bx1 = np.where(pos, b + x - 1, 1.0)
-    a4 = np.where(pos, np.log(a) - np.log(bx1) - rx * log_atx, -np.inf)
-    lse = np.logaddexp(a3, a4)
-    w3, w4 = np.exp(a3 - lse), np.exp(a4 - lse)  # w4 = 0 when x = 0
-    d_r = digamma(rx) - digamma(r) + np.log(alpha) - w3 * log_at - w4 * log_atx
-    d_alpha = r / alpha - w3 * rx / (alpha + T) - w4 * rx / (alpha + t_x)
-    psi_abx = digamma(a + b + x)
-    d_a = digamma(a + b) - psi_abx + w4 / a
-    d_b = digamma(a + b) + digamma(b + x) - digamma(b) - psi_abx - w4 / bx1
-    return a1 + a2 + lse, d_r, d_alpha, d_a, d_b
+def _groups(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of x and the weight of each: the terms that depend on x alone (the gamma and digamma
+    functions, the costly part) are computed once per distinct x and summed with these weights."""
+    values, inverse = np.unique(x, return_inverse=True)
+    return values, np.bincount(inverse.ravel(), weights=w, minlength=len(values))
 
 
 def bg_nbd_negative_log_likelihood(
@@ -103,14 +81,44 @@ def bg_nbd_negative_log_likelihood(
     t_x: np.ndarray,
     T: np.ndarray,
     weight: np.ndarray | None = None,
+    groups: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, np.ndarray]:
-    """Weighted BG/NBD negative log-likelihood at log(r, alpha, a, b), and its gradient in the log parameters."""
+    """Weighted BG/NBD negative log-likelihood at log(r, alpha, a, b), and its gradient in the log parameters.
+
+    ln L = A1 + A2 + logaddexp(A3, A4) with (eq. 6 of the paper)
+    A1 = ln G(r+x) - ln G(r) + r ln alpha, A2 = ln B(a, b+x) - ln B(a, b), A3 = -(r+x) ln(alpha+T),
+    A4 = ln(a / (b+x-1)) - (r+x) ln(alpha+t_x) for x > 0 (dropped out right after the x-th repeat purchase) and
+    -inf for x = 0 (the indicator term). ``groups``: ``_groups(x, weight)``, computed when not given.
+    """
     x, t_x, T = _arrays(x, t_x, T)
     w = _weights(weight, x)
-    theta = np.exp(np.asarray(log_params, dtype=float))
-    ll, *grads = _bg_nbd_terms(theta, x, t_x, T)
-    gradient = np.array([w @ g for g in grads]) * theta
-    return -float(w @ ll), -gradient
+    xs, wx = groups if groups is not None else _groups(x, w)
+    r, alpha, a, b = theta = np.exp(np.asarray(log_params, dtype=float))
+    # Terms of x alone, once per distinct x.
+    psi_abx = digamma(a + b + xs)
+    ll = wx @ (gammaln(r + xs) - gammaln(r) + gammaln(a + b) + gammaln(b + xs) - gammaln(b) - gammaln(a + b + xs))
+    d_r = wx @ (digamma(r + xs) - digamma(r))
+    d_a = wx @ (digamma(a + b) - psi_abx)
+    d_b = wx @ (digamma(a + b) + digamma(b + xs) - digamma(b) - psi_abx)
+    total = w.sum()
+    ll += r * np.log(alpha) * total
+    d_r += np.log(alpha) * total
+    d_alpha = r / alpha * total
+    # Terms of each tuple.
+    pos = x > 0
+    rx = r + x
+    log_at, log_atx = np.log(alpha + T), np.log(alpha + t_x)
+    a3 = -rx * log_at
+    bx1 = np.where(pos, b + x - 1, 1.0)
+    a4 = np.where(pos, np.log(a) - np.log(bx1) - rx * log_atx, -np.inf)
+    lse = np.logaddexp(a3, a4)
+    w3, w4 = w * np.exp(a3 - lse), w * np.exp(a4 - lse)  # weighted shares of the two terms; w4 = 0 when x = 0
+    ll += w @ lse
+    d_r -= w3 @ log_at + w4 @ log_atx
+    d_alpha -= w3 @ (rx / (alpha + T)) + w4 @ (rx / (alpha + t_x))
+    d_a += w4.sum() / a
+    d_b -= w4 @ (1 / bx1)
+    return -float(ll), -np.array([d_r, d_alpha, d_a, d_b]) * theta
 
 
 def fit_bg_nbd(
@@ -127,10 +135,11 @@ def fit_bg_nbd(
     w = _weights(weight, x)
     start = initial or {"r": 1.0, "alpha": max(float(np.average(T, weights=w)), 1e-3), "a": 1.0, "b": 1.0}
     x0 = np.log([start[k] for k in BG_NBD_PARAMS])
+    groups = _groups(x, w)
     return _fit(
         BgNbdFit,
         BG_NBD_PARAMS,
-        lambda u: bg_nbd_negative_log_likelihood(u, x, t_x, T, w),
+        lambda u: bg_nbd_negative_log_likelihood(u, x, t_x, T, w, groups),
         x0,
         len(x),
         float(w.sum()),
@@ -149,25 +158,37 @@ def _check_tuples(x: np.ndarray, t_x: np.ndarray, T: np.ndarray) -> None:
 
 
 def gamma_gamma_negative_log_likelihood(
-    log_params: np.ndarray, x: np.ndarray, m: np.ndarray, weight: np.ndarray | None = None
+    log_params: np.ndarray,
+    x: np.ndarray,
+    m: np.ndarray,
+    weight: np.ndarray | None = None,
+    groups: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, np.ndarray]:
     """Weighted Gamma-Gamma negative log-likelihood of mean repeat spend ``m`` over ``x`` > 0 repeat purchases at
     log(p, q, gamma), and its gradient in the log parameters.
 
     ln f(m | x) = ln G(px+q) - ln G(px) - ln G(q) + q ln gamma + (px-1) ln m + px ln x - (px+q) ln(gamma + m x).
+    ``groups``: ``_groups(x, weight)``, computed when not given.
     """
     x, m = _arrays(x, m)
     w = _weights(weight, x)
+    xs, wx = groups if groups is not None else _groups(x, w)
     p, q, g = np.exp(np.asarray(log_params, dtype=float))
+    # Terms of x alone, once per distinct x.
+    pxs = p * xs
+    psi = digamma(pxs + q)
+    ll = wx @ (gammaln(pxs + q) - gammaln(pxs) - gammaln(q) + q * np.log(g) + pxs * np.log(xs))
+    d_p = wx @ (xs * (psi - digamma(pxs) + np.log(xs)))
+    d_q = wx @ (psi - digamma(q) + np.log(g))
+    d_g = q / g * wx.sum()
+    # Terms of each pair.
     px = p * x
-    log_m, log_x, log_gmx = np.log(m), np.log(x), np.log(g + m * x)
-    ll = gammaln(px + q) - gammaln(px) - gammaln(q) + q * np.log(g) + (px - 1) * log_m + px * log_x - (px + q) * log_gmx
-    psi = digamma(px + q)
-    d_p = x * (psi - digamma(px) + log_m + log_x - log_gmx)
-    d_q = psi - digamma(q) + np.log(g) - log_gmx
-    d_g = q / g - (px + q) / (g + m * x)
-    gradient = np.array([w @ d_p, w @ d_q, w @ d_g]) * np.array([p, q, g])
-    return -float(w @ ll), -gradient
+    log_m, log_gmx = np.log(m), np.log(g + m * x)
+    ll += w @ ((px - 1) * log_m - (px + q) * log_gmx)
+    d_p += w @ (x * (log_m - log_gmx))
+    d_q -= w @ log_gmx
+    d_g -= w @ ((px + q) / (g + m * x))
+    return -float(ll), -np.array([d_p, d_q, d_g]) * np.array([p, q, g])
 
 
 def fit_gamma_gamma(
@@ -189,10 +210,11 @@ def fit_gamma_gamma(
         raise ValueError("mean repeat spend must be positive where x > 0")
     start = initial or {"p": 1.0, "q": 1.0, "gamma": 1.0}
     x0 = np.log([start[k] for k in GAMMA_GAMMA_PARAMS])
+    groups = _groups(x, w)
     return _fit(
         GammaGammaFit,
         GAMMA_GAMMA_PARAMS,
-        lambda u: gamma_gamma_negative_log_likelihood(u, x, m, w),
+        lambda u: gamma_gamma_negative_log_likelihood(u, x, m, w, groups),
         x0,
         len(x),
         float(w.sum()),
