@@ -221,8 +221,9 @@ def run_clv_benchmark(
     the aggregation to distinct (x, t_x, T) with counts, and to distinct (x, m) pairs of the customers with repeat
     purchases (m in cents: the Gamma-Gamma likelihood does not separate x from m, so equal pairs are all that
     compresses), each collected as Arrow; the BG/NBD fit and the Gamma-Gamma fit on the driver. Prints customers,
-    distinct tuples and pairs, seconds and Spark jobs of each step, the driver's peak RSS (this Python process:
-    the JVM and the Python workers are other processes), and the recovered parameters against the true ones.
+    distinct tuples and pairs, seconds, the driver's CPU seconds (this Python process: on a shared machine the
+    fits' CPU time is the figure that does not depend on the load) and Spark jobs of each step, the driver's peak
+    RSS (the JVM and the Python workers are other processes), and the recovered parameters against the true ones.
     """
     import pandas as pd
     from pyspark import StorageLevel, TaskContext
@@ -245,13 +246,14 @@ def run_clv_benchmark(
         f"clv benchmark: {customers:,} customers in {slices} slices, master {spark.sparkContext.master} "
         f"({sparkops.default_parallelism(spark)} cores)"
     ]
-    figures: list[tuple[str, float, int | None]] = []
+    figures: list[tuple[str, float, float, int | None]] = []
 
     def timed(step: str, work: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         with sparkops.job_group(spark, f"{group}-{step}", f"clv benchmark: {step}"):
             result = work()
-        figures.append((step, time.perf_counter() - started, sparkops.jobs_in_group(spark, f"{group}-{step}")))
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        figures.append((step, seconds, cpu, sparkops.jobs_in_group(spark, f"{group}-{step}")))
         return result
 
     simulated = spark.range(0, customers, 1, slices).mapInPandas(generate, "x long, t_x double, T double, m double")
@@ -268,8 +270,8 @@ def run_clv_benchmark(
     lines += [
         f"distinct (x, t_x, T): {len(tuples.x):,} for {tuples.weight.sum():,.0f} customers; distinct (x, m): "
         f"{len(pairs.x):,} for {pairs.weight.sum():,.0f} customers with repeat purchases",
-        f"{'step':<24} {'seconds':>9} {'jobs':>6}",
-        *(f"{step:<24} {seconds:>9.2f} {_count(jobs):>6}" for step, seconds, jobs in figures),
+        f"{'step':<24} {'seconds':>9} {'driver CPU s':>13} {'jobs':>6}",
+        *(f"{step:<24} {seconds:>9.2f} {cpu:>13.2f} {_count(jobs):>6}" for step, seconds, cpu, jobs in figures),
         f"peak driver RSS {rss:,.0f} MiB; BG/NBD {bg.iterations} iterations, converged {bg.converged}; "
         f"Gamma-Gamma {gg.iterations} iterations, converged {gg.converged}",
         f"{'parameter':<10} {'true':>9} {'fitted':>10} {'std err':>9} {'rel diff':>9}",
