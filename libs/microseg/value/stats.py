@@ -73,16 +73,18 @@ def purchase_statistics(orders: DataFrame, as_of: dt.date, unit_days: float = 7.
 
 def tuple_counts(stats: DataFrame) -> Tuples:
     """The distinct (x, t_x, T) of ``stats`` (``purchase_statistics``' columns) with their customer counts, collected
-    as NumPy arrays in one Spark job (Arrow)."""
+    as NumPy arrays through Arrow in one query (the benchmark counts two Spark jobs for it: with adaptive query
+    execution the shuffle's map stage runs as a job of its own)."""
     grouped = stats.groupBy("x", "t_x", "T").agg(F.count("*").alias("weight"))
     table = grouped.toArrow()
     return Tuples(*(table.column(c).to_numpy().astype(float) for c in ("x", "t_x", "T", "weight")))
 
 
 def spend_pairs(stats: DataFrame, decimals: int = 2) -> SpendPairs:
-    """The distinct (x, m rounded to ``decimals``) of the customers with x > 0 and a rounded m > 0, with their counts,
-    collected as NumPy arrays in one Spark job. The Gamma-Gamma likelihood does not separate x from m, so this is
-    as far as the data compresses: rounding m to cents changes no money amount, and equal pairs collapse."""
+    """The distinct (x, m rounded to ``decimals``) of the customers with x > 0 and a rounded m > 0, with their
+    counts, collected as NumPy arrays through Arrow in one query. The Gamma-Gamma likelihood does not separate x
+    from m, so this is as far as the data compresses: rounding m to cents changes no money amount, and equal
+    pairs collapse (at 10M simulated customers, 4M with repeat purchases made 190,000 pairs)."""
     grouped = (
         stats.select("x", F.round("m", decimals).alias("m"))
         .where((F.col("x") > 0) & (F.col("m") > 0))
