@@ -98,8 +98,11 @@ def _next_days(cfg: Config, args: argparse.Namespace) -> int:
 
 def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
     from microseg.runtime.session import build_spark
-    from microseg.synthetic.bench import run_benchmark, run_daily_benchmark
+    from microseg.synthetic.bench import run_benchmark, run_clv_benchmark, run_daily_benchmark
 
+    if args.clv:
+        print(run_clv_benchmark(build_spark(cfg), args.customers))
+        return 0
     if args.daily:
         print(run_daily_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir)))
         return 0

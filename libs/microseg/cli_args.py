@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="time a daily refresh: a first run, one more day of files (datagen --next-day) and its run, and a "
         "rerun with no new files; seconds and Spark jobs per stage side by side, with ratios to the first run",
     )
+    bench.add_argument(
+        "--clv",
+        action="store_true",
+        help="time the value models instead: N customers drawn from the BG/NBD and Gamma-Gamma processes in Spark, "
+        "aggregated to distinct tuples, and the fits on the driver; prints seconds, peak RSS and the parameters",
+    )
 
     migrate = commands.add_parser(
         "migrate", help="bring the lake's tables to the registry (columns, partitioning, comments, names); recorded"

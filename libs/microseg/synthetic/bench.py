@@ -3,21 +3,26 @@
 For the train stage it also prints the sweep's candidates and seconds per candidate, and the
 seconds spent refitting and in MLflow; ``--compare-sklearn`` times a plain scikit-learn KMeans
 sweep on the same preprocessed samples and prints the ratio. ``--daily`` times a daily refresh
-instead (``run_daily_benchmark``). Figures, not assertions: the same script on the same machine is
+instead (``run_daily_benchmark``). ``--clv`` times the value models' fits on sufficient statistics
+(``run_clv_benchmark``). Figures, not assertions: the same script on the same machine is
 what makes two runs comparable.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import resource
 import shutil
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pyspark.sql import SparkSession
 
+from microseg.runtime import sparkops
 from microseg.runtime.config import Config
 from microseg.runtime.runlog import completed_stages
 from microseg.stages import PipelineResult, run_pipeline
@@ -203,3 +208,78 @@ def compare_with_sklearn(spark: SparkSession, cfg: Config, result: PipelineResul
         f"median {statistics.median(ours):.4f}s per candidate",
         f"  ratio microseg / plain, per candidate (median): {statistics.median(ours) / statistics.median(plain):.2f}",
     ]
+
+
+def run_clv_benchmark(
+    spark: SparkSession, customers: int, seed: int = 20050101, partitions: int | None = None, chunk: int = 250_000
+) -> str:
+    """Time the value models on N customers drawn from the BG/NBD and Gamma-Gamma processes at the paper's CDNOW
+    parameters (observation 27-39 weeks, by day: T and t_x whole days, spend in cents).
+
+    The customers are generated in Spark (``spark.range`` in ``partitions`` slices, ``mapInPandas`` simulating each
+    slice in chunks from a seed of its own), so they never sit in the driver, and cached. Then, timed separately:
+    the aggregation to distinct (x, t_x, T) with counts, and to distinct (x, m) pairs of the customers with repeat
+    purchases (m in cents: the Gamma-Gamma likelihood does not separate x from m, so equal pairs are all that
+    compresses), each collected as Arrow; the BG/NBD fit and the Gamma-Gamma fit on the driver. Prints customers,
+    distinct tuples and pairs, seconds, the driver's CPU seconds (this Python process: on a shared machine the
+    fits' CPU time is the figure that does not depend on the load) and Spark jobs of each step, the driver's peak
+    RSS (the JVM and the Python workers are other processes), and the recovered parameters against the true ones.
+    """
+    import pandas as pd
+    from pyspark import StorageLevel, TaskContext
+
+    from microseg.value import clv, simulate, stats
+
+    slices = partitions or max(sparkops.default_parallelism(spark), -(-customers // 1_000_000))
+    day = 1 / 7
+
+    def generate(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        rows = sum(len(batch) for batch in batches)
+        rng = np.random.default_rng(np.random.SeedSequence([seed, TaskContext.get().partitionId()]))
+        for start in range(0, rows, chunk):
+            data = simulate.simulate_customers(min(chunk, rows - start), rng, resolution=day)
+            data["m"] = np.round(data["m"], 2)
+            yield pd.DataFrame(data)
+
+    group = f"microseg-bench-clv-{seed}"
+    lines = [
+        f"clv benchmark: {customers:,} customers in {slices} slices, master {spark.sparkContext.master} "
+        f"({sparkops.default_parallelism(spark)} cores)"
+    ]
+    figures: list[tuple[str, float, float, int | None]] = []
+
+    def timed(step: str, work: Callable[[], Any]) -> Any:
+        started, cpu = time.perf_counter(), time.process_time()
+        with sparkops.job_group(spark, f"{group}-{step}", f"clv benchmark: {step}"):
+            result = work()
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        figures.append((step, seconds, cpu, sparkops.jobs_in_group(spark, f"{group}-{step}")))
+        return result
+
+    simulated = spark.range(0, customers, 1, slices).mapInPandas(generate, "x long, t_x double, T double, m double")
+    simulated = simulated.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        timed("simulate+cache", simulated.count)
+        tuples = timed("aggregate (x, t_x, T)", lambda: stats.tuple_counts(simulated))
+        pairs = timed("aggregate (x, m)", lambda: stats.spend_pairs(simulated))
+    finally:
+        simulated.unpersist()
+    bg = timed("fit BG/NBD", lambda: clv.fit_bg_nbd(tuples.x, tuples.t_x, tuples.T, tuples.weight))
+    gg = timed("fit Gamma-Gamma", lambda: clv.fit_gamma_gamma(pairs.x, pairs.m, pairs.weight))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    lines += [
+        f"distinct (x, t_x, T): {len(tuples.x):,} for {tuples.weight.sum():,.0f} customers; distinct (x, m): "
+        f"{len(pairs.x):,} for {pairs.weight.sum():,.0f} customers with repeat purchases",
+        f"{'step':<24} {'seconds':>9} {'driver CPU s':>13} {'jobs':>6}",
+        *(f"{step:<24} {seconds:>9.2f} {cpu:>13.2f} {_count(jobs):>6}" for step, seconds, cpu, jobs in figures),
+        f"peak driver RSS {rss:,.0f} MiB; BG/NBD {bg.iterations} iterations, converged {bg.converged}; "
+        f"Gamma-Gamma {gg.iterations} iterations, converged {gg.converged}",
+        f"{'parameter':<10} {'true':>9} {'fitted':>10} {'std err':>9} {'rel diff':>9}",
+    ]
+    true = simulate.BG_NBD_CDNOW | simulate.GAMMA_GAMMA_CDNOW
+    fitted, errors = bg.params | gg.params, bg.std_errors | gg.std_errors
+    for name, value in fitted.items():
+        lines.append(
+            f"{name:<10} {true[name]:>9.4f} {value:>10.4f} {errors[name]:>9.4f} {value / true[name] - 1:>+9.2%}"
+        )
+    return "\n".join(lines)
