@@ -74,25 +74,52 @@ def shop(make_config, tmp_path):
     return make
 
 
-def test_bad_rows_are_quarantined_by_reason_and_the_numbers_stay_right(spark, shop):
-    cfg, drop = shop("quality.max_rejected_share=0.1")  # 4 bad of 40 lines
-    feed(drop, GOOD, [line for line, _, _ in BAD])
+def revenue(spark, cfg) -> float:
+    return tables.read(spark, cfg, "silver.orders").agg(F.sum("amount_base")).first()[0]
+
+
+def test_bad_and_repeated_rows_are_quarantined_by_reason_and_the_numbers_stay_right(spark, shop):
+    cfg, drop = shop("quality.max_rejected_share=0.2")  # 4 bad and 3 repeated of 43 lines
+    repeated = [f"{inv},{product},{qty},{price},2011-05-0{1 + int(inv[-1]) % 7} 10:00,{cust}"
+                for inv, product, qty, price, cust in GOOD[:3]]  # fmt: skip
+    feed(drop, GOOD, [line for line, _, _ in BAD] + repeated)  # one invoice's three lines twice in the file
     result = run_pipeline(spark, cfg, stages=["ingest", "clean", "quality"], progress=lambda _: None)
 
+    batch = tables.read(spark, cfg, "ops.ingest_log").first()["batch_id"]
     quarantine = tables.read(spark, cfg, "quarantine.shop")
     got = sorted((r["rule"], r["reason"]) for r in quarantine.collect())
-    assert got == sorted((rule, reason) for _, rule, reason in BAD)
+    twice = [("duplicate_key", f'key {{"InvoiceNo":"{inv}","StockCode":"{p}"}} was delivered before, first in batch '
+              f"{batch}") for inv, p, *_ in GOOD[:3]]  # fmt: skip
+    assert got == sorted([(rule, reason) for _, rule, reason in BAD] + twice)
     clean = result.report("clean").entries[0]
-    assert (clean.rows_in, clean.rows_written, clean.rows_quarantined) == (40, 36, 4)
+    assert (clean.rows_in, clean.rows_written, clean.rows_quarantined) == (43, 36, 7)
 
     orders = tables.read(spark, cfg, "silver.orders")
     assert orders.where(F.col("order_ts").isNull() | F.col("amount").isNull()).count() == 0
     assert orders.where(F.col("is_return")).count() == 0  # "C" ids are not returns without returns_when
-    revenue = orders.agg(F.sum("amount_base")).first()[0]
-    # Each invoice's three lines cost 2.5 + 5 + 7.5 = 15 per unit of its quantity (1, 2, 3, ... over 12 invoices).
-    assert revenue == pytest.approx(15.0 * 24)
+    # Each invoice's three lines cost 2.5 + 5 + 7.5 = 15 per unit of its quantity (1, 2, 3, ... over 12 invoices),
+    # the repeated lines counted once.
+    assert revenue(spark, cfg) == pytest.approx(15.0 * 24)
     assert orders.select("customer_id").distinct().count() == 4
-    assert result.report("quality").info["rejected_share"] == {"shop": 0.1}
+    assert result.report("quality").info["rejected_share"] == {"shop": round(7 / 43, 4)}
+
+    # The same file again under another name: skipped at ingest, logged as a duplicate of the first. And a new
+    # day whose file repeats one line of the first day beside 11 new lines.
+    shutil.copy(drop / "2011-05-01.csv", drop / "2011-05-01-resent.csv")
+    (drop / "2011-05-02.csv").write_text(
+        f"{HEADER}\n{repeated[0]}\n777,P1,1,10.0,2011-05-02 10:00,K1\n"
+        + "".join(f"88{i},P{i},1,1.0,2011-05-02 11:00,K2\n" for i in range(10))
+    )
+    result = run_pipeline(spark, cfg, stages=["ingest", "clean", "quality"], progress=lambda _: None)
+    ingest = result.report("ingest").entries[0]
+    assert [(Path(k).name, Path(v).name) for k, v in ingest.details["files_duplicate"].items()] == [
+        ("2011-05-01-resent.csv", "2011-05-01.csv")
+    ]
+    assert ingest.rows_written == 12  # only the new day's lines
+    second = tables.read(spark, cfg, "quarantine.shop").where(F.col("_batch_id") != batch).collect()
+    assert [(r["rule"], r["reason"].rsplit(" ", 1)[-1]) for r in second] == [("duplicate_key", batch)]
+    assert revenue(spark, cfg) == pytest.approx(15.0 * 24 + 10.0 + 10.0)
+    assert tables.read(spark, cfg, "silver.orders").select("customer_id").distinct().count() == 4
 
 
 def test_a_batch_over_its_rejected_share_stops_the_run_and_publishes_nothing(spark, shop):
@@ -111,43 +138,6 @@ def test_a_batch_over_its_rejected_share_stops_the_run_and_publishes_nothing(spa
     assert not tables.exists(spark, cfg, "silver.orders")
     statuses = tables.read(spark, cfg, "ops.batches").groupBy("status").count().collect()
     assert {r["status"]: r["count"] for r in statuses} == {"staged": 1, "failed": 1}
-
-
-def revenue(spark, cfg) -> float:
-    return tables.read(spark, cfg, "silver.orders").agg(F.sum("amount_base")).first()[0]
-
-
-def test_lines_and_files_delivered_twice_are_counted_once(spark, shop):
-    cfg, drop = shop("quality.max_rejected_share=0.1")
-    repeated = [f"{inv},{product},{qty},{price},2011-05-0{1 + int(inv[-1]) % 7} 10:00,{cust}"
-                for inv, product, qty, price, cust in GOOD[:3]]  # fmt: skip
-    feed(drop, GOOD, repeated)  # one invoice's three lines twice in the file
-    run_pipeline(spark, cfg, stages=["ingest", "clean", "quality"], progress=lambda _: None)
-    first_batch = tables.read(spark, cfg, "ops.ingest_log").first()["batch_id"]
-    rules = [(r["rule"], r["reason"]) for r in tables.read(spark, cfg, "quarantine.shop").collect()]
-    assert sorted(rules) == sorted(
-        ("duplicate_key", f'key {{"InvoiceNo":"{inv}","StockCode":"{p}"}} was delivered before, first in batch '
-         f"{first_batch}") for inv, p, *_ in GOOD[:3]
-    )  # fmt: skip
-    assert revenue(spark, cfg) == pytest.approx(15.0 * 24)  # as without the repeated lines
-
-    # The same file again under another name: skipped at ingest, logged as a duplicate of the first.
-    shutil.copy(drop / "2011-05-01.csv", drop / "2011-05-01-resent.csv")
-    # And a new day whose file repeats one line of the first day beside a new invoice.
-    (drop / "2011-05-02.csv").write_text(
-        f"{HEADER}\n{repeated[0]}\n777,P1,1,10.0,2011-05-02 10:00,K1\n"
-        + "".join(f"88{i},P{i},1,1.0,2011-05-02 11:00,K2\n" for i in range(10))
-    )
-    result = run_pipeline(spark, cfg, stages=["ingest", "clean", "quality"], progress=lambda _: None)
-    ingest = result.report("ingest").entries[0]
-    assert [(Path(k).name, Path(v).name) for k, v in ingest.details["files_duplicate"].items()] == [
-        ("2011-05-01-resent.csv", "2011-05-01.csv")
-    ]
-    assert ingest.rows_written == 12  # only the new day's lines
-    second = tables.read(spark, cfg, "quarantine.shop").where(F.col("_batch_id") != first_batch).collect()
-    assert [(r["rule"], r["reason"].rsplit(" ", 1)[-1]) for r in second] == [("duplicate_key", first_batch)]
-    assert revenue(spark, cfg) == pytest.approx(15.0 * 24 + 10.0 + 10.0)
-    assert tables.read(spark, cfg, "silver.orders").select("customer_id").distinct().count() == 4
 
 
 def test_a_retracted_bad_file_lets_the_next_run_succeed_without_a_fresh_lake(spark, shop, capsys):
@@ -170,24 +160,22 @@ def test_a_retracted_bad_file_lets_the_next_run_succeed_without_a_fresh_lake(spa
     out = capsys.readouterr().out
     assert f"retract: batch {bad_batch} of source shop (1 file(s)) taken back" in out
     assert "bronze.shop: 5 rows deleted" in out and "quarantine" not in out  # the gate published nothing of it
-    run_pipeline(spark, cfg, stages=stages, progress=lambda _: None)  # succeeds: the batch never arrived
-    assert revenue(spark, cfg) == pytest.approx(15.0 * 24)
+    # A new day delivered meanwhile; the run succeeds as if the bad batch had never arrived.
+    (drop / "2011-05-03.csv").write_text(f"{HEADER}\n990,P1,2,50.0,2011-05-03 10:00,K9\n")
+    run_pipeline(spark, cfg, stages=stages, progress=lambda _: None)
+    assert revenue(spark, cfg) == pytest.approx(15.0 * 24 + 100.0)
     for table in ("bronze.shop", "quarantine.shop"):
         assert tables.read(spark, cfg, table).where(F.col("_batch_id") == bad_batch).count() == 0
     logged = tables.read(spark, cfg, "ops.run_log").where(F.col("stage") == "retract")
     assert {r["source"]: r["rows_in"] for r in logged.collect()} == {"bronze.shop": 5}
 
-    # A published batch taken back by id: the next run rebuilds silver without it.
-    (drop / "2011-05-03.csv").write_text(f"{HEADER}\n990,P1,2,50.0,2011-05-03 10:00,K9\n")
-    run_pipeline(spark, cfg, stages=stages, progress=lambda _: None)
-    assert revenue(spark, cfg) == pytest.approx(15.0 * 24 + 100.0)
+    # A published batch taken back by id: the next run rebuilds the source's silver without it, and the file,
+    # still in the folder and unchanged, stays out.
     third = tables.read(spark, cfg, "ops.ingest_log").where(F.col("path").endswith("05-03.csv")).first()["batch_id"]
     assert main(["retract", *args, "--source", "shop", "--batch", third]) == 0
     assert "silver.orders: 1 rows deleted" in capsys.readouterr().out
     result = run_pipeline(spark, cfg, stages=stages, progress=lambda _: None)
     assert result.report("clean").entries[0].details["mode"] == "rebuild"
+    assert result.report("ingest").entries[0].details["files_new"] == 0
     assert revenue(spark, cfg) == pytest.approx(15.0 * 24)
     assert tables.read(spark, cfg, "silver.customers").where(F.col("crm_id") == "K9").count() == 0
-    # The file is still in the folder, unchanged: it stays out.
-    again = run_pipeline(spark, cfg, stages=["ingest"], progress=lambda _: None).report("ingest").entries[0]
-    assert (again.details["files_new"], again.rows_written) == (0, 0)
