@@ -4,7 +4,11 @@ Latin-1 text read as UTF-8, and a Spark error's message on the console. Each cas
 from __future__ import annotations
 
 import gzip
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +177,19 @@ def test_a_spark_error_is_one_short_message(spark, case, conf, capsys):
     assert "CAST_INVALID_INPUT" in error and "not-a-number" in error and "CAST(price AS DOUBLE)" in error
     assert "\tat org.apache" not in err and "Traceback" not in err
     assert len(error) < 1500
+
+    # In a process of its own, whose JVM the command starts: the executor's failure is one line on the console,
+    # its Java stack trace only in Spark's own log file, which the console names.
+    command = [
+        str(Path(sys.executable).with_name("microseg")),
+        "run",
+        *cli_args(cfg, conf, drop, "feed_cast"),
+        "--stage",
+        "clean",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ})
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "CAST_INVALID_INPUT" in done.stderr and "\tat " not in done.stderr, done.stderr[-3000:]
+    jvm_log = Path(re.search(r"Spark's own log, with Java stack traces: (\S+)", done.stderr).group(1))
+    assert "\tat org.apache.spark" in jvm_log.read_text()
+    jvm_log.unlink()

@@ -23,6 +23,7 @@ from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError, SparkPackagesError
 
 log = logging.getLogger(__name__)
+JVM_LOG4J = Path(__file__).with_name("log4j2.properties")  # see _jvm_logging
 
 DELTA_SETTINGS = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
@@ -89,6 +90,8 @@ def build_spark(cfg: Config) -> SparkSession:
             jars += resolved
             if cfg.tables.metastore == "hive":  # its JDBC driver is loaded by Hive's client, from the class path
                 settings.setdefault("spark.driver.extraClassPath", driver_class_path(packages, resolved))
+    if not _submitted() and SparkContext._active_spark_context is None:
+        _jvm_logging(settings)
     if jars:
         settings["spark.jars"] = ",".join([*filter(None, settings.get("spark.jars", "").split(",")), *jars])
     for key, value in settings.items():
@@ -223,6 +226,18 @@ def metastore_settings(cfg: Config) -> dict[str, str]:
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={folder}",
         }
     return settings
+
+
+def _jvm_logging(settings: dict[str, str]) -> None:
+    """Unless microseg logs at DEBUG, the driver JVM it starts logs to the console without Java stack traces and
+    to a file with them (runtime/log4j2.properties): a failing task prints a line, not a screen of frames."""
+    if logging.getLogger("microseg").isEnabledFor(logging.DEBUG):
+        return
+    log_file = Path(tempfile.gettempdir()) / f"microseg-jvm-{os.getpid()}.log"
+    options = f"-Dlog4j2.configurationFile={JVM_LOG4J.as_uri()} -Dmicroseg.jvm.log={log_file}"
+    given = settings.get("spark.driver.extraJavaOptions")
+    settings["spark.driver.extraJavaOptions"] = f"{given} {options}" if given else options
+    log.info("Spark's own log, with Java stack traces: %s", log_file)
 
 
 def _submitted() -> bool:
