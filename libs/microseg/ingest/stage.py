@@ -28,7 +28,12 @@ from microseg.ingest.standardise import with_nfkc
 from microseg.quality.rules import undecodable_columns
 from microseg.runtime import delta_ops, lake, storage, tables
 from microseg.runtime.config import Config
-from microseg.runtime.errors import ReconciliationError, SourceMissingError, UndecodableTextError
+from microseg.runtime.errors import (
+    ReconciliationError,
+    SourceMissingError,
+    TableSchemaError,
+    UndecodableTextError,
+)
 from microseg.runtime.keys import hash_key
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport
@@ -58,11 +63,15 @@ def ingested_files(spark: SparkSession, cfg: Config) -> tuple[dict[str, Seen], d
     of the files whose rows it holds (a retracted file's latest row has no hash); read once for all sources."""
     if not tables.exists(spark, cfg, lake.INGEST_LOG):
         return {}, {}
-    rows = (
-        tables.read(spark, cfg, lake.INGEST_LOG)
-        .select("source", "path", "size", "modified_ms", "ingested_at", "content_hash", "duplicate_of")
-        .collect()
-    )
+    logged = tables.read(spark, cfg, lake.INGEST_LOG)
+    if "content_hash" not in logged.columns:
+        raise TableSchemaError(
+            f"{lake.INGEST_LOG} has no content_hash column yet (this version records each file's SHA-256 to skip "
+            f"re-delivered files): run microseg migrate once on this lake, which adds it and keeps every row"
+        )
+    rows = logged.select(
+        "source", "path", "size", "modified_ms", "ingested_at", "content_hash", "duplicate_of"
+    ).collect()
     seen: dict[str, Seen] = {}
     latest: dict[tuple[str, str], Row] = {}
     for r in sorted(rows, key=lambda r: r["ingested_at"]):
