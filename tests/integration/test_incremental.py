@@ -82,11 +82,12 @@ def test_a_critical_batch_publishes_nothing_until_its_file_is_fixed(spark, repla
     cfg, drop = replay
     silver_before = {t: tables.version(spark, cfg, t) for t in SILVER}
     quarantine_before = tables.version(spark, cfg, "quarantine.online_retail")
-    # A new day that repeats an invoice published on the first day: order_id_unique (critical) fails.
+    # A new day with lines of an invoice published on the first day, other quantities (so not lines delivered
+    # twice, which would be quarantined as duplicate_key): order_id_unique (critical) fails on the whole table.
     with DAYS[0].open(newline="") as handle:
         first = list(csv.DictReader(handle))
     invoice = next(r["InvoiceNo"] for r in first if r["CustomerID"].strip() and not r["InvoiceNo"].startswith("C"))
-    repeated = [r for r in first if r["InvoiceNo"] == invoice]
+    repeated = [{**r, "Quantity": str(int(r["Quantity"]) + 1)} for r in first if r["InvoiceNo"] == invoice]
     next_day = RETAIL / sorted(p.name for p in RETAIL.glob("*.csv"))[30]
     with next_day.open(newline="") as handle:
         fresh = list(csv.DictReader(handle))
