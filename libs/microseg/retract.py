@@ -6,7 +6,9 @@ ops.ingest_log records each of its files again without a batch, so an unchanged 
 and its content no longer counts as delivered (a fixed copy under another name is ingested). The next run
 rebuilds the source's silver from the rest of its bronze once (a customer the batch updated gets its earlier
 record back) and recomputes gold for its as_of. Each table's deleted rows go to ops.run_log (stage
-``retract``). Anything staged and not yet published is removed: the next clean stages it anew.
+``retract``). Anything staged and not yet published is removed: the next clean stages it anew. It holds the
+lake-wide run lock (``run_lock.acquire_lake``): it does not start while a run is in progress, nor a run while it
+works.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pyspark.sql import functions as F
 
 from microseg.clean import staging
 from microseg.ingest.mapping import load_mapping
-from microseg.runtime import delta_ops, lake, tables
+from microseg.runtime import delta_ops, lake, run_lock, tables
 from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runlog import Entry, RunContext, StageReport, log_stage
@@ -70,6 +72,16 @@ def retract(
     if not files:
         raise ConfigError(f"retract: source {source} has no batch {batch} in ops.ingest_log; see the batch_id column")
     run = RunContext(as_of=dt.date.today())
+    lock = run_lock.acquire_lake(spark, cfg, run.run_id, "retract")
+    try:
+        return _retract(spark, cfg, source, batch, files, run)
+    finally:
+        run_lock.release(spark, cfg, lock)
+
+
+def _retract(
+    spark: SparkSession, cfg: Config, source: str, batch: str, files: list[tuple[str, int, int]], run: RunContext
+) -> StageReport:
     report = StageReport("retract", info={"source": source, "batch_id": batch, "files": [f[0] for f in files]})
     staging.clear(cfg)  # a staged batch may hold rows of it; the next clean stages again
     condition = f"_batch_id = {delta_ops.literal(batch)}"

@@ -157,3 +157,21 @@ def test_two_takes_at_once_one_holds_the_other_is_told(spark, make_config):
     loser = ({"run-x", "run-y"} - {winner}).pop()
     assert outcomes[winner] == winner
     assert outcomes[loser].startswith(f"a run for this as_of is in progress: run {winner} ")
+
+
+def test_a_lake_wide_operation_and_runs_exclude_each_other(spark, make_config):
+    cfg = make_config()
+    run = run_lock.acquire(spark, cfg, AS_OF, "run-a", ["ingest"])
+    with pytest.raises(RunInProgressError, match=r"a run is in progress: run run-a .*retract when it has ended"):
+        run_lock.acquire_lake(spark, cfg, "retract-1", "retract")
+    assert rows(spark, cfg) == [(str(AS_OF), "run-a")]  # the refused operation left no row
+    run_lock.release(spark, cfg, run)
+
+    held = run_lock.acquire_lake(spark, cfg, "retract-2", "retract")
+    with pytest.raises(
+        RunInProgressError, match=r"lake-wide operation is in progress: run retract-2 \(stages retract\)"
+    ):
+        run_lock.acquire(spark, cfg, AS_OF, "run-b", ["ingest"])
+    assert rows(spark, cfg) == [(str(run_lock.LAKE_WIDE), "retract-2")]  # the refused run left no row
+    run_lock.release(spark, cfg, held)
+    run_lock.release(spark, cfg, run_lock.acquire(spark, cfg, AS_OF, "run-c", ["ingest"]))

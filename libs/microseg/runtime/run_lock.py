@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 LOCKS = lake.RUN_LOCKS
 TRIES = 3  # takes of the lock when a conflict left it with no live holder (a concurrent release or creation)
+# The as_of of the row a lake-wide operation holds (microseg retract): no run starts while it is live, and it is
+# taken only while no run is live. Each side takes its own row first and then looks at the other's.
+LAKE_WIDE = dt.date(1900, 1, 1)
 RENEW = "WHEN MATCHED AND t.run_id = s.run_id THEN UPDATE SET renewed_at = s.renewed_at, lease_until = s.lease_until"
 
 
@@ -109,6 +112,12 @@ def acquire(spark: SparkSession, cfg: Config, as_of: dt.date, run_id: str, stage
         if found is not None and found.run_id == run_id:
             if current is not None:
                 log.warning("took over the run lock of as_of %s from stale %s", as_of, current.describe())
+            lake_wide = held(spark, cfg, LAKE_WIDE) if as_of != LAKE_WIDE else None
+            if lake_wide is not None and not lake_wide.stale(_now()):
+                release(spark, cfg, found)
+                raise RunInProgressError(
+                    f"a lake-wide operation is in progress: {lake_wide.describe()}. Run again when it has ended"
+                )
             return found
         if found is not None and not found.stale(_now()):
             raise RunInProgressError(_in_progress(cfg, found))
@@ -118,6 +127,24 @@ def acquire(spark: SparkSession, cfg: Config, as_of: dt.date, run_id: str, stage
         f"(last error: {type(error).__name__ if error else 'none'}: {str(error).splitlines()[0] if error else ''}); "
         "nothing was run. Try again; if it keeps failing, check that the lake is writable"
     )
+
+
+def acquire_lake(spark: SparkSession, cfg: Config, run_id: str, what: str) -> Lock:
+    """Take the lake-wide lock for ``what`` (``retract``), or fail: while it is held no run starts, and it is not
+    taken while any run holds a live lock.
+
+    Raises:
+        RunInProgressError: a run (or another lake-wide operation) is in progress.
+    """
+    lock = acquire(spark, cfg, LAKE_WIDE, run_id, [what])
+    rows = tables.read(spark, cfg, LOCKS).where(F.col("as_of") != F.lit(LAKE_WIDE)).collect()
+    live = [Lock(**{f.name: r[f.name] for f in fields(Lock)}) for r in rows]
+    live = [other for other in live if not other.stale(_now())]
+    if live:
+        release(spark, cfg, lock)
+        runs = "; ".join(f"{other.describe()} (as_of {other.as_of})" for other in live)
+        raise RunInProgressError(f"a run is in progress: {runs}. Nothing was changed; {what} when it has ended")
+    return lock
 
 
 def _take(spark: SparkSession, cfg: Config, mine: Lock, stale: Lock | None) -> None:
