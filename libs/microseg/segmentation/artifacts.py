@@ -71,10 +71,21 @@ def log_final(m: ModelInputs, final: Final, swept: Sweep, mapping: dict) -> tupl
                 "rows": n,
                 "fit_rows": final.fit_rows,
                 "sweep_rows": swept.rows,
-                "selection": swept.rule,
+                "selection": swept.rule[:6000],
                 "pca_components": swept.pca_k if _uses_pca(final.algorithm) else "none",
                 "seed": train.seed,
+                "dropped_features": json.dumps(m.plan.dropped)[:6000],
             }
+        )
+        if final.k == 1:
+            mlflow.set_tag("single_segment_reason", swept.rule[:5000])
+        mlflow.log_dict(
+            {
+                "features": features,
+                "dropped": m.plan.dropped,
+                "single_segment_reason": swept.rule if final.k == 1 else None,
+            },
+            "feature_screening.json",
         )
         metrics = {
             "sweep_seconds": swept.seconds,
