@@ -23,6 +23,7 @@ from microseg.runtime.config import Config
 from microseg.runtime.runlog import RunContext
 from microseg.segmentation import registry
 from microseg.segmentation.artifacts import log_report
+from microseg.segmentation.pipeline import ALL
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }
@@ -255,9 +256,13 @@ def build_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Cat
             )
             .collect()
         ]
+        # Models that span the macro segments (train.by_macro: false) have the one section ALL.
+        section_of = (lambda macro: str(macro)) if cfg.train.by_macro else (lambda _: ALL)
+        for r in sample:
+            r["macro_segment"] = section_of(r["macro_segment"])
         runs: dict[str, list[str]] = {}
         for a in layer_assignments.select("macro_segment", "training_run_id").distinct().collect():
-            runs.setdefault(str(a["macro_segment"]), []).append(a["training_run_id"])
+            runs.setdefault(section_of(a["macro_segment"]), []).append(a["training_run_id"])
         for macro in sorted({str(p["macro_segment"]) for p in rows}):
             in_macro = [p for p in rows if str(p["macro_segment"]) == macro]
             parts += macro_section(cfg, layer, macro, in_macro, spec.features, sample, runs.get(macro, []))
