@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from sklearn.metrics import adjusted_rand_score
 
 from microseg.cli import main
+from microseg.features.catalog import load_catalog
 from microseg.runtime import tables
 from microseg.stages import run_pipeline
 
@@ -124,7 +125,9 @@ def test_a_layer_without_informative_features_is_one_segment_registered_once(spa
         "customer_id STRING, as_of DATE, macro_segment STRING, recency_days DOUBLE, frequency_365d DOUBLE, "
         "monetary_365d DOUBLE, avg_order_value DOUBLE, tenure_days DOUBLE, discount_share DOUBLE",
     )
-    tables.replace_where(flat, cfg, "gold.customer_features", f"as_of = '{FIRST}'")
+    # Every catalog feature, as assign's profiles read them all: the others null.
+    others = [F.lit(None).cast("double").alias(f) for f in load_catalog(cfg).names if f not in flat.columns]
+    tables.replace_where(flat.select("*", *others), cfg, "gold.customer_features", f"as_of = '{FIRST}'")
     args = [f"--set={s}" for s in [*SETTINGS, f"lake.root={cfg.lake.root}", "spark.master=local[2]"]]
     capsys.readouterr()
     assert main(["train", *args, "--as-of", str(FIRST)]) == 0
