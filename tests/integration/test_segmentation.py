@@ -183,8 +183,12 @@ def test_profiles_label_segments_and_hide_small_ones(spark, moved):
             assert p["label"] and p["mean_monetary_365d"] is not None and p["z_monetary_365d"] is not None
         else:
             assert p["label"] is None and p["mean_monetary_365d"] is None
-    labels = {p["label"] for p in profiles}
-    assert any("high spend" in (label or "") for label in labels)
+    labels = [p["label"] for p in profiles if p["label"] is not None]
+    # Labels compare a segment with the other customers of its (layer, macro) and tell siblings apart.
+    assert any(label.startswith("spends more, ") for label in labels)  # "spends more, bigger baskets and ..."
+    assert all(label.endswith("customers") or "(segment " in label for label in labels)
+    assert len(labels) == len(set(labels))
+    assert all(p["z_in_macro_monetary_365d"] is not None for p in profiles if p["label"] is not None)
     assigned = assignments(spark, cfg, MOVED).select("segment_id", "segment_label").distinct().collect()
     by_profile = {p["segment_id"]: p["label"] for p in profiles}
     assert all(by_profile[r["segment_id"]] == r["segment_label"] for r in assigned)
@@ -203,8 +207,10 @@ def test_report_is_self_contained_with_every_plot_and_no_contact_data(spark, mov
     text = reports[-1].read_text()
     images = re.findall(r'<img class="plot" alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)
     alts = [alt for alt, _ in images]
-    assert "value segment sizes" in alts and "value z-score heatmap" in alts and "value projection" in alts
-    assert "value migrations" in alts and any(alt.startswith("value k selection") for alt in alts)
+    # Sections per layer and macro segment (train.by_macro: false here: the one macro segment "all").
+    assert "value all segment sizes" in alts and "value all z-score heatmap" in alts and "value all projection" in alts
+    assert "value migrations" in alts and "value all k selection" in alts
+    assert "<h3>value / all</h3>" in text
     assert all(len(data) > 1000 for _, data in images)
     assert "http://" not in text and "https://" not in text and "<script" not in text  # nothing fetched
     assert not re.search(EMAIL, text) and not re.search(PHONE, text)

@@ -14,9 +14,11 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from pyspark.sql import functions as F
 from sklearn.metrics import adjusted_rand_score
 
 from microseg.cli import main
+from microseg.features.catalog import load_catalog
 from microseg.runtime import tables
 from microseg.stages import run_pipeline
 
@@ -112,3 +114,38 @@ def test_a_champion_that_cannot_be_scored_keeps_its_alias(spark, lake, capsys):
     forced = client.get_model_version_by_alias(MODEL, "champion")
     assert int(forced.version) == versions[-1] + 1
     assert client.get_model_version_by_alias(MODEL, "previous").version == champion.version
+
+
+def test_a_layer_without_informative_features_is_one_segment_registered_once(spark, make_config, capsys):
+    """Constant and null features (an orders-only feed, say): k=1 with the reason, no second version on a
+    retrain, and assign puts everyone in the one segment."""
+    cfg = make_config(*SETTINGS)
+    flat = spark.createDataFrame(
+        [(f"f{i}", FIRST, "active", 30.0, 1.0, None, 50.0, 100.0, None) for i in range(600)],
+        "customer_id STRING, as_of DATE, macro_segment STRING, recency_days DOUBLE, frequency_365d DOUBLE, "
+        "monetary_365d DOUBLE, avg_order_value DOUBLE, tenure_days DOUBLE, discount_share DOUBLE",
+    )
+    # Every catalog feature, as assign's profiles read them all: the others null.
+    others = [F.lit(None).cast("double").alias(f) for f in load_catalog(cfg).names if f not in flat.columns]
+    tables.replace_where(flat.select("*", *others), cfg, "gold.customer_features", f"as_of = '{FIRST}'")
+    args = [f"--set={s}" for s in [*SETTINGS, f"lake.root={cfg.lake.root}", "spark.master=local[2]"]]
+    capsys.readouterr()
+    assert main(["train", *args, "--as-of", str(FIRST)]) == 0
+    out = capsys.readouterr().out
+    assert "k=1: one segment: no informative feature (" in out
+    assert "dropped recency_days: constant (30 for everyone)" in out and "dropped monetary_365d: all null" in out
+    client = MlflowClient(tracking_uri=cfg.tracking_uri, registry_uri=cfg.tracking_uri)
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    run = client.get_run(champion.run_id)
+    assert (run.data.params["k"], run.data.params["features"]) == ("1", "")
+    assert run.data.tags["single_segment_reason"].startswith("one segment: no informative feature")
+    assert "feature_screening.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # A retrain on the same rows finds the same single segment: the champion stays, no new version.
+    assert main(["train", *args, "--as-of", str(FIRST), "--retrain"]) == 0
+    assert [v.version for v in client.search_model_versions(f"name = '{MODEL}'")] == [champion.version]
+    assert client.get_model_version_by_alias(MODEL, "champion").version == champion.version
+    assert main(["run", *args, "--as-of", str(FIRST), "--stage", "assign"]) == 0
+    assigned = tables.read(spark, cfg, "gold.segment_assignments").where(F.col("as_of") == F.lit(FIRST))
+    assert {(r["segment_id"], r["count"]) for r in assigned.groupBy("segment_id").count().collect()} == {
+        ("value-all-0", 600)
+    }

@@ -318,10 +318,23 @@ def test_catalog_expands_categories_and_rejects_duplicates():
             "top_categories": ["x", "y"],
             "channels": [],
             "features": [{"name": "category_share_{category}", "high": "{category} lover", "low": "l", **entry}],
+            "comparatives": {"category_share_{category}": ["buys more {category}", "buys less {category}"]},
         }
     )
     assert catalog.names == ["category_share_x", "category_share_y"]
     assert catalog.feature("category_share_y").high == "y lover"
+    assert catalog.comparative("category_share_y", above=False) == "buys less y"
+    assert catalog.comparative("category_share_x", above=True) == "buys more x"
+    with pytest.raises(ValueError, match="not in the catalog"):
+        Catalog.model_validate(
+            {
+                "version": "t",
+                "top_categories": [],
+                "channels": [],
+                "features": [{"name": "a", "high": "h", "low": "l", **entry}],
+                "comparatives": {"b": ["more b", "less b"]},
+            }
+        )
     with pytest.raises(ValueError, match="more than once"):
         Catalog.model_validate(
             {

@@ -8,22 +8,90 @@ from pyspark.sql import functions as F
 
 from microseg.features.catalog import load_catalog
 from microseg.outputs.assign import update_history
-from microseg.outputs.profiles import TYPICAL, build_profiles, label
+from microseg.outputs.profiles import TYPICAL, build_profiles, distinct_labels, label
 from microseg.runtime import tables
 from microseg.runtime.errors import MicrosegError
 
 D1, D2, D3 = dt.date(2025, 1, 31), dt.date(2025, 2, 28), dt.date(2025, 3, 31)
 
 
-def test_label_names_the_strongest_layer_features_in_catalog_words(make_config):
+def test_label_names_the_strongest_layer_features_as_comparisons_within_the_macro_segment(make_config):
     catalog = load_catalog(make_config())
     features = ["monetary_365d", "recency_days", "discount_share", "tenure_days"]
     z = {"monetary_365d": 2.1, "recency_days": -0.7, "discount_share": 0.3, "tenure_days": None, "nps_latest": 5.0}
-    assert label(z, features, catalog, top=3, min_z=0.5) == (
-        "high spend, recent buyer",
+    assert label(z, features, catalog, top=3, min_z=0.5, macro="churned") == (
+        "spends more and more recent than other churned customers",
         ["monetary_365d (+2.1)", "recency_days (-0.7)"],
     )
-    assert label({"monetary_365d": 0.1}, features, catalog, top=3, min_z=0.5) == (TYPICAL, [])
+    assert label({"monetary_365d": 0.1}, features, catalog, top=3, min_z=0.5, macro="at_risk") == (
+        f"{TYPICAL} of the at-risk customers",
+        [],
+    )
+    # Without a macro segment (train.by_macro: false) the comparison is with every other customer.
+    assert label({"monetary_365d": -1.0}, features, catalog, top=3, min_z=0.5)[0] == "spends less than other customers"
+
+
+def test_labels_within_a_macro_segment_are_distinct_by_a_deterministic_tie_break(make_config):
+    catalog = load_catalog(make_config())
+    features = ["recency_days", "monetary_365d", "frequency_365d"]
+    zs = {
+        "value-churned-0": {"recency_days": -1.2, "monetary_365d": 0.2, "frequency_365d": 0.1},
+        "value-churned-1": {"recency_days": -1.0, "monetary_365d": -0.3, "frequency_365d": 0.0},
+        "value-churned-2": {"recency_days": 1.5, "monetary_365d": 0.0, "frequency_365d": 0.0},
+        # Same direction as 0 on every feature: only the segment id tells them apart.
+        "value-churned-3": {"recency_days": -0.9, "monetary_365d": 0.1, "frequency_365d": 0.05},
+    }
+    labels = distinct_labels(zs, features, catalog, top=1, min_z=0.5, macro="churned")
+    assert labels == {
+        "value-churned-0": (
+            "more recent, spends more and buys more often than other churned customers (segment value-churned-0)",
+            ["recency_days (-1.2)", "monetary_365d (+0.2)", "frequency_365d (+0.1)"],
+        ),
+        "value-churned-1": (
+            "more recent and spends less than other churned customers",
+            ["recency_days (-1.0)", "monetary_365d (-0.3)"],
+        ),
+        "value-churned-2": ("less recent than other churned customers", ["recency_days (+1.5)"]),
+        "value-churned-3": (
+            "more recent, spends more and buys more often than other churned customers (segment value-churned-3)",
+            ["recency_days (-0.9)", "monetary_365d (+0.1)", "frequency_365d (+0.1)"],
+        ),
+    }
+    assert distinct_labels(zs, features, catalog, top=1, min_z=0.5, macro="churned") == labels  # deterministic
+
+
+def test_three_churned_segments_get_three_within_macro_labels(spark, make_config):
+    """Every churned customer is lapsed against the population; the labels compare them with each other."""
+    cfg = make_config("profile.k_anonymity=1", "profile.top_features=1")
+    catalog = load_catalog(cfg)
+    # recency: active customers 5-15 days, churned 300-500; spend: churned 10-30, active 500.
+    values = {
+        "a1": ("active", "A", 5.0, 500.0), "a2": ("active", "A", 15.0, 500.0),
+        "c1": ("churned", "C0", 300.0, 10.0), "c2": ("churned", "C0", 310.0, 12.0),
+        "c3": ("churned", "C1", 500.0, 10.0), "c4": ("churned", "C1", 490.0, 12.0),
+        "c5": ("churned", "C2", 305.0, 30.0), "c6": ("churned", "C2", 315.0, 28.0),
+    }  # fmt: skip
+    shown = {"recency_days", "monetary_365d"}
+    features = spark.createDataFrame(
+        [(c, r, m) for c, (_, _, r, m) in values.items()],
+        "customer_id STRING, recency_days DOUBLE, monetary_365d DOUBLE",
+    ).select("customer_id", *[(F.col(f) if f in shown else F.lit(None).cast("double")).alias(f) for f in catalog.names])
+    assigned = spark.createDataFrame(
+        [(c, macro, f"value-{macro}-{s}") for c, (macro, s, _, _) in values.items()],
+        "customer_id STRING, macro_segment STRING, segment_id STRING",
+    ).select("customer_id", F.lit("value").alias("layer"), "macro_segment", "segment_id")
+    rows = {r["segment_id"]: r for r in build_profiles(assigned, features, catalog, cfg, D1).collect()}
+    churned = {s: rows[s]["label"] for s in ("value-churned-C0", "value-churned-C1", "value-churned-C2")}
+    # Worked out by hand: churned recency mean 370, sd sqrt(47050 / 6) = 88.55; spend mean 17, sd sqrt(73) = 8.54.
+    # C0 recency z -0.73 (spend -0.70); C1 recency +1.41 (spend -0.70); C2 spend +1.40 (recency -0.68).
+    assert churned == {
+        "value-churned-C0": "more recent than other churned customers",
+        "value-churned-C1": "less recent than other churned customers",
+        "value-churned-C2": "spends more than other churned customers",
+    }
+    assert rows["value-churned-C1"]["z_in_macro_recency_days"] == pytest.approx(125 / math.sqrt(47050 / 6), abs=1e-3)
+    assert rows["value-churned-C0"]["z_recency_days"] > 0  # lapsed against the whole population
+    assert rows["value-active-A"]["label"] == "typical of the active customers"  # alone in its macro segment
 
 
 def test_profiles_z_scores_medians_labels_and_k_anonymity(spark, make_config):
@@ -44,7 +112,10 @@ def test_profiles_z_scores_medians_labels_and_k_anonymity(spark, make_config):
     assert rows["A"]["z_monetary_365d"] == pytest.approx(150 / sd, abs=1e-4)
     assert rows["B"]["z_monetary_365d"] == pytest.approx(-150 / sd, abs=1e-4)
     assert (rows["A"]["mean_monetary_365d"], rows["A"]["median_monetary_365d"]) == (400.0, 400.0)
-    assert (rows["A"]["label"], rows["B"]["label"]) == ("high spend", "low spend")
+    assert (rows["A"]["label"], rows["B"]["label"]) == (
+        "spends more than other active customers",
+        "spends less than other active customers",
+    )
     assert (rows["A"]["size"], rows["A"]["share"], rows["C"]["size"]) == (2, 0.4, 1)
     assert rows["C"]["label"] is None and rows["C"]["mean_monetary_365d"] is None  # below k-anonymity
 

@@ -53,6 +53,8 @@ class Catalog(BaseModel):
     top_categories: list[str]
     channels: list[str]
     features: list[Feature]
+    # feature -> [words above the macro segment's mean, words below it], for labels within a macro segment
+    comparatives: dict[str, tuple[str, str]] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -75,7 +77,20 @@ class Catalog(BaseModel):
                     break
             else:
                 expanded.append(entry)
-        return {**data, "features": expanded}
+        comparatives = {}
+        for name, words in (data.get("comparatives") or {}).items():
+            for placeholder, values in (
+                ("category", data.get("top_categories", [])),
+                ("channel", data.get("channels", [])),
+            ):
+                if f"{{{placeholder}}}" in name:
+                    for value in values:
+                        key = name.replace(f"{{{placeholder}}}", value)
+                        comparatives[key] = [str(w).replace(f"{{{placeholder}}}", value) for w in words]
+                    break
+            else:
+                comparatives[name] = words
+        return {**data, "features": expanded, "comparatives": comparatives}
 
     @model_validator(mode="after")
     def _unique(self) -> Catalog:
@@ -83,7 +98,17 @@ class Catalog(BaseModel):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"feature name(s) {repeated} appear more than once")
+        unknown = sorted(set(self.comparatives) - set(names))
+        if unknown:
+            raise ValueError(f"comparatives name feature(s) {unknown} that are not in the catalog")
         return self
+
+    def comparative(self, name: str, above: bool) -> str:
+        """Words for a segment above (or below) its macro segment's mean of a feature: "spends more"."""
+        words = self.comparatives.get(name)
+        if words is None:
+            return f"{'higher' if above else 'lower'} {name}"
+        return words[0] if above else words[1]
 
     @property
     def names(self) -> list[str]:

@@ -1,9 +1,13 @@
 """Segment profiles: size, share, per-feature mean, median and z-score, top features and a label.
 
 A segment's z-score for a feature is (segment mean - population mean) / population standard
-deviation, the population being every featured customer of the snapshot. The label names the
-layer's features with the largest |z| (at least ``label_min_z``), in the catalog's words for high
-and low values, for example "high spend, frequent, email-engaged". A segment smaller than
+deviation, the population being every featured customer of the snapshot (``z_<feature>``); its
+z-score within its macro segment takes the customers of its (layer, macro segment) as the population
+(``z_in_macro_<feature>``). The label tells a segment from its siblings: it names the layer's
+features with the largest |z| within the macro segment (at least ``label_min_z``), in the catalog's
+comparatives, for example "more recent and spends less than other churned customers". No two
+segments of one (layer, macro segment) share a label: while two do, each names its next feature
+(even below ``label_min_z``), and as a last resort its segment id. A segment smaller than
 ``k_anonymity`` shows its size only.
 
 The profile stage is skipped for an as_of whose inputs have not changed since its last successful run
@@ -38,18 +42,76 @@ TYPICAL = "typical"
 MEDIAN_ACCURACY = 1_000
 
 
+def _ranked(z: dict[str, float | None], layer_features: list[str]) -> list[tuple[str, float]]:
+    """The layer's features with a non-zero z-score, the largest |z| first (ties by name)."""
+    scored = ((f, z[f]) for f in dict.fromkeys(layer_features) if z.get(f) is not None and z[f] != 0)
+    return sorted(scored, key=lambda item: (-abs(item[1]), item[0]))
+
+
+def _among(macro: str | None) -> str:
+    return "other customers" if macro in (None, ALL) else f"other {macro.replace('_', '-')} customers"
+
+
+def _words(used: list[tuple[str, float]], catalog: Catalog, macro: str | None) -> str:
+    phrases = [catalog.comparative(f, v > 0) for f, v in used]
+    if not phrases:
+        return f"{TYPICAL} of the {_among(macro).removeprefix('other ')}"
+    listed = phrases[0] if len(phrases) == 1 else f"{', '.join(phrases[:-1])} and {phrases[-1]}"
+    return f"{listed} than {_among(macro)}"
+
+
 def label(
-    z: dict[str, float | None], layer_features: list[str], catalog: Catalog, top: int, min_z: float
+    z: dict[str, float | None],
+    layer_features: list[str],
+    catalog: Catalog,
+    top: int,
+    min_z: float,
+    macro: str | None = None,
 ) -> tuple[str, list[str]]:
-    """The segment's label and its top features ("name (+1.8)"), from the layer's features' z-scores."""
-    ranked = sorted(
-        ((f, z[f]) for f in layer_features if z.get(f) is not None and abs(z[f]) >= min_z),
-        key=lambda item: (-abs(item[1]), item[0]),
-    )[:top]
-    if not ranked:
-        return TYPICAL, []
-    words = [catalog.feature(f).high if v > 0 else catalog.feature(f).low for f, v in ranked]
-    return ", ".join(words), [f"{f} ({v:+.1f})" for f, v in ranked]
+    """The segment's label and its top features ("name (+1.8)"), from the layer's features' z-scores within
+    its macro segment, as a comparison with the macro segment's other customers."""
+    used = [(f, v) for f, v in _ranked(z, layer_features) if abs(v) >= min_z][:top]
+    return _words(used, catalog, macro), [f"{f} ({v:+.1f})" for f, v in used]
+
+
+def distinct_labels(
+    zs: dict[str, dict[str, float | None]],
+    layer_features: list[str],
+    catalog: Catalog,
+    top: int,
+    min_z: float,
+    macro: str | None = None,
+) -> dict[str, tuple[str, list[str]]]:
+    """``label`` for each segment (id -> z-scores within the macro segment) of one (layer, macro), made distinct.
+
+    While segments share a label, each of them names its next feature by |z| (below ``min_z`` too); one with
+    no feature left takes its segment id. Deterministic: the same z-scores give the same labels.
+    """
+    ranked = {s: _ranked(z, layer_features) for s, z in zs.items()}
+    counts = {s: len([1 for _, v in ranked[s] if abs(v) >= min_z][:top]) for s in zs}
+    with_id: set[str] = set()
+
+    def text(s: str) -> str:
+        words = _words(ranked[s][: counts[s]], catalog, macro)
+        return f"{words} (segment {s})" if s in with_id else words
+
+    for _ in range(sum(len(r) for r in ranked.values()) + 2):
+        texts = {s: text(s) for s in zs}
+        shared = [s for s in zs if list(texts.values()).count(texts[s]) > 1]
+        if not shared:
+            break
+        for s in shared:
+            if counts[s] < len(ranked[s]):
+                counts[s] += 1
+            else:
+                with_id.add(s)
+    return {s: (text(s), [f"{f} ({v:+.1f})" for f, v in ranked[s][: counts[s]]]) for s in zs}
+
+
+def _z(mean: float | None, centre: float | None, sd: float | None) -> float | None:
+    if mean is None or centre is None or not sd or math.isnan(sd):
+        return None
+    return round((mean - centre) / sd, 4)
 
 
 def build_profiles(assigned: DataFrame, features: DataFrame, catalog: Catalog, cfg: Config, as_of: object) -> DataFrame:
@@ -66,6 +128,9 @@ def build_profiles(assigned: DataFrame, features: DataFrame, catalog: Catalog, c
         F.count("*").alias("size"),
         *[F.avg(f).alias(f"mean_{f}") for f in names],
         *[F.percentile_approx(f, 0.5, MEDIAN_ACCURACY).cast("double").alias(f"median_{f}") for f in names],
+        # Counts and means of squares: the (layer, macro) mean and standard deviation follow exactly from them.
+        *[F.count(f).alias(f"n_{f}") for f in names],
+        *[F.avg(F.col(f) * F.col(f)).alias(f"q_{f}") for f in names],
     )
     rows = stats.collect()
     totals: dict[str, int] = {}
@@ -75,35 +140,78 @@ def build_profiles(assigned: DataFrame, features: DataFrame, catalog: Catalog, c
         macro_totals[(r["layer"], r["macro_segment"])] = (
             macro_totals.get((r["layer"], r["macro_segment"]), 0) + r["size"]
         )
+    within = _macro_moments(rows, names)
     profile = cfg.profile
     records = []
     for r in sorted(rows, key=lambda r: tuple(str(r[k]) for k in KEYS)):
         visible = r["size"] >= profile.k_anonymity
-        z = {}
+        group = within[(r["layer"], r["macro_segment"])]
+        z, z_in = {}, {}
         for f in names:
-            mean, sd = r[f"mean_{f}"], population[f"s_{f}"]
-            z[f] = round((mean - population[f"m_{f}"]) / sd, 4) if visible and mean is not None and sd else None
-        layer_features = (
-            cfg.train.active_layers[r["layer"]].features if r["layer"] in cfg.train.active_layers else names
-        )
-        text, top = (
-            label(z, layer_features, catalog, profile.top_features, profile.label_min_z) if visible else (None, None)
-        )
+            mean = r[f"mean_{f}"] if visible else None
+            z[f] = _z(mean, population[f"m_{f}"], population[f"s_{f}"])
+            z_in[f] = _z(mean, *group[f])
         record = {
             "as_of": as_of,
             **{k: r[k] for k in KEYS},
             "size": r["size"],
             "share": round(r["size"] / totals[r["layer"]], 4),
             "share_of_macro": round(r["size"] / macro_totals[(r["layer"], r["macro_segment"])], 4),
-            "label": text,
-            "top_features": top,
+            "label": None,
+            "top_features": None,
+            "_z_in": z_in if visible else None,
         }
         for f in names:
             record[f"mean_{f}"] = _round(r[f"mean_{f}"]) if visible else None
             record[f"median_{f}"] = _round(r[f"median_{f}"]) if visible else None
             record[f"z_{f}"] = z[f]
+            record[f"z_in_macro_{f}"] = z_in[f]
         records.append(record)
+    _label_within_macro(records, cfg, catalog, names)
     return assigned.sparkSession.createDataFrame(records, schema=profile_schema(names))
+
+
+def _macro_moments(rows: list, names: list[str]) -> dict[tuple[str, str], dict[str, tuple[float | None, float]]]:
+    """Per (layer, macro segment) and feature: the mean and population standard deviation over its customers,
+    from each segment's count, mean and mean of squares of the feature."""
+    sums: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in rows:
+        group = sums.setdefault((r["layer"], r["macro_segment"]), {f: [0.0, 0.0, 0.0] for f in names})
+        for f in names:
+            n = r[f"n_{f}"] or 0
+            if n:
+                group[f][0] += n
+                group[f][1] += n * r[f"mean_{f}"]
+                group[f][2] += n * r[f"q_{f}"]
+    moments = {}
+    for key, group in sums.items():
+        moments[key] = {}
+        for f, (n, total, squares) in group.items():
+            if not n:
+                moments[key][f] = (None, 0.0)
+                continue
+            mean = total / n
+            variance = max(squares / n - mean * mean, 0.0)
+            # A spread at the rounding noise of the sums is no spread: the feature is constant in the macro segment.
+            sd = math.sqrt(variance) if variance > 1e-12 * max(1.0, mean * mean) else 0.0
+            moments[key][f] = (mean, sd)
+    return moments
+
+
+def _label_within_macro(records: list[dict], cfg: Config, catalog: Catalog, names: list[str]) -> None:
+    """Each visible segment's label and top features, distinct within its (layer, macro segment)."""
+    groups: dict[tuple[str, str], dict[str, dict]] = {}
+    for record in records:
+        z_in = record.pop("_z_in")
+        if z_in is not None:
+            groups.setdefault((record["layer"], record["macro_segment"]), {})[record["segment_id"]] = z_in
+    by_id = {(r["layer"], r["segment_id"]): r for r in records}
+    profile = cfg.profile
+    for (layer, macro), zs in groups.items():
+        layer_features = cfg.train.active_layers[layer].features if layer in cfg.train.active_layers else names
+        labels = distinct_labels(zs, layer_features, catalog, profile.top_features, profile.label_min_z, macro)
+        for segment, (text, top) in labels.items():
+            by_id[(layer, segment)].update(label=text, top_features=top)
 
 
 def _round(value: float | None) -> float | None:
@@ -127,6 +235,11 @@ def profile_schema(names: list[str]) -> T.StructType:
                 ("mean", "Mean", "in the segment"),
                 ("median", "Median (approximate)", "in the segment"),
                 ("z", "z-score", "(segment mean - population mean) / population standard deviation"),
+                (
+                    "z_in_macro",
+                    "z-score within the macro segment",
+                    "(segment mean - mean of its layer and macro segment) / their standard deviation",
+                ),
             )
         ]
     return T.StructType(fields)

@@ -23,6 +23,7 @@ from microseg.runtime.config import Config
 from microseg.runtime.runlog import RunContext
 from microseg.segmentation import registry
 from microseg.segmentation.artifacts import log_report
+from microseg.segmentation.pipeline import ALL
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; max-width: 1200px; }
@@ -56,37 +57,62 @@ def _pyplot():  # matplotlib.pyplot, imported only when a report is drawn
     return plt
 
 
-def sizes_plot(profiles: list[dict], layer: str) -> str:
+def sizes_plot(profiles: list[dict], title: str) -> str:
     plt = _pyplot()
     rows = sorted(profiles, key=lambda p: p["segment_id"])
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1))
     ax.barh([f"{p['segment_id']}  {p['label'] or ''}"[:70] for p in rows], [p["size"] for p in rows], color="#4a7bb7")
     ax.invert_yaxis()
     ax.set_xlabel("customers")
-    ax.set_title(f"{layer}: segment sizes")
+    ax.set_title(f"{title}: segment sizes")
     return _png(fig)
 
 
-def heatmap_plot(profiles: list[dict], features: list[str], layer: str) -> str | None:
-    plt = _pyplot()
-    rows = [p for p in sorted(profiles, key=lambda p: p["segment_id"]) if p.get(f"z_{features[0]}") is not None]
-    if not rows:
+def text_color(rgba: tuple[float, ...]) -> str:
+    """Black or white, whichever reads better on a cell of colour ``rgba`` (its relative luminance, WCAG)."""
+
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in rgba[:3])
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.179 else "black"
+
+
+def heatmap_features(profiles: list[dict], features: list[str], prefix: str = "z_in_macro_") -> list[str]:
+    """The features to show: those with a z-score for at least one segment (a feature null or constant for
+    everyone has none, and is not drawn as 0.0)."""
+    return [f for f in features if any(p.get(f"{prefix}{f}") is not None for p in profiles)]
+
+
+def heatmap_plot(profiles: list[dict], features: list[str], title: str, prefix: str = "z_in_macro_") -> str | None:
+    """Per segment, each feature's z-score (within the macro segment by default); a missing one is left blank."""
+    features = heatmap_features(profiles, features, prefix)
+    rows = [p for p in sorted(profiles, key=lambda p: p["segment_id"]) if p.get("label") is not None]
+    if not rows or not features:
         return None
-    matrix = np.array([[p[f"z_{f}"] if p[f"z_{f}"] is not None else 0.0 for f in features] for p in rows])
+    plt = _pyplot()
+    matrix = np.array(
+        [[np.nan if p.get(f"{prefix}{f}") is None else p[f"{prefix}{f}"] for f in features] for p in rows]
+    )
     fig, ax = plt.subplots(figsize=(1 + 0.8 * len(features), 0.4 * len(rows) + 1.5))
-    image = ax.imshow(np.clip(matrix, -3, 3), cmap="RdBu_r", vmin=-3, vmax=3, aspect="auto")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#eeeeee")
+    image = ax.imshow(np.ma.masked_invalid(np.clip(matrix, -3, 3)), cmap=cmap, vmin=-3, vmax=3, aspect="auto")
     ax.set_xticks(range(len(features)), features, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), [p["segment_id"] for p in rows])
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax, label="z-score (clipped at ±3)")
-    ax.set_title(f"{layer}: feature z-scores per segment")
+        if np.isnan(value):
+            continue
+        color = text_color(image.cmap(image.norm(np.clip(value, -3, 3))))
+        ax.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color=color)
+    what = "within the macro segment" if prefix == "z_in_macro_" else "against all customers"
+    fig.colorbar(image, ax=ax, label=f"z-score {what} (clipped at ±3)")
+    ax.set_title(f"{title}: feature z-scores per segment")
     return _png(fig)
 
 
-def projection_plot(points: np.ndarray, segments: list[str], layer: str) -> str | None:
+def projection_plot(points: np.ndarray, segments: list[str], title: str) -> str | None:
     """Principal-component projection of standardised features of a sample, coloured by segment."""
-    if len(points) < 3:
+    if len(points) < 3 or points.ndim != 2 or points.shape[1] == 0:
         return None
     plt = _pyplot()
     centred = (points - points.mean(axis=0)) / np.where(points.std(axis=0) > 0, points.std(axis=0), 1.0)
@@ -99,7 +125,7 @@ def projection_plot(points: np.ndarray, segments: list[str], layer: str) -> str 
     ax.legend(fontsize=7, markerscale=2, loc="best")
     ax.set_xlabel("component 1")
     ax.set_ylabel("component 2")
-    ax.set_title(f"{layer}: 2-D projection of a sample, coloured by segment")
+    ax.set_title(f"{title}: 2-D projection of a sample, coloured by segment")
     return _png(fig)
 
 
@@ -143,16 +169,58 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _k_selection_images(cfg: Config, run_ids: list[str]) -> list[tuple[str, str]]:
-    images = []
+def _run_artifacts(cfg: Config, run_id: str) -> tuple[str | None, dict]:
+    """A model's training run: its k-selection curves (PNG, base64; none for a single segment) and its
+    feature screening (``feature_screening.json``: the features used, those dropped and why, why k=1)."""
     client = registry.client(cfg)
-    for run_id in sorted(set(run_ids)):
-        try:
-            path = client.download_artifacts(run_id, "k_selection.png")
-        except Exception:  # single-segment models have no curves
-            continue
-        images.append((run_id, base64.b64encode(Path(path).read_bytes()).decode()))
-    return images
+    try:
+        curves = base64.b64encode(Path(client.download_artifacts(run_id, "k_selection.png")).read_bytes()).decode()
+    except Exception:  # single-segment models have no curves
+        curves = None
+    return curves, registry.load_run_json(run_id, "feature_screening.json") or {}
+
+
+def macro_section(
+    cfg: Config, layer: str, macro: str, rows: list[dict], spec_features: list[str], sample: list[dict], runs: list[str]
+) -> list[str]:
+    """One (layer, macro segment) of the report: sizes, profiles, heatmap, projection, k selection, screening.
+
+    ``sample``: rows of the layer's report sample (segment_id, macro_segment and the layer's features);
+    ``runs``: the training runs of the models that assigned the macro segment's customers.
+    """
+    title = f"{layer} / {macro}"
+    parts = [f"<h3>{html.escape(title)}</h3>"]
+    screening: dict = {}
+    curves: list[str] = []
+    for run_id in sorted(set(runs)):
+        image, found = _run_artifacts(cfg, run_id)
+        screening = screening or found
+        if image:
+            curves.append(image)
+    if screening.get("single_segment_reason"):
+        parts.append(f'<p class="note">k=1: {html.escape(screening["single_segment_reason"])}</p>')
+    dropped = screening.get("dropped") or {}
+    if dropped:
+        listed = "; ".join(f"{f}: {why}" for f, why in dropped.items())
+        parts.append(f'<p class="note">Features left out of the model: {html.escape(listed)}</p>')
+    features = screening.get("features", spec_features)
+    parts.append(_img(sizes_plot(rows, title), f"{layer} {macro} segment sizes"))
+    parts.append(_table(rows, ["segment_id", "label", "size", "share", "share_of_macro", "top_features"]))
+    heatmap = heatmap_plot(rows, features, title)
+    if heatmap:
+        parts.append(_img(heatmap, f"{layer} {macro} z-score heatmap"))
+    shown = heatmap_features(rows, features)
+    points = [r for r in sample if str(r["macro_segment"]) == macro]
+    projection = projection_plot(
+        np.array([[r[f] for f in shown] for r in points], dtype=float).reshape(len(points), len(shown)),
+        [r["segment_id"] for r in points],
+        title,
+    )
+    if projection:
+        parts.append(_img(projection, f"{layer} {macro} projection"))
+    for image in curves:
+        parts.append(_img(image, f"{layer} {macro} k selection"))
+    return parts
 
 
 def build_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Catalog) -> str:
@@ -175,38 +243,35 @@ def build_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Cat
         if not rows:
             continue
         parts.append(f"<h2>Layer: {html.escape(layer)}</h2>")
-        parts.append(_img(sizes_plot(rows, layer), f"{layer} segment sizes"))
-        columns = ["segment_id", "macro_segment", "label", "size", "share", "top_features"]
-        parts.append(_table(rows, columns))
-        heatmap = heatmap_plot(rows, spec.features, layer)
-        if heatmap:
-            parts.append(_img(heatmap, f"{layer} z-score heatmap"))
         fraction = min(1.0, cfg.profile.report_sample / max(1, sum(p["size"] for p in rows)))
-        sample = (
-            assignments.where(F.col("layer") == layer)
-            .sample(fraction=fraction, seed=7)
-            .join(features, "customer_id")
-            .select("segment_id", *[F.coalesce(F.col(f).cast("double"), F.lit(0.0)).alias(f) for f in spec.features])
+        layer_assignments = assignments.where(F.col("layer") == layer)
+        sample = [
+            r.asDict()
+            for r in layer_assignments.sample(fraction=fraction, seed=7)
+            .join(features.drop("macro_segment"), "customer_id")
+            .select(
+                "segment_id",
+                "macro_segment",
+                *[F.coalesce(F.col(f).cast("double"), F.lit(0.0)).alias(f) for f in spec.features],
+            )
             .collect()
-        )
-        projection = projection_plot(
-            np.array([[r[f] for f in spec.features] for r in sample]), [r["segment_id"] for r in sample], layer
-        )
-        if projection:
-            parts.append(_img(projection, f"{layer} projection"))
+        ]
+        # Models that span the macro segments (train.by_macro: false) have the one section ALL.
+        section_of = (lambda macro: str(macro)) if cfg.train.by_macro else (lambda _: ALL)
+        for r in sample:
+            r["macro_segment"] = section_of(r["macro_segment"])
+        runs: dict[str, list[str]] = {}
+        for a in layer_assignments.select("macro_segment", "training_run_id").distinct().collect():
+            runs.setdefault(section_of(a["macro_segment"]), []).append(a["training_run_id"])
+        for macro in sorted({str(p["macro_segment"]) for p in rows}):
+            in_macro = [p for p in rows if str(p["macro_segment"]) == macro]
+            parts += macro_section(cfg, layer, macro, in_macro, spec.features, sample, runs.get(macro, []))
         cells = [m for m in migrations if m["layer"] == layer]
         if cells:
-            parts.append(f"<h3>Migrations since {cells[0]['previous_as_of']}</h3>")
+            parts.append(f"<h3>{html.escape(layer)}: migrations since {cells[0]['previous_as_of']}</h3>")
             parts.append(_img(migration_plot(cells, layer), f"{layer} migrations"))
         else:
             parts.append('<p class="note">No previous snapshot: no migrations yet.</p>')
-        run_ids = [
-            a["training_run_id"]
-            for a in assignments.where(F.col("layer") == layer).select("training_run_id").distinct().collect()
-        ]
-        for run_id, data in _k_selection_images(cfg, run_ids):
-            parts.append(f"<h3>k selection (training run {html.escape(run_id)})</h3>")
-            parts.append(_img(data, f"{layer} k selection {run_id}"))
     macro_cells = [m for m in migrations if m["layer"] == "macro_segment"]
     if macro_cells:
         parts.append("<h2>Lifecycle macro segments</h2>")

@@ -244,7 +244,7 @@ SEGMENT_PROFILES = Table(
     (REPLACE,),
     keys=("as_of", "layer", "segment_id"),
     partition_by=("as_of",),
-    more_columns="mean_<feature>, median_<feature>, z_<feature> (double) per catalog feature",
+    more_columns="mean_<feature>, median_<feature>, z_<feature>, z_in_macro_<feature> (double) per catalog feature",
     written_by="assign, profile",
     comments=(("share", "size / all customers of the layer at as_of"),),
 )

@@ -15,6 +15,7 @@ in the driver is known to the Python workers too; its functions must be picklabl
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -58,6 +59,17 @@ class Algorithm:
 
 
 ALGORITHMS: dict[str, Algorithm] = {}
+
+# Colours for algorithms registered without one: a fixed palette, picked by a stable hash of the name.
+PALETTE = ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+
+
+def color(name: str) -> str:
+    """The algorithm's colour in every plot: its entry's ``color``, or one of ``PALETTE`` fixed by its name."""
+    entry = ALGORITHMS.get(name)
+    if entry is not None and entry.color:
+        return entry.color
+    return PALETTE[zlib.crc32(name.encode()) % len(PALETTE)]
 
 
 def register(algorithm: Algorithm) -> Algorithm:

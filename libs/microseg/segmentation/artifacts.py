@@ -71,10 +71,21 @@ def log_final(m: ModelInputs, final: Final, swept: Sweep, mapping: dict) -> tupl
                 "rows": n,
                 "fit_rows": final.fit_rows,
                 "sweep_rows": swept.rows,
-                "selection": swept.rule,
+                "selection": swept.rule[:6000],
                 "pca_components": swept.pca_k if _uses_pca(final.algorithm) else "none",
                 "seed": train.seed,
+                "dropped_features": json.dumps(m.plan.dropped)[:6000],
             }
+        )
+        if final.k == 1:
+            mlflow.set_tag("single_segment_reason", swept.rule[:5000])
+        mlflow.log_dict(
+            {
+                "features": features,
+                "dropped": m.plan.dropped,
+                "single_segment_reason": swept.rule if final.k == 1 else None,
+            },
+            "feature_screening.json",
         )
         metrics = {
             "sweep_seconds": swept.seconds,
@@ -152,8 +163,9 @@ def _uses_pca(algorithm: str) -> bool:
     return algorithm != SINGLE_SEGMENT and algorithms.get(algorithm).uses_pca
 
 
-def _log_curves(candidates: list[Candidate], title: str) -> None:
-    """k-selection curves (silhouette, stability, WSSSE, BIC against k) as one PNG artifact."""
+def curves_figure(candidates: list[Candidate], title: str):  # noqa: ANN201 - a matplotlib Figure
+    """k-selection curves (silhouette, stability, WSSSE, BIC against k), each algorithm in its one colour
+    (``algorithms.color``) in every panel, so that a panel without one algorithm's points shifts no colour."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,16 +175,23 @@ def _log_curves(candidates: list[Candidate], title: str) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (attr, label) in zip(axes, panels, strict=True):
         for algorithm in sorted({c.algorithm for c in candidates}):
-            color = algorithms.get(algorithm).color  # one colour per algorithm in every panel and report
             points = [(c.k, getattr(c, attr)) for c in candidates if c.algorithm == algorithm]
             points = [(k, v) for k, v in points if v is not None]
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=algorithm, color=color)
+                ax.plot(*zip(*points, strict=True), marker="o", label=algorithm, color=algorithms.color(algorithm))
         ax.set_xlabel("k")
         ax.set_title(label)
     axes[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def _log_curves(candidates: list[Candidate], title: str) -> None:
+    """``curves_figure`` as one PNG artifact, k_selection.png."""
+    import matplotlib.pyplot as plt
+
+    fig = curves_figure(candidates, title)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "k_selection.png")
         fig.savefig(path, dpi=90)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -33,7 +34,10 @@ def rank(candidates: list[Candidate], train: TrainConfig) -> list[tuple[Candidat
             return 1, "no candidate stable enough: best silhouette with large enough segments"
         return 2, "no candidate passed: best silhouette"
 
-    ranked = sorted(candidates, key=lambda c: (tier(c)[0], -round(c.silhouette, 6), c.k, order[c.algorithm]))
+    def score(c: Candidate) -> float:  # NaN (or none) ranks last: it would stop sorted from ordering at all
+        return round(c.silhouette, 6) if c.silhouette is not None and not math.isnan(c.silhouette) else -math.inf
+
+    ranked = sorted(candidates, key=lambda c: (tier(c)[0], -score(c), c.k, order[c.algorithm]))
     return [(c, tier(c)[1]) for c in ranked]
 
 
@@ -44,19 +48,26 @@ def choose(candidates: list[Candidate], train: TrainConfig) -> tuple[Candidate, 
 
 @dataclass(frozen=True)
 class Plan:
-    """One model to train: a layer within a macro segment, on the features somebody in it has."""
+    """One model to train: a layer within a macro segment, on the features somebody in it has.
+
+    ``dropped`` names the layer's features left out and why (``screening``); ``single``, when set, says
+    why the (layer, macro) gets one segment without a sweep (no informative feature, or the same
+    features as another layer).
+    """
 
     layer: str
     macro: str
     features: list[str]
     rows: int
+    dropped: dict[str, str] = field(default_factory=dict, compare=False)
+    single: str | None = None
 
     @property
     def key(self) -> tuple[str, str]:
         return self.layer, self.macro
 
     def sweeps(self, train: TrainConfig) -> bool:
-        return self.rows >= train.min_macro_size and bool(self.features)
+        return self.rows >= train.min_macro_size and bool(self.features) and self.single is None
 
 
 def score_text(value: float | None) -> str:
@@ -76,12 +87,34 @@ class Sweep:
     refits: list[str] = field(default_factory=list)  # candidates whose refit fell short, and by how much
 
 
+def structureless(candidates: list[Candidate]) -> bool:
+    """Every candidate scored silhouette -1 or none at all (NaN, or its fit failed): no cluster structure to serve."""
+    return all(
+        c.error is not None or c.silhouette is None or math.isnan(c.silhouette) or c.silhouette <= -1.0 + 1e-9
+        for c in candidates
+    )
+
+
+NO_STRUCTURE = "one segment: no informative structure (every candidate scored silhouette -1 or none)"
+
+
 def choice(p: Plan, candidates: list[Candidate], sample: sweep.Sample | None, train: TrainConfig) -> Sweep:
-    """The selection rule applied to one (layer, macro)'s measured candidates (none: a single segment)."""
+    """The selection rule applied to one (layer, macro)'s measured candidates (none: a single segment).
+
+    A (layer, macro) whose every candidate scored silhouette -1 (or NaN) gets one segment too
+    (``NO_STRUCTURE``): a champion must show some structure.
+    """
     seconds = sum(c.seconds or 0.0 for c in candidates)
     if not candidates:
-        rule = f"one segment: {p.rows} rows < min_macro_size {train.min_macro_size}" if p.features else "no features"
+        if p.single:
+            rule = p.single
+        elif p.features:
+            rule = f"one segment: {p.rows} rows < min_macro_size {train.min_macro_size}"
+        else:
+            rule = "one segment: no features"
         return Sweep([], None, rule, None, p.rows, seconds)
+    if structureless(candidates):
+        return Sweep(candidates, None, NO_STRUCTURE, sample.pca_k, len(sample.scaled), seconds)
     chosen, rule = choose(candidates, train)
     return Sweep(candidates, chosen, rule, sample.pca_k, len(sample.scaled), seconds)
 

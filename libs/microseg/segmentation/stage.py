@@ -19,6 +19,7 @@ import json
 import logging
 import statistics
 import time
+from dataclasses import replace
 
 import pandas as pd
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -31,7 +32,7 @@ from microseg.runtime.config import Config, TrainConfig
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runlog import Entry, RunContext, StageReport
 from microseg.runtime.sparkops import cached, described
-from microseg.segmentation import algorithms, registry, sweep
+from microseg.segmentation import algorithms, registry, screening, sweep
 from microseg.segmentation.artifacts import log_candidates, log_final, log_summary, training_run
 from microseg.segmentation.metrics import Candidate
 from microseg.segmentation.pipeline import (
@@ -116,7 +117,13 @@ def snapshot_fingerprint(stats: dict[str, dict]) -> str:
 def plans(cfg: Config, stats: dict[str, dict]) -> list[Plan]:
     present = sorted(m for m in stats if m is not None)
     return [
-        Plan(layer, macro, [f for f in spec.features if stats[macro]["filled"].get(f, 0) > 0], stats[macro]["rows"])
+        Plan(
+            layer,
+            macro,
+            [f for f in spec.features if stats[macro]["filled"].get(f, 0) > 0],
+            stats[macro]["rows"],
+            {f: "all null" for f in spec.features if stats[macro]["filled"].get(f, 0) == 0},
+        )
         for layer, spec in cfg.train.active_layers.items()
         for macro in macros_of(layer, cfg, present)
     ]
@@ -151,6 +158,11 @@ def prepare(todo: list[Plan], raw: dict[str, pd.DataFrame], catalog: Catalog, tr
     return samples
 
 
+def screened(todo: list[Plan], raw: dict[str, pd.DataFrame], train: TrainConfig) -> list[Plan]:
+    """The plans with only informative features (``screening.screen_plans``), screened on their sweep samples."""
+    return screening.screen_plans(todo, raw, {p.key: p.sweeps(train) for p in todo})
+
+
 def sweep_tasks(todo: list[Plan], samples: dict, train: TrainConfig) -> list[sweep.Task]:
     return [
         sweep.Task(p.key, algorithm, k)
@@ -175,7 +187,9 @@ def sweep_inputs(spark: SparkSession, cfg: Config, as_of: object) -> tuple[list[
     """The sweep's tasks and preprocessed samples for a snapshot, as the train stage builds them (for benchmarks)."""
     with cached(training_rows(spark, cfg, as_of)) as data:
         todo = plans(cfg, macro_stats(data, cfg))
-        samples = prepare(todo, sweep_samples(data, todo, cfg.train), load_catalog(cfg), cfg.train)
+        raw = sweep_samples(data, todo, cfg.train)
+        todo = screened(todo, raw, cfg.train)
+        samples = prepare(todo, raw, load_catalog(cfg), cfg.train)
     return sweep_tasks(todo, samples, cfg.train), samples
 
 
@@ -251,6 +265,7 @@ def run_train(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     with cached(training_rows(spark, cfg, run.as_of)) as data:
         with described(spark, "train: sweep samples"):
             raw = sweep_samples(data, todo, train)
+        todo = screened(todo, raw, train)
         samples = prepare(todo, raw, catalog, train)
         tasks = sweep_tasks(todo, samples, train)
         started = time.perf_counter()
@@ -337,6 +352,11 @@ def train_one(m: ModelInputs, candidates: list[Candidate]) -> dict:
     p, cfg = m.plan, m.cfg
     name = model_name(p.layer, p.macro)
     swept = choice(p, candidates, m.sample, cfg.train)
+    if swept.chosen is None and (p.single or swept.candidates):
+        # No informative feature or no structure: one segment that reads no feature, so that it equals
+        # the champion when that is the same single segment (same_centroids) and is not registered again.
+        p = replace(p, features=[])
+        m = replace(m, plan=p)
     final = fit_final(m, swept)
     started = time.perf_counter()
     log_candidates(cfg, swept, p, m.tags)
@@ -373,6 +393,10 @@ def train_one(m: ModelInputs, candidates: list[Candidate]) -> dict:
         "sweep_rows": swept.rows,
         "vanished_ids": mapping["vanished"],
         "refits_fell_short": swept.refits,
+        "features": p.features,
+        "dropped_features": m.plan.dropped,
+        "selection": swept.rule,
+        "single_segment_reason": swept.rule if final.k == 1 else None,
     }
 
 
@@ -386,6 +410,10 @@ def summary_lines(info: dict) -> list[str]:
             f"{len(m['candidates'])} candidates on {m['sweep_rows']:,} rows in {m['sweep_seconds']:.1f}s, "
             f"final fit {m['fit_seconds']:.1f}s on {m['rows']:,}"
         )
+        if m.get("single_segment_reason"):
+            lines.append(f"    k=1: {m['single_segment_reason']}")
+        for feature, why in (m.get("dropped_features") or {}).items():
+            lines.append(f"    dropped {feature}: {why}")
     sweep_info = info.get("sweep")
     if sweep_info and sweep_info["candidates"]:
         seconds = sweep_info["candidate_seconds"]
