@@ -33,7 +33,7 @@ def test_migrate_adds_a_column_to_gold_segment_profiles_keeping_rows_and_history
     for day in (DAY1, DAY2):
         tables.replace_where(_profiles(spark, cfg, day, older), cfg, lake.SEGMENT_PROFILES, f"as_of = '{day}'")
     history_before = len(delta_ops.history(spark, tables.table_path(cfg, lake.SEGMENT_PROFILES)))
-    new = [f"{p}_{features[-1]}" for p in ("mean", "median", "z")]
+    new = [f"{p}_{features[-1]}" for p in ("mean", "median", "z", "z_in_macro")]
 
     # Today's write has the new feature's columns: refused, naming the command that adds them.
     today = _profiles(spark, cfg, DAY2, features)
@@ -49,7 +49,7 @@ def test_migrate_adds_a_column_to_gold_segment_profiles_keeping_rows_and_history
     assert (entry.rows_in, entry.rows_written) == (4, 4)
 
     profiles = tables.read(spark, cfg, lake.SEGMENT_PROFILES)
-    assert profiles.columns[-3:] == new and profiles.count() == 4
+    assert profiles.columns[-len(new) :] == new and profiles.count() == 4
     assert profiles.where(f"{new[0]} IS NOT NULL").count() == 0  # old rows: the new feature unknown
     # History kept: every earlier version is still there and readable as it was.
     history = delta_ops.history(spark, tables.table_path(cfg, lake.SEGMENT_PROFILES))
