@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import posixpath
 
-from pyspark.sql import SparkSession
+from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.clean import staging
@@ -29,15 +30,22 @@ from microseg.runtime.runlog import Entry, RunContext, StageReport, log_stage
 log = logging.getLogger(__name__)
 
 
-def batch_of_file(spark: SparkSession, cfg: Config, source: str, file: str) -> str:
-    """The batch that last ingested ``file`` (a path, URI or file name) of ``source``.
+def ingested(spark: SparkSession, cfg: Config, source: str) -> list[Row]:
+    """Every ops.ingest_log row of ``source`` (none before the first ingest)."""
+    if not tables.exists(spark, cfg, lake.INGEST_LOG):
+        return []
+    return tables.read(spark, cfg, lake.INGEST_LOG).where(F.col("source") == source).collect()
+
+
+def batch_of_file(logged: list[Row], source: str, file: str) -> str:
+    """The batch that last ingested ``file`` of ``source``: its path as ``logged`` holds it, else its file name.
 
     Raises:
-        ConfigError: if no file or several match, or the file was skipped as a duplicate.
+        ConfigError: if no file or several match, or the file has no rows (a duplicate, or retracted already).
     """
-    logged = tables.read(spark, cfg, lake.INGEST_LOG).where(F.col("source") == source) if _logged(spark, cfg) else None
-    rows = [] if logged is None else logged.collect()
-    matching = {r["path"] for r in rows if r["path"] == file or r["path"].rsplit("/", 1)[-1] == file.rsplit("/", 1)[-1]}
+    matching = {r["path"] for r in logged if r["path"] == file} or {
+        r["path"] for r in logged if posixpath.basename(r["path"]) == posixpath.basename(file)
+    }
     if len(matching) != 1:
         found = "no file" if not matching else f"{len(matching)} files ({', '.join(sorted(matching))})"
         raise ConfigError(
@@ -45,15 +53,11 @@ def batch_of_file(spark: SparkSession, cfg: Config, source: str, file: str) -> s
             f"ops.ingest_log records it, or the batch with --batch"
         )
     path = matching.pop()
-    latest = max((r for r in rows if r["path"] == path), key=lambda r: r["ingested_at"])
+    latest = max((r for r in logged if r["path"] == path), key=lambda r: r["ingested_at"])
     if latest["batch_id"] is None:
         what = f"a duplicate of {latest['duplicate_of']}" if latest["duplicate_of"] else "retracted already"
         raise ConfigError(f"retract: {path} of source {source} has no rows to take back: it was {what}")
     return latest["batch_id"]
-
-
-def _logged(spark: SparkSession, cfg: Config) -> bool:
-    return tables.exists(spark, cfg, lake.INGEST_LOG)
 
 
 def retract(
@@ -67,8 +71,9 @@ def retract(
     specs = load_mapping(cfg)
     if source not in specs:
         raise ConfigError(f"retract: no source {source!r} in mapping {cfg.sources.mapping}; sources: {sorted(specs)}")
-    batch = batch or batch_of_file(spark, cfg, source, file or "")
-    files = _files_of(spark, cfg, source, batch)
+    logged = ingested(spark, cfg, source)
+    batch = batch or batch_of_file(logged, source, file or "")
+    files = sorted({(r["path"], r["size"], r["modified_ms"]) for r in logged if r["batch_id"] == batch})
     if not files:
         raise ConfigError(f"retract: source {source} has no batch {batch} in ops.ingest_log; see the batch_id column")
     run = RunContext(as_of=dt.date.today())
@@ -97,19 +102,6 @@ def _retract(
     tables.append(spark.createDataFrame(forgotten, lake.INGEST_LOG.ddl), cfg, lake.INGEST_LOG)
     log_stage(spark, cfg, run, report)
     return report
-
-
-def _files_of(spark: SparkSession, cfg: Config, source: str, batch: str) -> list[tuple[str, int, int]]:
-    if not _logged(spark, cfg):
-        return []
-    rows = (
-        tables.read(spark, cfg, lake.INGEST_LOG)
-        .where((F.col("source") == source) & (F.col("batch_id") == batch))
-        .select("path", "size", "modified_ms")
-        .distinct()
-        .collect()
-    )
-    return sorted((r["path"], r["size"], r["modified_ms"]) for r in rows)
 
 
 def _holding(spark: SparkSession, cfg: Config, source: str) -> list[lake.Table]:
