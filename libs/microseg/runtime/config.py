@@ -222,6 +222,28 @@ class ProfileConfig(_Strict):
     report_sample: int = Field(3000, ge=100, description="customers per layer in the report's 2-D projection")
 
 
+class ChurnConfig(_Strict):
+    enabled: bool = Field(True, description="train and score the churn classifier (microseg-churn)")
+    horizon_days: int = Field(
+        90, ge=7, description="a customer churns when they make no purchase within this many days after the cut-off"
+    )
+    max_iter: int = Field(20, ge=1, description="GBTClassifier boosting rounds")
+    max_depth: int = Field(4, ge=1, le=30, description="GBTClassifier tree depth")
+    baseline_max_iter: int = Field(50, ge=1, description="LogisticRegression (the baseline) iterations")
+    min_rows: int = Field(100, ge=10, description="fewer labelled customers per window: no churn model, with why")
+    promotion_tolerance: float = Field(0.0, ge=0, description="the champion moves if AUC >= its own today - this")
+    seed: int = 42
+
+
+class ValueConfig(_Strict):
+    unit_days: float = Field(7.0, gt=0, description="the BG/NBD time unit, in days (7: weeks)")
+    clv_months: int = Field(12, ge=1, description="the CLV horizon, in months of 30 days")
+    monthly_discount: float = Field(0.01, ge=0, lt=1, description="the CLV's monthly discount rate")
+    holdout_days: int = Field(90, ge=7, description="the CLV calibration plot's holdout window, before as_of")
+    register_model: bool = True
+    churn: ChurnConfig = Field(default_factory=ChurnConfig)
+
+
 class RunConfig(_Strict):
     as_of: dt.date | None = Field(None, description="the snapshot date; None: yesterday in UTC, the last complete day")
     stages: list[str] = Field(
@@ -266,6 +288,7 @@ class Config(_Strict):
     assign: AssignConfig = Field(default_factory=AssignConfig)
     tables: TablesConfig = Field(default_factory=TablesConfig)
     profile: ProfileConfig = Field(default_factory=ProfileConfig)
+    value: ValueConfig = Field(default_factory=ValueConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     def path(self, relative: str) -> str:
