@@ -43,7 +43,7 @@ def order(customer, n, when, returned=False, amount=40.0):
 
 @pytest.fixture(scope="module")
 def cfg(make_config):
-    return make_config("value.churn.max_iter=8", "value.churn.max_depth=3", "value.churn.baseline_max_iter=30")
+    return make_config("value.churn.max_iter=5", "value.churn.max_depth=3", "value.churn.baseline_max_iter=10")
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +84,12 @@ def edges(spark):
     return Inputs(customers, orders, web_events=web)
 
 
-def test_model_features_are_the_supported_numeric_catalog_features(spark, edges, catalog, cfg):
-    unsupported = unsupported_features(edges, catalog)
+@pytest.fixture(scope="module")
+def unsupported(edges, catalog):
+    return unsupported_features(edges, catalog)
+
+
+def test_model_features_are_the_supported_numeric_catalog_features(spark, edges, catalog, cfg, unsupported):
     names = model_features(catalog, unsupported)
     assert "email_open_rate" not in names and "nps_latest" not in names  # no such source
     assert "offer_redemption_rate" not in names  # orders.offer_code is never filled
@@ -95,9 +99,18 @@ def test_model_features_are_the_supported_numeric_catalog_features(spark, edges,
     assert all(isinstance(types[n], NumericType) for n in names)
 
 
-def test_label_edges(spark, edges, catalog, cfg):
-    unsupported = unsupported_features(edges, catalog)
-    rows = {r["customer_id"]: r for r in labelled(edges, catalog, cfg.features, CUTOFF, HORIZON, unsupported).collect()}
+@pytest.fixture(scope="module")
+def edge_rows(edges, catalog, cfg, unsupported):
+    rows = labelled(edges, catalog, cfg.features, CUTOFF, HORIZON, unsupported).collect()
+    return {r["customer_id"]: r.asDict() for r in rows}
+
+
+def without_label(row):
+    return {k: v for k, v in row.items() if k != "label"}
+
+
+def test_label_edges(edge_rows):
+    rows = edge_rows
     assert {c: r["label"] for c, r in rows.items()} == {
         "edge": 0.0,
         "late": 1.0,
@@ -110,8 +123,7 @@ def test_label_edges(spark, edges, catalog, cfg):
     assert rows["keep"]["cart_abandonment_rate"] == 1.0  # the 2025-07-01 order is after the cut-off: unseen
 
 
-def test_events_after_the_cutoff_change_only_the_label(spark, edges, catalog, cfg):
-    unsupported = unsupported_features(edges, catalog)
+def test_events_after_the_cutoff_change_only_the_label(spark, edges, catalog, cfg, unsupported, edge_rows):
     first_after = ts(CUTOFF + dt.timedelta(days=1), 0)
     later = [
         order(c, f"x{n}{returned}", when, returned)
@@ -125,13 +137,12 @@ def test_events_after_the_cutoff_change_only_the_label(spark, edges, catalog, cf
         edges.orders.unionByName(spark.createDataFrame(later, ORDERS)),
         web_events=edges.web_events.unionByName(spark.createDataFrame([("late", "s9", first_after, "page_view")], WEB)),
     )
-    before = labelled(edges, catalog, cfg.features, CUTOFF, HORIZON, unsupported)
-    after = labelled(extra, catalog, cfg.features, CUTOFF, HORIZON, unsupported)
-    features_before, features_after = before.drop("label"), after.drop("label")
-    assert features_before.count() == features_after.count() == 5
-    assert features_after.exceptAll(features_before).isEmpty() and features_before.exceptAll(features_after).isEmpty()
-    labels = {r["customer_id"]: r["label"] for r in after.collect()}
-    assert set(labels.values()) == {0.0}  # everyone bought in the horizon now
+    rows = labelled(extra, catalog, cfg.features, CUTOFF, HORIZON, unsupported).collect()
+    after = {r["customer_id"]: r.asDict() for r in rows}
+    assert set(after) == set(edge_rows)
+    assert {c: without_label(r) for c, r in after.items()} == {c: without_label(r) for c, r in edge_rows.items()}
+    assert {r["label"] for r in after.values()} == {0.0}  # everyone bought in the horizon now
+    assert edge_rows["late"]["label"] == 1.0
 
 
 # -- a planted signal: regular buyers keep buying, lapsed ones (a stop date before the cut-off) do not ---------
@@ -256,9 +267,10 @@ def test_a_null_feature_is_not_read_as_zero(spark, cfg):
     frame = spark.createDataFrame(rows, "customer_id STRING, x DOUBLE, noise DOUBLE, label DOUBLE")
     models = fit(frame, ["x", "noise"], cfg.value.churn)
     for name, model in models.items():
-        churners = [r["churn_probability"] for r in score(model, frame.where(F.col("x").isNull())).collect()]
-        stayers = [r["churn_probability"] for r in score(model, frame.where(F.col("x") == 0)).collect()]
-        assert (len(churners), len(stayers)) == (20, 10) and min(churners) > 0.5 > max(stayers), name
+        p = {r["customer_id"]: r["churn_probability"] for r in score(model, frame).collect()}
+        churners = [p[f"n{i}"] for i in range(20)]
+        stayers = [p[f"z{i}"] for i in range(1, 20, 2)]  # x = 0
+        assert min(churners) > 0.5 > max(stayers), name
 
 
 def test_calibration_figure_has_a_line_per_model_and_the_diagonal():
@@ -279,3 +291,8 @@ def test_calibration_figure_has_a_line_per_model_and_the_diagonal():
     assert ax.get_title() and ax.get_xlabel() and ax.get_ylabel()
     assert {t.get_text().split()[0] for t in ax.get_legend().get_texts()} >= {"gbt", "logistic"}
     plt.close(fig)
+
+
+def test_evaluate_refuses_no_rows(fitted, windows):
+    with pytest.raises(ValueError, match="no rows"):
+        evaluate(fitted["gbt"], windows[2].limit(0))

@@ -18,8 +18,9 @@ reliability table over ten equal-width probability bins. Pure DataFrame code: th
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pyspark.ml import Pipeline, PipelineModel
 from pyspark.ml.classification import GBTClassifier, LogisticRegression
@@ -34,6 +35,9 @@ from microseg.features.catalog import Catalog
 from microseg.features.stage import Inputs, build_features
 from microseg.runtime.config import ChurnConfig, FeaturesConfig
 from microseg.runtime.sparkops import cached
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Below every catalog feature's range (days, counts, amounts, shares, ratios >= -1, scores): a tree isolates
 # "no value" with one split instead of mixing it with "0 days ago".
@@ -179,12 +183,11 @@ def evaluate(model: PipelineModel, test: DataFrame) -> ChurnMetrics:
         F.col("label").cast("double").alias("y"), vector_to_array("probability")[1].alias("p")
     )
     with cached(predicted) as rows:
-        auc = BinaryClassificationEvaluator(rawPredictionCol="p", labelCol="y", metricName="areaUnderROC").evaluate(
-            rows
-        )
         quantiles = rows.approxQuantile("p", [0.9], QUANTILE_ERROR)
-        if not quantiles:
+        if not quantiles or math.isnan(quantiles[0]):
             raise ValueError("cannot evaluate a churn model on no rows")
+        evaluator = BinaryClassificationEvaluator(rawPredictionCol="p", labelCol="y", metricName="areaUnderROC")
+        auc = evaluator.evaluate(rows)
         totals = rows.agg(*_aggregates(quantiles[0])).first()
     n = totals["n"]
     base_rate = totals["churners"] / n
@@ -228,7 +231,7 @@ def _aggregates(threshold: float) -> list[Column]:
     ]
 
 
-def calibration_figure(metrics: dict[str, ChurnMetrics]) -> object:
+def calibration_figure(metrics: dict[str, ChurnMetrics]) -> Figure:
     """A reliability diagram: per model, each bin's mean predicted probability against its observed churn rate,
     with the diagonal of perfect calibration. Returns a matplotlib Figure (Agg backend); the caller closes it."""
     import matplotlib
