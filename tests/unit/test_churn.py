@@ -261,8 +261,9 @@ def test_calibration_bins(results, name):
 
 
 def test_a_null_feature_is_not_read_as_zero(spark, cfg):
-    """Churners have no value of x, stayers x = 0 or 5: with nulls filled as 0 the two at 0 would be one group."""
-    rows = [(f"n{i}", None, float(i % 3), 1.0) for i in range(20)]
+    """Churners have no value of x (null, or NaN), stayers x = 0 or 5: with nulls filled as 0 the churners and the
+    stayers at 0 would be one group."""
+    rows = [(f"n{i}", None if i % 4 else float("nan"), float(i % 3), 1.0) for i in range(20)]
     rows += [(f"z{i}", 0.0 if i % 2 else 5.0, float(i % 3), 0.0) for i in range(20)]
     frame = spark.createDataFrame(rows, "customer_id STRING, x DOUBLE, noise DOUBLE, label DOUBLE")
     models = fit(frame, ["x", "noise"], cfg.value.churn)

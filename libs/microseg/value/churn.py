@@ -103,9 +103,10 @@ def _null_handling(features: list[str], indicators: bool) -> SQLTransformer:
     offset, so the fill value does not bias the feature's slope. Both are stateless, so nothing is fitted here.
     """
     fill = 0.0 if indicators else SENTINEL
-    columns = [f"COALESCE(CAST(`{f}` AS DOUBLE), {fill}) AS `{f}__filled`" for f in features]
+    value = {f: f"NANVL(CAST(`{f}` AS DOUBLE), NULL)" for f in features}  # a NaN counts as null too
+    columns = [f"COALESCE({value[f]}, {fill}) AS `{f}__filled`" for f in features]
     if indicators:
-        columns += [f"CAST(`{f}` IS NULL AS DOUBLE) AS `{f}__missing`" for f in features]
+        columns += [f"CAST({value[f]} IS NULL AS DOUBLE) AS `{f}__missing`" for f in features]
     return SQLTransformer(statement=f"SELECT *, {', '.join(columns)} FROM __THIS__")
 
 
