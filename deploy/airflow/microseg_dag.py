@@ -57,6 +57,7 @@ STAGES = {
     "clean": "clean.py",
     "quality": "quality.py",
     "features": "features.py",
+    "value": "value.py",
     "train": "train.py",
     "assign": "assign.py",
     "profile": "profiles.py",
@@ -70,7 +71,8 @@ AS_OF = "{{ data_interval_start | ds }}"
 
 with DAG(
     dag_id="microseg_daily",
-    description="Customer micro-segmentation: ingest >> clean >> quality >> features >> train >> assign >> profile",
+    description="Customer micro-segmentation: ingest >> clean >> quality >> features >> value >> train >> assign >> "
+    "profile",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),  # later sources: "0 3 * * *" keeps the day
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,

@@ -17,6 +17,8 @@ from microseg.runtime.config import Config
 from microseg.runtime.errors import ConfigError
 from microseg.runtime.runner import PipelineResult, StageFunction, run_stages
 from microseg.segmentation.stage import check_algorithms, run_train, summary_lines
+from microseg.value.stage import run_value
+from microseg.value.stage import summary_lines as value_lines
 
 # The one stage list: every stage's name and function, in the order a run takes them.
 STAGES: dict[str, StageFunction] = {
@@ -24,6 +26,7 @@ STAGES: dict[str, StageFunction] = {
     "clean": run_clean,
     "quality": run_quality,
     "features": run_features,
+    "value": run_value,
     "train": run_train,
     "assign": run_assign,
     "profile": run_profile,
@@ -115,6 +118,9 @@ def summary(result: PipelineResult, cfg: Config) -> str:
         lines.append("lifecycle macro segments: " + ", ".join(f"{k} {v:,}" for k, v in macro.items()))
         for name, reason in features.info.get("features_unsupported", {}).items():
             lines.append(f"  feature {name} is null for everyone: {reason}")
+    value = result.report("value")
+    if value and not value.info.get("skipped"):
+        lines += value_lines(value.info)
     train = result.report("train")
     if train and not train.info.get("skipped"):
         lines.append(f"training: MLflow parent run {train.info['mlflow_run_id']}")

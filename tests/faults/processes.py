@@ -43,7 +43,16 @@ DATAGEN = ["--customers", "100", "--seed", "3", "--set=datagen.partitions=1", "-
 CHAIN_SETTINGS = ("tables.metastore=none", "train.by_macro=false", "train.min_macro_size=20", "train.k_max=3",
                   "train.layers.engagement=null", "train.layers.preference=null")  # fmt: skip
 SEED = 20261126
-KILLS_PER_STAGE = {"ingest": 1, "clean": 2, "quality": 2, "features": 1, "train": 2, "assign": 1, "profile": 1}
+KILLS_PER_STAGE = {
+    "ingest": 1,
+    "clean": 2,
+    "quality": 2,
+    "features": 1,
+    "value": 1,
+    "train": 2,
+    "assign": 1,
+    "profile": 1,
+}
 
 
 def start_microseg(*args: str, log: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -1,7 +1,7 @@
 """Generated data and a lake up to features, made once per run and shared by the integration modules.
 
-Datagen and the ingest, clean, quality and features stages are most of what a pipeline run costs on
-this data, and none of them reads the train settings in which test_pipeline_e2e and test_segmentation
+Datagen and the ingest, clean, quality, features and value stages are most of what a pipeline run costs
+on this data, and none of them reads the train settings in which test_pipeline_e2e and test_segmentation
 differ. So both start from one data set and one featured lake: each module trains, assigns and
 profiles on a copy of its own (``copy_lake``), whose MLflow database and artifacts its first train
 creates, so its assertions about runs, versions, aliases and history see only its own work.
@@ -35,7 +35,7 @@ SEED = 5
 # date before) the burst is in the future and changes nothing.
 MOVERS, MOVER_DAYS = 0.1, 1
 AS_OF = dt.date(2025, 12, 31)
-SHARED_STAGES = ["ingest", "clean", "quality", "features"]
+SHARED_STAGES = ["ingest", "clean", "quality", "features", "value"]
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +58,8 @@ def tiny_generated(spark, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 
 @pytest.fixture(scope="session")
 def featured_lake(spark, generated, make_config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lake after ingest, clean, quality and features as of AS_OF on the shared data; read it through a copy."""
+    """A lake after ingest, clean, quality, features and value as of AS_OF on the shared data; read it through a
+    copy."""
     data, _ = generated
     lake = tmp_path_factory.mktemp("featured") / "lake"
     cfg = make_config(f"sources.root={data}", lake=lake)

@@ -41,6 +41,7 @@ STAGES = {
     "clean": "clean.py",
     "quality": "quality.py",
     "features": "features.py",
+    "value": "value.py",
     "train": "train.py",
     "assign": "assign.py",
     "profile": "profiles.py",

@@ -47,6 +47,10 @@ SETTINGS = [
     "train.k_max=4",
     "train.min_macro_size=100",  # a sweep, on these few customers
     "mlflow.retry_max_wait_seconds=2",
+    # tests/conftest.py's CHURN_SETTINGS: a short boosting and baseline
+    "value.churn.max_iter=4",
+    "value.churn.baseline_max_iter=10",
+    "value.churn.max_depth=3",
 ]
 RUN_TIMEOUT = 2400
 

@@ -2,7 +2,7 @@
 
 The data and the lake up to features are shared with test_segmentation (tests/integration/conftest.py):
 this module's first run is `microseg run` of the train, assign and profile stages on its own copy of
-that lake, and its rerun is `microseg run` of all seven stages.
+that lake, and its rerun is `microseg run` of all eight stages.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ SETTINGS = (
     # Every layer by macro segment, the preference layer in one macro only: no assertion here is about
     # its models, and each model trained, logged and scored costs seconds in the first run and the rerun.
     "train.layers.preference.macros=[active]",
+    # tests/conftest.py's CHURN_SETTINGS, as the shared lake's value stage had them: the rerun finds them unchanged.
+    "value.churn.max_iter=4",
+    "value.churn.baseline_max_iter=10",
+    "value.churn.max_depth=3",
 )
 STAGES_AFTER_FEATURES = ("train", "assign", "profile")
 SILVER_OF = {
@@ -90,7 +94,7 @@ def test_run_succeeds_and_prints_summary(first_run):
     assert "segments (customers, label):" in out and "segment report:" in out
     assert "models (layer / macro" in out and "value       active" in out
     assert f"[{len(STAGES_AFTER_FEATURES)}/{len(STAGES_AFTER_FEATURES)}] profile done" in out
-    # "[7/7] profile done" of a run of every stage: see the rerun test
+    # "[8/8] profile done" of a run of every stage: see the rerun test
 
 
 def test_every_table_is_delta(spark, demo, first_run):
@@ -99,7 +103,8 @@ def test_every_table_is_delta(spark, demo, first_run):
         + [f"silver.{t}" for t in SILVER_OF.values()]
         + ["silver.customer_contact"]
         + [f"quarantine.{s}" for s in SOURCES]
-        + ["gold.customer_features", "gold.segment_assignments", "gold.segment_profiles", "gold.segment_history"]
+        + ["gold.customer_features", "gold.customer_value", "gold.segment_assignments", "gold.segment_profiles"]
+        + ["gold.segment_history"]
         + ["ops.run_log", "ops.dq_results", "ops.ingest_log", "ops.identity_conflicts", "silver.identity_map"]
     )
     missing = [name for name in expected if not tables.exists(spark, demo["cfg"], name)]
@@ -220,7 +225,7 @@ def test_every_eligible_customer_assigned_once_per_layer(spark, demo, first_run)
 def test_run_log_has_every_stage(spark, demo, first_run):
     log = tables.read(spark, demo["cfg"], "ops.run_log")
     stages = {r["stage"] for r in log.where(F.col("status") == "ok").select("stage").distinct().collect()}
-    assert stages == {"ingest", "clean", "quality", "features", "train", "assign", "profile"}
+    assert stages == {"ingest", "clean", "quality", "features", "value", "train", "assign", "profile"}
 
 
 def test_a_second_call_for_a_completed_as_of_is_a_no_op_that_says_so(spark, demo, first_run, capsys):
@@ -235,7 +240,7 @@ def test_a_second_call_for_a_completed_as_of_is_a_no_op_that_says_so(spark, demo
 
 
 def test_rerun_same_as_of_keeps_assignments_and_trains_nothing(spark, demo, first_run, capsys):
-    """`microseg run` of all seven stages over the lake of the first run changes no assignment, and computes
+    """`microseg run` of all eight stages over the lake of the first run changes no assignment, and computes
     no features and trains nothing: with no new file, silver stays as it was, so features finds its inputs
     unchanged and train its champions' lineage, and both are skipped."""
     cfg = demo["cfg"]
@@ -249,7 +254,7 @@ def test_rerun_same_as_of_keeps_assignments_and_trains_nothing(spark, demo, firs
     versions_before = {m.name: m.latest_versions for m in client.search_registered_models()}
     assert main(["run", *demo["args"], "--rerun"]) == 0
     out = "".join(capsys.readouterr())
-    assert "[7/7] profile done" in out and "segments (customers, label):" in out
+    assert "[8/8] profile done" in out and "segments (customers, label):" in out
     after = tables.read(spark, cfg, "gold.segment_assignments").collect()
     assert sorted(map(tuple, after)) == sorted(map(tuple, before))
     # Nothing changed, so nothing committed: the change feed that activation tools read has no new rows.
@@ -259,6 +264,7 @@ def test_rerun_same_as_of_keeps_assignments_and_trains_nothing(spark, demo, firs
     assert feed.where(F.col("_commit_version") > version).count() == 0
     assert f"features: skipped, as_of {AS_OF} unchanged since run " in out
     assert tables.version(spark, cfg, "gold.customer_features") == features_version
+    assert f"value: skipped, as_of {AS_OF} unchanged since run " in out
     assert "train: skipped, every champion (" in out and "(--retrain to train again)" in out
     assert len(client.search_runs([experiment.experiment_id], filter_string=parents)) == runs_before
     assert {m.name: m.latest_versions for m in client.search_registered_models()} == versions_before

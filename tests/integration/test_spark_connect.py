@@ -43,6 +43,10 @@ SETTINGS = (
     "train.by_macro=false",
     "train.min_macro_size=100",
     "train.k_max=4",
+    # tests/conftest.py's CHURN_SETTINGS: a short boosting and baseline
+    "value.churn.max_iter=4",
+    "value.churn.baseline_max_iter=10",
+    "value.churn.max_depth=3",
 )
 
 

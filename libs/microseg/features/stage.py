@@ -147,7 +147,7 @@ def feature_schema(spark: SparkSession, cfg: Config) -> StructType:
     return build_features(Inputs(**empty), dt.date.today(), load_catalog(cfg), cfg.features, unsupported={}).schema
 
 
-def _silver_inputs(spark: SparkSession, cfg: Config) -> Inputs:
+def silver_inputs(spark: SparkSession, cfg: Config) -> Inputs:
     def read(name: str) -> DataFrame | None:
         return tables.read(spark, cfg, lake.silver(name)) if tables.exists(spark, cfg, lake.silver(name)) else None
 
@@ -241,7 +241,7 @@ def compute_features(
 ) -> StageReport:
     """Compute and write the snapshot of run.as_of and its lifecycle transitions from the ``previous`` snapshot
     (``run_features``)."""
-    inputs = _silver_inputs(spark, cfg)
+    inputs = silver_inputs(spark, cfg)
     with described(spark, "features: supported features"):
         unsupported = unsupported_features(inputs, catalog)
     consent, macro = Observation(), Observation()

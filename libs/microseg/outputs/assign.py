@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from microseg.features.catalog import load_catalog
-from microseg.outputs.profiles import PROFILES, build_profiles, snapshot_features
+from microseg.outputs.profiles import PROFILES, build_profiles, snapshot_features, snapshot_value
 from microseg.runtime import lake, tables
 from microseg.runtime.config import Config
 from microseg.runtime.errors import MicrosegError
@@ -239,9 +239,9 @@ def run_assign(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
         scored, facts = score(features, cfg)
         with cached(scored) as scored:
             with described(spark, "assign: segment profiles and labels"):
-                profiles = build_profiles(
-                    scored, snapshot_features(spark, cfg, run.as_of, catalog), catalog, cfg, run.as_of
-                )
+                features = snapshot_features(spark, cfg, run.as_of, catalog)
+                value = snapshot_value(spark, cfg, run.as_of)
+                profiles = build_profiles(scored, features, catalog, cfg, run.as_of, value)
             labels = profiles.select("layer", "segment_id", F.col("label").alias("segment_label"))
             assigned = scored.join(F.broadcast(labels), ["layer", "segment_id"], "left").select(
                 "customer_id", F.lit(run.as_of).alias("as_of"), "macro_segment", "layer", "segment_id",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -40,6 +40,7 @@ TYPICAL = "typical"
 # Spark's default (10,000) needs more than a 4 GB driver at a million customers (40+ features, ~50
 # segments). 1,000 puts the median within 0.1% of the segment's rows of the exact one.
 MEDIAN_ACCURACY = 1_000
+VALUE_COLUMNS = ("mean_clv", "median_clv", "mean_p_alive", "mean_churn_probability", "value_at_risk")
 
 
 def _ranked(z: dict[str, float | None], layer_features: list[str]) -> list[tuple[str, float]]:
@@ -114,13 +115,35 @@ def _z(mean: float | None, centre: float | None, sd: float | None) -> float | No
     return round((mean - centre) / sd, 4)
 
 
-def build_profiles(assigned: DataFrame, features: DataFrame, catalog: Catalog, cfg: Config, as_of: object) -> DataFrame:
-    """One row per (layer, macro_segment, segment_id) of ``assigned`` with its statistics and label."""
+def value_aggregates() -> list[Column]:
+    """A segment's value columns from gold.customer_value's rows of its customers (null where they have none)."""
+    return [
+        F.avg("clv").alias("mean_clv"),
+        F.percentile_approx("clv", 0.5, MEDIAN_ACCURACY).alias("median_clv"),
+        F.avg("p_alive").alias("mean_p_alive"),
+        F.avg("churn_probability").alias("mean_churn_probability"),
+        F.sum(F.col("clv") * F.col("churn_probability")).alias("value_at_risk"),
+    ]
+
+
+def build_profiles(
+    assigned: DataFrame,
+    features: DataFrame,
+    catalog: Catalog,
+    cfg: Config,
+    as_of: object,
+    value: DataFrame | None = None,
+) -> DataFrame:
+    """One row per (layer, macro_segment, segment_id) of ``assigned`` with its statistics and label, and its
+    value (``VALUE_COLUMNS``) from ``value`` (gold.customer_value of the snapshot; None: no such table)."""
     names = catalog.names
     population = features.agg(
         *[F.avg(f).alias(f"m_{f}") for f in names], *[F.stddev_pop(f).alias(f"s_{f}") for f in names]
     ).first()
     joined = assigned.select(*KEYS, "customer_id").join(features.select("customer_id", *names), "customer_id")
+    if value is None:
+        value = assigned.sparkSession.createDataFrame([], lake.CUSTOMER_VALUE.ddl)
+    joined = joined.join(value.select("customer_id", "clv", "p_alive", "churn_probability"), "customer_id", "left")
     # A segment belongs to one macro segment, or to all of them when models span them (by_macro: false).
     macro = F.first("macro_segment") if cfg.train.by_macro else F.lit(ALL)
     stats = joined.groupBy("layer", "segment_id").agg(
@@ -131,6 +154,7 @@ def build_profiles(assigned: DataFrame, features: DataFrame, catalog: Catalog, c
         # Counts and means of squares: the (layer, macro) mean and standard deviation follow exactly from them.
         *[F.count(f).alias(f"n_{f}") for f in names],
         *[F.avg(F.col(f) * F.col(f)).alias(f"q_{f}") for f in names],
+        *value_aggregates(),
     )
     rows = stats.collect()
     totals: dict[str, int] = {}
@@ -166,6 +190,8 @@ def build_profiles(assigned: DataFrame, features: DataFrame, catalog: Catalog, c
             record[f"median_{f}"] = _round(r[f"median_{f}"]) if visible else None
             record[f"z_{f}"] = z[f]
             record[f"z_in_macro_{f}"] = z_in[f]
+        for column in VALUE_COLUMNS:
+            record[column] = _round(r[column]) if visible else None
         records.append(record)
     _label_within_macro(records, cfg, catalog, names)
     return assigned.sparkSession.createDataFrame(records, schema=profile_schema(names))
@@ -242,12 +268,18 @@ def profile_schema(names: list[str]) -> T.StructType:
                 ),
             )
         ]
+    fields += [T.StructField(c, T.DoubleType(), metadata={"comment": lake.COMMENTS[c]}) for c in VALUE_COLUMNS]
     return T.StructType(fields)
 
 
 def snapshot_features(spark: SparkSession, cfg: Config, as_of: object, catalog: Catalog) -> DataFrame:
     features = tables.read(spark, cfg, lake.CUSTOMER_FEATURES).where(F.col("as_of") == F.lit(as_of))
     return features.select("customer_id", *[F.col(f).cast("double") for f in catalog.names])
+
+
+def snapshot_value(spark: SparkSession, cfg: Config, as_of: object) -> DataFrame | None:
+    """gold.customer_value of the snapshot; None when the table does not exist (the value stage has not run)."""
+    return _on(spark, cfg, lake.CUSTOMER_VALUE, as_of)
 
 
 def _on(spark: SparkSession, cfg: Config, table: lake.Table, as_of: object) -> DataFrame | None:
@@ -346,9 +378,9 @@ def compute_profile(spark: SparkSession, cfg: Config, run: RunContext, catalog: 
     sizes = profiles.select("size").collect() if profiles is not None else []
     written = not sizes
     if written:
-        profiles = build_profiles(
-            assignments, snapshot_features(spark, cfg, run.as_of, catalog), catalog, cfg, run.as_of
-        )
+        features = snapshot_features(spark, cfg, run.as_of, catalog)
+        value = snapshot_value(spark, cfg, run.as_of)
+        profiles = build_profiles(assignments, features, catalog, cfg, run.as_of, value)
         tables.replace_where(profiles, cfg, PROFILES, f"as_of = '{run.as_of}'")
         sizes = profiles.select("size").collect()
     migrations, previous = snapshot_migrations(spark, cfg, run.as_of)

@@ -18,6 +18,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from microseg.features.catalog import Catalog
+from microseg.outputs.value_report import value_section
 from microseg.runtime import lake, storage, tables
 from microseg.runtime.config import Config
 from microseg.runtime.runlog import RunContext
@@ -205,7 +206,8 @@ def macro_section(
         parts.append(f'<p class="note">Features left out of the model: {html.escape(listed)}</p>')
     features = screening.get("features", spec_features)
     parts.append(_img(sizes_plot(rows, title), f"{layer} {macro} segment sizes"))
-    parts.append(_table(rows, ["segment_id", "label", "size", "share", "share_of_macro", "top_features"]))
+    columns = ["segment_id", "label", "size", "share", "share_of_macro", "top_features", "mean_clv", "value_at_risk"]
+    parts.append(_table(rows, columns))
     heatmap = heatmap_plot(rows, features, title)
     if heatmap:
         parts.append(_img(heatmap, f"{layer} {macro} z-score heatmap"))
@@ -272,6 +274,7 @@ def build_report(spark: SparkSession, cfg: Config, run: RunContext, catalog: Cat
             parts.append(_img(migration_plot(cells, layer), f"{layer} migrations"))
         else:
             parts.append('<p class="note">No previous snapshot: no migrations yet.</p>')
+    parts += value_section(spark, cfg, run.as_of, profiles, assignments, _png, _img)
     macro_cells = [m for m in migrations if m["layer"] == "macro_segment"]
     if macro_cells:
         parts.append("<h2>Lifecycle macro segments</h2>")

@@ -208,6 +208,20 @@ LIFECYCLE_TRANSITIONS = Table(
     keys=("as_of", "from_segment", "to_segment"),
     written_by="features",
 )
+CUSTOMER_VALUE = Table(
+    "gold.customer_value",
+    "One row per customer per as_of: p_alive, expected purchases, expected order value, CLV, churn probability.",
+    _columns(
+        "customer_id string, as_of date, repeat_purchases long, first_purchase date, p_alive double, "
+        "expected_purchases_90d double, expected_purchases_365d double, expected_order_value double, clv double, "
+        "churn_probability double, clv_model_version string, churn_model_version string"
+    ),
+    (REPLACE,),
+    keys=("customer_id", "as_of"),
+    partition_by=("as_of",),
+    change_data_feed=True,
+    written_by="value",
+)
 SEGMENT_ASSIGNMENTS = Table(
     "gold.segment_assignments",
     "Each customer's segment per layer per as_of, with its distance or membership probabilities and the model.",
@@ -244,7 +258,8 @@ SEGMENT_PROFILES = Table(
     (REPLACE,),
     keys=("as_of", "layer", "segment_id"),
     partition_by=("as_of",),
-    more_columns="mean_<feature>, median_<feature>, z_<feature>, z_in_macro_<feature> (double) per catalog feature",
+    more_columns="mean_<feature>, median_<feature>, z_<feature>, z_in_macro_<feature> (double) per catalog feature; "
+    "then mean_clv, median_clv, mean_p_alive, mean_churn_probability, value_at_risk (double, from gold.customer_value)",
     written_by="assign, profile",
     comments=(("share", "size / all customers of the layer at as_of"),),
 )
@@ -348,7 +363,7 @@ RUN_LOCKS = Table(
 
 TABLES: tuple[Table, ...] = (
     CUSTOMER_CONTACT, CUSTOMERS, ORDERS, ORDER_ITEMS, WEB_EVENTS, EMAIL_EVENTS, SUPPORT_TICKETS,
-    SURVEY_RESPONSES, IDENTITY_MAP, CUSTOMER_FEATURES, LIFECYCLE_TRANSITIONS, SEGMENT_ASSIGNMENTS,
+    SURVEY_RESPONSES, IDENTITY_MAP, CUSTOMER_FEATURES, LIFECYCLE_TRANSITIONS, CUSTOMER_VALUE, SEGMENT_ASSIGNMENTS,
     SEGMENT_HISTORY, SEGMENT_PROFILES, SEGMENT_MIGRATIONS, RUN_LOG, DQ_RESULTS, INGEST_LOG, BATCHES, IDENTITY_CONFLICTS,
     RUN_LOCKS,
 )  # fmt: skip

@@ -1,6 +1,6 @@
 """Console logging: one line per event, with the time, the level, the logger and the pipeline stage.
 
-    2026-11-26 10:00:01 INFO  microseg.runtime.runner [train] [5/7] train done in 41.2s: 37 Spark jobs, ...
+    2026-11-26 10:00:01 INFO  microseg.runtime.runner [train] [6/8] train done in 41.2s: 37 Spark jobs, ...
 
 ``configure_logging`` is called once, by the command-line entry; library modules only ask for
 ``logging.getLogger(__name__)``. The stage in brackets comes from ``stage()``, which the pipeline

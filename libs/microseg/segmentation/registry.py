@@ -135,8 +135,7 @@ def promote(
         return str(champion.version.version), "same centroids as the champion: kept"
     if not train.register_model:
         return None, "not registered"
-    faults.point("mlflow", f"register {name}")
-    version = str(retried(mlflow.register_model)(model_uri, name, tags=lineage or None).version)
+    version = register(cfg, name, model_uri, lineage)
     passes_rule = swept.chosen is None or passes(swept.chosen, train)
     at_least_as_good = champion_score is None or (
         final.silhouette is not None and final.silhouette >= champion_score - train.promotion_tolerance
@@ -149,15 +148,26 @@ def promote(
         promoted = passes_rule and at_least_as_good
         decision = "promoted" if promoted else "kept the champion"
     if promoted:
-        set_alias = retried(client(cfg).set_registered_model_alias)
-        if champion.version is not None:
-            faults.point("mlflow", f"alias {name}@{PREVIOUS}")
-            set_alias(name, PREVIOUS, champion.version.version)
-        faults.point("mlflow", f"alias {name}@{CHAMPION}")
-        set_alias(name, CHAMPION, version)
+        make_champion(cfg, name, version, champion.version)
     elif unscored is None:
         mark_lineage(cfg, name, str(champion.version.version), lineage)  # kept on these inputs, on the evidence
     return version, decision
+
+
+def make_champion(cfg: Config, name: str, version: str, champion: ModelVersion | None) -> None:
+    """Move the champion alias to ``version``, and the previous alias to the champion it replaces (if any)."""
+    set_alias = retried(client(cfg).set_registered_model_alias)
+    if champion is not None:
+        faults.point("mlflow", f"alias {name}@{PREVIOUS}")
+        set_alias(name, PREVIOUS, champion.version)
+    faults.point("mlflow", f"alias {name}@{CHAMPION}")
+    set_alias(name, CHAMPION, version)
+
+
+def register(cfg: Config, name: str, model_uri: str, tags: dict[str, str] | None = None) -> str:
+    """Register the model at ``model_uri`` as a new version of ``name``; returns the version."""
+    faults.point("mlflow", f"register {name}")
+    return str(retried(mlflow.register_model)(model_uri, name, tags=tags or None).version)
 
 
 LINEAGE = "lineage."  # tag prefix: lineage.as_of, lineage.features, lineage.features_version, lineage.config...

@@ -373,10 +373,29 @@ def clv(
     takes 4.345 weeks); t_x and T are in units of ``unit_days`` days (7: weeks)."""
     x, t_x, T, m = _arrays(x, t_x, T, m)
     value = expected_average_order_value(gamma_gamma, x, m)
+    return value * discounted_purchases(
+        bg_nbd, x, t_x, T, horizon_months, monthly_discount_rate, unit_days, days_per_month
+    )
+
+
+def discounted_purchases(
+    bg_nbd: BgNbdFit | dict[str, float],
+    x: np.ndarray | float,
+    t_x: np.ndarray | float,
+    T: np.ndarray | float,
+    horizon_months: int = 12,
+    monthly_discount_rate: float = 0.01,
+    unit_days: float = 7.0,
+    days_per_month: float = DAYS_PER_MONTH,
+) -> np.ndarray:
+    """sum over i = 1..horizon of (E[purchases by month i] - E[by month i-1]) / (1 + d)^i: the CLV per unit of
+    order value. It depends on (x, t_x, T) only, so it is computed once per distinct tuple and the CLV of a
+    customer is this times their expected order value."""
+    x, t_x, T = _arrays(x, t_x, T)
     total = np.zeros_like(x)
     previous = np.zeros_like(x)
     for month in range(1, horizon_months + 1):
         current = expected_purchases(bg_nbd, month * days_per_month / unit_days, x, t_x, T)
-        total += value * (current - previous) / (1 + monthly_discount_rate) ** month
+        total += (current - previous) / (1 + monthly_discount_rate) ** month
         previous = current
     return total

@@ -22,6 +22,7 @@ import datetime as dt
 from typing import NamedTuple
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -43,32 +44,58 @@ class SpendPairs(NamedTuple):
     weight: np.ndarray
 
 
+def purchase_days(orders: DataFrame, until: dt.date, after: dt.date | None = None) -> DataFrame:
+    """customer_id, day, value: the purchase days of ``orders`` (silver.orders' shape) on or before ``until`` (and
+    after ``after`` when given), each with the summed non-return ``amount_base`` of the day. Lazy."""
+    rows = (
+        orders.where(F.col("customer_id").isNotNull() & F.col("order_ts").isNotNull())
+        .where(~F.coalesce(F.col("is_return"), F.lit(False)))
+        .where(F.col("order_ts") < F.date_add(F.lit(until).cast("date"), 1).cast("timestamp"))
+    )
+    if after is not None:
+        rows = rows.where(F.col("order_ts") >= F.date_add(F.lit(after).cast("date"), 1).cast("timestamp"))
+    return rows.groupBy("customer_id", F.to_date("order_ts").alias("day")).agg(
+        F.sum(F.coalesce(F.col("amount_base"), F.lit(0.0))).alias("value")
+    )
+
+
 def purchase_statistics(orders: DataFrame, as_of: dt.date, unit_days: float = 7.0) -> DataFrame:
     """Per-customer x, t_x, T, m and first_purchase from a frame shaped like silver.orders (customer_id,
     order_ts, amount_base, is_return): see the module docstring. A lazy transform; no Spark job."""
-    as_of_col = F.lit(as_of).cast("date")
-    days = (
-        orders.where(F.col("customer_id").isNotNull() & F.col("order_ts").isNotNull())
-        .where(~F.coalesce(F.col("is_return"), F.lit(False)))
-        .where(F.col("order_ts") < F.date_add(as_of_col, 1).cast("timestamp"))
-        .groupBy("customer_id", F.to_date("order_ts").alias("day"))
-        .agg(F.sum(F.coalesce(F.col("amount_base"), F.lit(0.0))).alias("value"))
-    )
-    per_customer = days.groupBy("customer_id").agg(
-        F.min("day").alias("first_purchase"),
-        F.max("day").alias("last_purchase"),
-        (F.count("*") - 1).alias("x"),
-        F.sum("value").alias("total"),
-        F.min_by("value", "day").alias("first_value"),
+    per_customer = (
+        purchase_days(orders, as_of)
+        .groupBy("customer_id")
+        .agg(
+            F.min("day").alias("first_purchase"),
+            F.max("day").alias("last_purchase"),
+            (F.count("*") - 1).alias("x"),
+            F.sum("value").alias("total"),
+            F.min_by("value", "day").alias("first_value"),
+        )
     )
     return per_customer.select(
         "customer_id",
         F.col("x").cast("long").alias("x"),
         (F.datediff("last_purchase", "first_purchase") / F.lit(float(unit_days))).alias("t_x"),
-        (F.datediff(as_of_col, "first_purchase") / F.lit(float(unit_days))).alias("T"),
+        (F.datediff(F.lit(as_of).cast("date"), "first_purchase") / F.lit(float(unit_days))).alias("T"),
         F.when(F.col("x") > 0, (F.col("total") - F.col("first_value")) / F.col("x")).alias("m"),
         "first_purchase",
     )
+
+
+def holdout_tuples(orders: DataFrame, as_of: dt.date, holdout_days: int, unit_days: float) -> pd.DataFrame:
+    """For the calibration plot: the distinct (x, t_x, T) as of ``as_of - holdout_days`` with the purchase days
+    each customer then made in the holdout window up to ``as_of`` (``actual``), and how many customers share
+    each (``weight``); one query, collected through Arrow."""
+    end = as_of - dt.timedelta(days=holdout_days)
+    calibration = purchase_statistics(orders, end, unit_days)
+    actual = purchase_days(orders, as_of, after=end).groupBy("customer_id").agg(F.count("*").alias("actual"))
+    grouped = (
+        calibration.join(actual, "customer_id", "left")
+        .groupBy("x", "t_x", "T", F.coalesce("actual", F.lit(0)).alias("actual"))
+        .agg(F.count("*").alias("weight"))
+    )
+    return grouped.toArrow().to_pandas()
 
 
 def tuple_counts(stats: DataFrame) -> Tuples:
