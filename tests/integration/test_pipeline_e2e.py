@@ -222,6 +222,32 @@ def test_every_eligible_customer_assigned_once_per_layer(spark, demo, first_run)
     assert bad.count() == 0
 
 
+def test_profiles_carry_each_segments_value_and_the_report_shows_it(spark, demo, first_run):
+    """mean_clv, mean_churn_probability and value_at_risk of each visible segment, against the same figures worked
+    out in pandas from gold.segment_assignments and gold.customer_value."""
+    cfg = demo["cfg"]
+    on = F.col("as_of") == F.lit(AS_OF)
+    assigned = (
+        tables.read(spark, cfg, "gold.segment_assignments").where(on).select("customer_id", "layer", "segment_id")
+    )
+    value = tables.read(spark, cfg, "gold.customer_value").where(on).select("customer_id", "clv", "churn_probability")
+    joined = assigned.toPandas().merge(value.toPandas(), on="customer_id", how="left")
+    joined["at_risk"] = joined["clv"] * joined["churn_probability"]
+    expected = joined.groupby(["layer", "segment_id"]).agg(
+        mean_clv=("clv", "mean"), mean_churn_probability=("churn_probability", "mean"), value_at_risk=("at_risk", "sum")
+    )
+    profiles = tables.read(spark, cfg, "gold.segment_profiles").where(on).where(F.col("label").isNotNull()).toPandas()
+    assert len(profiles) > 10
+    for _, p in profiles.iterrows():
+        want = expected.loc[(p["layer"], p["segment_id"])]
+        for column in ("mean_clv", "mean_churn_probability", "value_at_risk"):
+            assert p[column] == pytest.approx(want[column], rel=1e-6, abs=1e-4), (p["segment_id"], column)
+    report = Path(first_run[1].split("segment report: ")[1].split()[0]).read_text()
+    assert "<h2>Customer value</h2>" in report
+    for alt in ("CLV holdout check", "churn calibration", "value value at risk", "value CLV distribution"):
+        assert f'alt="{alt}"' in report
+
+
 def test_run_log_has_every_stage(spark, demo, first_run):
     log = tables.read(spark, demo["cfg"], "ops.run_log")
     stages = {r["stage"] for r in log.where(F.col("status") == "ok").select("stage").distinct().collect()}
