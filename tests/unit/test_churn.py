@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from pyspark.sql import Observation
 from pyspark.sql import functions as F
 from pyspark.sql.types import NumericType
 
@@ -185,9 +186,12 @@ def windows(planted, catalog, cfg):
 
 
 @pytest.fixture(scope="module")
-def fitted(windows, cfg):
+def fitted(spark, windows, cfg, tmp_path_factory):
+    # An Observation run in the session first, as the features stage does before the value stage: a model that
+    # kept its training summary (which holds the session) could then not be shipped to a task.
+    spark.range(3).observe(Observation(), F.count("*").alias("n")).collect()
     features, train, _ = windows
-    return fit(train, features, cfg.value.churn)
+    return fit(train, features, cfg.value.churn, str(tmp_path_factory.mktemp("churn-scratch")))
 
 
 @pytest.fixture(scope="module")
@@ -260,13 +264,13 @@ def test_calibration_bins(results, name):
     assert flat[f"{name}_calibration_error"] == pytest.approx(ece)
 
 
-def test_a_null_feature_is_not_read_as_zero(spark, cfg):
+def test_a_null_feature_is_not_read_as_zero(spark, cfg, tmp_path):
     """Churners have no value of x (null, or NaN), stayers x = 0 or 5: with nulls filled as 0 the churners and the
     stayers at 0 would be one group."""
     rows = [(f"n{i}", None if i % 4 else float("nan"), float(i % 3), 1.0) for i in range(20)]
     rows += [(f"z{i}", 0.0 if i % 2 else 5.0, float(i % 3), 0.0) for i in range(20)]
     frame = spark.createDataFrame(rows, "customer_id STRING, x DOUBLE, noise DOUBLE, label DOUBLE")
-    models = fit(frame, ["x", "noise"], cfg.value.churn)
+    models = fit(frame, ["x", "noise"], cfg.value.churn, str(tmp_path / "scratch"))
     for name, model in models.items():
         p = {r["customer_id"]: r["churn_probability"] for r in score(model, frame).collect()}
         churners = [p[f"n{i}"] for i in range(20)]

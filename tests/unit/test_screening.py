@@ -81,10 +81,25 @@ def test_a_layer_with_the_same_features_as_an_earlier_layer_is_skipped():
     first, second = screened([value, engagement], other_macro, TRAIN)
     assert first.features == ["recency_days"] and first.single is None
     assert second.features == []
-    assert second.single == "skipped: the same informative features as layer value (recency_days)"
+    assert second.single == (
+        "skipped: every informative feature (days_since_activity = recency_days) is one that layer value already "
+        "segments on"
+    )
     # The same layer in another macro segment is screened on its own.
     (alone,) = screened([Plan("engagement", "churned", ["days_since_activity"], 40)], other_macro, TRAIN)
     assert alone.features == ["days_since_activity"] and alone.single is None
+
+
+def test_a_layer_whose_features_are_a_subset_of_an_earlier_layers_is_skipped():
+    """The orders-only case of issue 16: engagement reduced to days_since_activity, a twin of recency_days, while
+    the value layer segments on recency_days and more."""
+    raw = {"churned": orders_only()}
+    value = Plan("value", "churned", ["recency_days", "frequency_365d"], 40)
+    engagement = Plan("engagement", "churned", ["days_since_activity", "email_open_rate"], 40)
+    first, second = screened([value, engagement], raw, TRAIN)
+    assert first.single is None and "recency_days" in first.features
+    assert second.features == [] and second.single.startswith("skipped: every informative feature")
+    assert "days_since_activity = recency_days" in second.single and "layer value" in second.single
 
 
 def test_plans_not_swept_are_left_as_they_are():

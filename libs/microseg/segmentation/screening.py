@@ -5,8 +5,8 @@ it is null for everyone ("all null"), when it has at most one distinct value ("c
 imputation it is the same number for everyone, so it cannot separate anybody), or when it duplicates a
 feature listed before it in the layer's config (|Pearson correlation| >= ``DUPLICATE_CORRELATION`` on the
 rows that have both; the twin is named and the first listed is kept). A (layer, macro) left with no
-feature, or with the same features as a layer listed before it in the same macro segment, is not swept:
-it gets one segment, and the reason says why.
+feature, or whose every feature is (or duplicates) one a layer listed before it segments on in the same macro
+segment, is not swept: it gets one segment, and the reason says why.
 """
 
 from __future__ import annotations
@@ -81,12 +81,11 @@ def screen_plans(todo: list[Plan], raw: dict[str, pd.DataFrame], sweeps: dict[tu
     """``todo`` with each swept plan's features screened on its macro segment's sample (``screen``).
 
     ``sweeps`` says which plans would be swept (``Plan.sweeps``); the others are returned as they are. A
-    plan left without features, or with the same features as a plan listed before it for the same macro
-    segment, gets ``single`` (the reason it has one segment) and no features.
+    plan left without features, or whose features are all (or duplicate) features of plans listed before it
+    for the same macro segment, gets ``single`` (the reason it has one segment) and no features.
     """
     screened: list[Plan] = []
-    seen: dict[tuple[str, frozenset[str]], str] = {}  # (macro, kept features) -> the first layer with them
-    kept_before: dict[str, list[str]] = {}  # macro -> the features kept by the layers screened before
+    layer_of: dict[str, dict[str, str]] = {}  # macro -> feature kept by a layer screened before -> that layer
     for p in todo:
         if not sweeps.get(p.key) or p.macro not in raw:
             screened.append(p)
@@ -99,24 +98,23 @@ def screen_plans(todo: list[Plan], raw: dict[str, pd.DataFrame], sweeps: dict[tu
         if not result.kept:
             single = "one segment: no informative feature (" + "; ".join(f"{f} {w}" for f, w in dropped.items()) + ")"
         else:
-            sample, earlier = raw[p.macro], kept_before.setdefault(p.macro, [])
+            sample, earlier = raw[p.macro], layer_of.setdefault(p.macro, {})
             # A feature that duplicates one of an earlier layer counts as that one (days_since_activity
             # equal to recency_days on a feed with orders only).
-            canonical = frozenset(
-                next(
-                    (
-                        e
-                        for e in earlier
-                        if _duplicates(sample[e].astype(float), sample[f].astype(float), DUPLICATE_CORRELATION)
-                    ),
-                    f,
-                )
+            canonical = {
+                f: next((e for e in earlier if _duplicates(sample[e].astype(float), sample[f].astype(float),
+                                                           DUPLICATE_CORRELATION)), None)
                 for f in result.kept
-            )
-            first = seen.setdefault((p.macro, canonical), p.layer)
-            if first != p.layer:
-                single = f"skipped: the same informative features as layer {first} ({', '.join(sorted(canonical))})"
-            earlier.extend(f for f in result.kept if f not in earlier)
+            }  # fmt: skip
+            if all(canonical.values()):
+                layers = sorted({earlier[e] for e in canonical.values()})
+                pairs = ", ".join(f if f == e else f"{f} = {e}" for f, e in canonical.items())
+                single = (
+                    f"skipped: every informative feature ({pairs}) is one that layer {' and '.join(layers)} "
+                    "already segments on"
+                )
+            for f in result.kept:
+                earlier.setdefault(f, p.layer)
         if single:
             log.info("train: %s / %s: %s", p.layer, p.macro, single)
         screened.append(replace(p, features=[] if single else result.kept, dropped=dropped, single=single))

@@ -131,10 +131,23 @@ def pipelines(features: list[str], cfg: ChurnConfig) -> dict[str, Pipeline]:
     }
 
 
-def fit(train: DataFrame, features: list[str], cfg: ChurnConfig) -> dict[str, PipelineModel]:
-    """Both pipelines fitted on ``train`` (``labelled``'s columns), cached once so they see the same rows."""
+def fit(train: DataFrame, features: list[str], cfg: ChurnConfig, scratch: str) -> dict[str, PipelineModel]:
+    """Both pipelines fitted on ``train`` (``labelled``'s columns), cached once so they see the same rows.
+
+    Each fitted pipeline is saved under the folder ``scratch`` (a path Spark writes, the caller removes it) and
+    read back: a fitted LogisticRegressionModel keeps its training summary, which holds the SparkSession, and
+    once that session has run an Observation (the features stage does) the session no longer serialises, so
+    every job that ships the model to a task fails ("Task not serializable: ObservationManager"). The saved
+    model has no summary.
+    """
     with cached(train) as rows:
-        return {name: pipeline.fit(rows) for name, pipeline in pipelines(features, cfg).items()}
+        fitted = {name: pipeline.fit(rows) for name, pipeline in pipelines(features, cfg).items()}
+    models = {}
+    for name, model in fitted.items():
+        path = f"{scratch.rstrip('/')}/{name}"
+        model.write().overwrite().save(path)
+        models[name] = PipelineModel.load(path)
+    return models
 
 
 def score(model: PipelineModel, rows: DataFrame) -> DataFrame:

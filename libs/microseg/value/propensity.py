@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import uuid
 from dataclasses import dataclass, field
 
 import mlflow
@@ -23,7 +24,7 @@ from pyspark.sql import functions as F
 
 from microseg.features.catalog import Catalog
 from microseg.features.stage import silver_inputs
-from microseg.runtime import spark_models
+from microseg.runtime import spark_models, storage
 from microseg.runtime.config import Config
 from microseg.runtime.sparkops import cached, described
 from microseg.segmentation import registry
@@ -112,8 +113,12 @@ def train(spark: SparkSession, cfg: Config, catalog: Catalog, featured: DataFram
                 )
                 log.warning("value: %s", run.reason)
                 return run
-        with described(spark, "value: churn classifiers (GBT and the logistic baseline)"):
-            run.models = churn.fit(fit_rows, features, settings)
+        scratch = storage.join(cfg.lake_root, "_tmp", f"churn-{uuid.uuid4().hex[:12]}")
+        try:
+            with described(spark, "value: churn classifiers (GBT and the logistic baseline)"):
+                run.models = churn.fit(fit_rows, features, settings, scratch)
+        finally:
+            storage.remove(cfg, scratch)
         with described(spark, "value: churn evaluation on the test window"):
             run.metrics = {name: churn.evaluate(model, test_rows) for name, model in run.models.items()}
             _judge_champion(cfg, run, test_rows)
