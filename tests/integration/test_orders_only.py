@@ -26,6 +26,7 @@ SETTINGS = [
     "train.k_max=4",
     "train.min_macro_size=100",
     "profile.k_anonymity=10",
+    "tables.metastore=none",  # the session's catalog names stay those of the shared lakes (test_pipeline_e2e)
 ]
 # (customers, purchases, days back of the last purchase: range, spend per order): three churned patterns, one active.
 PATTERNS = [

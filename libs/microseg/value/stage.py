@@ -98,12 +98,16 @@ def skipped_value(run: RunContext, last_run: str, details: dict) -> StageReport:
     return StageReport("value", [entry], info={"skipped": line, **kept})
 
 
-def fit_clv(purchases: DataFrame) -> tuple[stats.Tuples, clv.BgNbdFit, clv.GammaGammaFit]:
+def fit_clv(purchases: DataFrame) -> tuple[stats.Tuples, clv.BgNbdFit | None, clv.GammaGammaFit | None, str | None]:
     """The distinct tuples of ``purchases`` (``stats.purchase_statistics``), and both fits: BG/NBD on the tuples,
-    Gamma-Gamma on the (x, m) pairs."""
+    Gamma-Gamma on the (x, m) pairs; or None and why the data cannot support them."""
     tuples = stats.tuple_counts(purchases)
     pairs = stats.spend_pairs(purchases)
-    return tuples, clv.fit_bg_nbd(*tuples), clv.fit_gamma_gamma(*pairs)
+    if not len(tuples.weight):
+        return tuples, None, None, "no customer of the snapshot has a purchase up to as_of in silver.orders"
+    if not len(pairs.weight):
+        return tuples, None, None, "no customer of the snapshot has a repeat purchase of positive value"
+    return tuples, clv.fit_bg_nbd(*tuples), clv.fit_gamma_gamma(*pairs), None
 
 
 def _fit_metrics(name: str, fit: clv.Fit) -> dict[str, float]:
@@ -133,23 +137,30 @@ def compute_value(spark: SparkSession, cfg: Config, run: RunContext, catalog: Ca
     }
     with cached(purchases) as purchases:
         with described(spark, "value: CLV sufficient statistics"):
-            tuples, bg_nbd, gamma_gamma = fit_clv(purchases)
-        with described(spark, "value: CLV holdout window"):
-            holdout = predict.holdout_check(
-                stats.holdout_tuples(orders, as_of, value.holdout_days, value.unit_days),
-                value.holdout_days,
-                value.unit_days,
-            )
+            tuples, bg_nbd, gamma_gamma, unfit = fit_clv(purchases)
+        holdout = []
+        if unfit is None:
+            with described(spark, "value: CLV holdout window"):
+                holdout = predict.holdout_check(
+                    stats.holdout_tuples(orders, as_of, value.holdout_days, value.unit_days),
+                    value.holdout_days,
+                    value.unit_days,
+                )
         churn = propensity.train(spark, cfg, catalog, featured, as_of)
+        fitted = None if unfit else {"bg_nbd": bg_nbd.params, "gamma_gamma": gamma_gamma.params}
         with mlflow.start_run(run_name=f"value-{as_of}", tags=tags) as mlflow_run:
             mlflow.log_params(artifacts.value_settings(value))
-            mlflow.log_metrics(_fit_metrics("bg_nbd", bg_nbd) | _fit_metrics("gamma_gamma", gamma_gamma))
-            fitted = {"bg_nbd": bg_nbd.params, "gamma_gamma": gamma_gamma.params}
-            mlflow.log_dict(fitted, "clv_params.json")
-            mlflow.log_dict({"rows": holdout}, "clv_holdout.json")
-            if holdout:
-                artifacts.log_figure(artifacts.holdout_figure(holdout, value.holdout_days), "clv_holdout.png")
-            clv_model = _promote_clv(cfg, bg_nbd, gamma_gamma, tags)
+            if unfit is None:
+                mlflow.log_metrics(_fit_metrics("bg_nbd", bg_nbd) | _fit_metrics("gamma_gamma", gamma_gamma))
+                mlflow.log_dict(fitted, "clv_params.json")
+                mlflow.log_dict({"rows": holdout}, "clv_holdout.json")
+                if holdout:
+                    artifacts.log_figure(artifacts.holdout_figure(holdout, value.holdout_days), "clv_holdout.png")
+                clv_model = _promote_clv(cfg, bg_nbd, gamma_gamma, tags)
+            else:
+                log.warning("value: no CLV fit: %s", unfit)
+                mlflow.set_tag("clv", unfit)
+                clv_model = {"version": None, "champion": None, "decision": f"no fit: {unfit}"}
             churn_model = propensity.log_and_promote(cfg, churn, tags)
         live = _live_clv(cfg, clv_model, fitted)
         scored = _customer_rows(spark, cfg, featured, purchases, tuples, live, churn, churn_model, as_of)
@@ -159,8 +170,8 @@ def compute_value(spark: SparkSession, cfg: Config, run: RunContext, catalog: Ca
     details = {
         "mlflow_run_id": mlflow_run.info.run_id,
         "models": models,
-        "clv": {"bg_nbd": bg_nbd.params, "gamma_gamma": gamma_gamma.params, "holdout": holdout,
-                "distinct_tuples": bg_nbd.n_tuples, "converged": bg_nbd.converged and gamma_gamma.converged},
+        "clv": {**(fitted or {"reason": unfit}), "holdout": holdout, "distinct_tuples": len(tuples.weight),
+                "converged": unfit is None and bg_nbd.converged and gamma_gamma.converged},
         "churn": churn.summary(),
     }  # fmt: skip
     entry = Entry(TABLE.name, rows_in=written, rows_written=written, rows_quarantined=0, details=details)
@@ -179,11 +190,11 @@ def _promote_clv(cfg: Config, bg_nbd: clv.BgNbdFit, gamma_gamma: clv.GammaGammaF
     return artifacts.promote(cfg, artifacts.CLV_MODEL, uri, not problems, why, {"as_of": tags["as_of"]})
 
 
-def _live_clv(cfg: Config, decision: dict, fitted: dict) -> dict | None:
+def _live_clv(cfg: Config, decision: dict, fitted: dict | None) -> dict | None:
     """The parameters that score today: this run's when its model is champion, else the champion's (None: none)."""
-    if decision["champion"] is not None and decision["champion"] == decision["version"]:
+    if fitted is not None and decision["champion"] is not None and decision["champion"] == decision["version"]:
         return {"version": decision["version"], **fitted}
-    if not cfg.value.register_model:
+    if fitted is not None and not cfg.value.register_model:
         return {"version": None, **fitted}
     found = artifacts.champion_clv_params(cfg)
     if found is None:
@@ -225,13 +236,12 @@ def _customer_rows(
 def summary_lines(info: dict) -> list[str]:
     """The run summary's lines on the value models: parameters, the holdout check, churn metrics, decisions."""
     fits, models, churn = info["clv"], info["models"], info["churn"]
-    bg = ", ".join(f"{k} {v:.4g}" for k, v in fits["bg_nbd"].items())
-    gg = ", ".join(f"{k} {v:.4g}" for k, v in fits["gamma_gamma"].items())
-    lines = [
-        f"value: MLflow run {info['mlflow_run_id']}",
-        f"  CLV: BG/NBD {bg}; Gamma-Gamma {gg}; {fits['distinct_tuples']:,} distinct (x, t_x, T)",
-        f"  microseg-clv v{models['clv']['version']}: {models['clv']['decision']}",
-    ]
+    lines = [f"value: MLflow run {info['mlflow_run_id']}"]
+    if fits.get("bg_nbd"):
+        bg = ", ".join(f"{k} {v:.4g}" for k, v in fits["bg_nbd"].items())
+        gg = ", ".join(f"{k} {v:.4g}" for k, v in fits["gamma_gamma"].items())
+        lines.append(f"  CLV: BG/NBD {bg}; Gamma-Gamma {gg}; {fits['distinct_tuples']:,} distinct (x, t_x, T)")
+    lines.append(f"  microseg-clv v{models['clv']['version']}: {models['clv']['decision']}")
     if churn.get("reason"):
         lines.append(f"  churn: {churn['reason']}")
         return lines
