@@ -161,7 +161,7 @@ def test_a_rerun_is_skipped_and_a_forced_refit_is_judged_against_the_champion(sp
     assert models["clv"]["version"] == "2" and models["clv"]["champion"] == "2"
     assert models["churn"]["version"] == "2" and models["churn"]["champion"] == "2", models["churn"]
     assert "vs the champion's" in models["churn"]["decision"]
-    assert client.get_model_version_by_alias("microseg-churn", "previous").version == "1"
+    assert str(client.get_model_version_by_alias("microseg-churn", "previous").version) == "1"
     after = tables.read(spark, cfg, lake.CUSTOMER_VALUE).where(F.col("as_of") == F.lit(AS_OF)).toPandas()
     after = after.set_index("customer_id").sort_index()
     np.testing.assert_allclose(after["clv"].fillna(-1), before["clv"].fillna(-1), rtol=1e-9)
