@@ -4,6 +4,7 @@ predictions, and the Spark aggregation on a hand-made orders frame."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,16 @@ def test_clv_benchmark_runs(spark):
     assert "5,000 customers" in text and "distinct (x, t_x, T)" in text
     fitted = {line.split()[0]: line.split() for line in text.splitlines()[-7:]}
     assert set(fitted) == {"r", "alpha", "a", "b", "p", "q", "gamma"}
+
+
+def test_a_fit_that_ends_on_a_flat_ridge_is_converged():
+    """`make demo`'s generated spend varies more across frequent customers than rare ones, the opposite of what
+    Gamma-Gamma expects, and the likelihood climbs towards p -> infinity (the limit model: a repeat purchase is
+    worth the customer's own mean). L-BFGS-B stops there with ABNORMAL; a restart that cannot improve confirms a
+    flat optimum, and the expected order value is then the customer's own mean."""
+    data = np.loadtxt(Path(__file__).parent / "data" / "gamma_gamma_ridge.csv", delimiter=",", skiprows=2)
+    x, m = data[:, 0], data[:, 1]
+    fit = clv.fit_gamma_gamma(x, m)
+    assert fit.converged, fit.message
+    assert fit.params["p"] > 1e4
+    np.testing.assert_allclose(clv.expected_average_order_value(fit, x, m), m, rtol=1e-3)
