@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 
 from microseg.features.catalog import Catalog
 from microseg.outputs.value_report import value_section
-from microseg.runtime import lake, storage, tables
+from microseg.runtime import lake, plots, storage, tables
 from microseg.runtime.config import Config
 from microseg.runtime.runlog import RunContext
 from microseg.segmentation import registry
@@ -37,11 +37,9 @@ img { max-width: 100%; border: 1px solid #eee; margin: 0.5rem 0; }
 
 
 def _png(fig: object) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    plots.pyplot().close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -49,17 +47,8 @@ def _img(data: str, alt: str) -> str:
     return f'<img class="plot" alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _pyplot():  # matplotlib.pyplot, imported only when a report is drawn
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def sizes_plot(profiles: list[dict], title: str) -> str:
-    plt = _pyplot()
+    plt = plots.pyplot()
     rows = sorted(profiles, key=lambda p: p["segment_id"])
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1))
     ax.barh([f"{p['segment_id']}  {p['label'] or ''}"[:70] for p in rows], [p["size"] for p in rows], color="#4a7bb7")
@@ -91,7 +80,7 @@ def heatmap_plot(profiles: list[dict], features: list[str], title: str, prefix: 
     rows = [p for p in sorted(profiles, key=lambda p: p["segment_id"]) if p.get("label") is not None]
     if not rows or not features:
         return None
-    plt = _pyplot()
+    plt = plots.pyplot()
     matrix = np.array(
         [[np.nan if p.get(f"{prefix}{f}") is None else p[f"{prefix}{f}"] for f in features] for p in rows]
     )
@@ -115,7 +104,7 @@ def projection_plot(points: np.ndarray, segments: list[str], title: str) -> str 
     """Principal-component projection of standardised features of a sample, coloured by segment."""
     if len(points) < 3 or points.ndim != 2 or points.shape[1] == 0:
         return None
-    plt = _pyplot()
+    plt = plots.pyplot()
     centred = (points - points.mean(axis=0)) / np.where(points.std(axis=0) > 0, points.std(axis=0), 1.0)
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     xy = centred @ vt[:2].T
@@ -133,7 +122,7 @@ def projection_plot(points: np.ndarray, segments: list[str], title: str) -> str 
 def migration_plot(cells: list[dict], layer: str) -> str | None:
     if not cells:
         return None
-    plt = _pyplot()
+    plt = plots.pyplot()
     sources = sorted({c["from_segment"] for c in cells})
     targets = sorted({c["to_segment"] for c in cells})
     matrix = np.zeros((len(sources), len(targets)))

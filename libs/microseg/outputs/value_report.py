@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from microseg.runtime import lake, tables
+from microseg.runtime import lake, plots, tables
 from microseg.runtime.config import Config
 from microseg.runtime.runlog import last_ok_entry
 from microseg.value import artifacts, churn, propensity
@@ -28,9 +28,7 @@ def value_at_risk_plot(rows: list[dict], layer: str, png: Png) -> str | None:
     rows = sorted((p for p in rows if p.get("value_at_risk") is not None), key=lambda p: -p["value_at_risk"])
     if not rows:
         return None
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(rows) + 1.2))
+    fig, ax = plots.pyplot().subplots(figsize=(8, 0.32 * len(rows) + 1.2))
     ax.barh([_segment_name(p) for p in rows], [p["value_at_risk"] for p in rows], color="#c44e52")
     ax.invert_yaxis()
     ax.set_xlabel("value at risk: sum of CLV x churn probability")
@@ -45,9 +43,7 @@ def clv_distribution_plot(sample: list[dict], rows: list[dict], layer: str, png:
     groups = {s: v for s, v in groups.items() if v}
     if not groups:
         return None
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(groups) + 1.2))
+    fig, ax = plots.pyplot().subplots(figsize=(8, 0.32 * len(groups) + 1.2))
     ax.boxplot(list(groups.values()), vert=False, showfliers=False)
     ax.set_yticks(range(1, len(groups) + 1), [names[s] for s in groups])
     ax.invert_yaxis()

@@ -15,7 +15,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-from microseg.runtime import spark_models
+from microseg.runtime import plots, spark_models
 from microseg.runtime.config import Config
 from microseg.segmentation import algorithms, registry
 from microseg.segmentation.algorithms import SINGLE_SEGMENT
@@ -166,11 +166,7 @@ def _uses_pca(algorithm: str) -> bool:
 def curves_figure(candidates: list[Candidate], title: str):  # noqa: ANN201 - a matplotlib Figure
     """k-selection curves (silhouette, stability, WSSSE, BIC against k), each algorithm in its one colour
     (``algorithms.color``) in every panel, so that a panel without one algorithm's points shifts no colour."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     panels = [("silhouette", "silhouette"), ("stability", "stability (ARI)"), ("wssse", "WSSSE"), ("bic", "GMM BIC")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2))
     for ax, (attr, label) in zip(axes, panels, strict=True):
@@ -189,8 +185,7 @@ def curves_figure(candidates: list[Candidate], title: str):  # noqa: ANN201 - a 
 
 def _log_curves(candidates: list[Candidate], title: str) -> None:
     """``curves_figure`` as one PNG artifact, k_selection.png."""
-    import matplotlib.pyplot as plt
-
+    plt = plots.pyplot()
     fig = curves_figure(candidates, title)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp, "k_selection.png")

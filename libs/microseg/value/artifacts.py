@@ -9,6 +9,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from microseg.runtime import plots
 from microseg.runtime.config import Config, ValueConfig
 from microseg.segmentation import registry
 from microseg.value import clv
@@ -53,12 +54,7 @@ def log_clv_model(cfg: Config, bg_nbd: dict[str, float], gamma_gamma: dict[str, 
 
 def holdout_figure(rows: list[dict], holdout_days: int) -> object:
     """Mean predicted vs actual purchase days in the holdout window per frequency bin of the calibration period."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plots.pyplot().subplots(figsize=(6.5, 4))
     positions = np.arange(len(rows))
     ax.bar(positions - 0.2, [r["actual"] for r in rows], 0.4, label="actual", color="#4c72b0")
     ax.bar(positions + 0.2, [r["predicted"] for r in rows], 0.4, label="predicted (BG/NBD)", color="#dd8452")
@@ -73,10 +69,8 @@ def holdout_figure(rows: list[dict], holdout_days: int) -> object:
 
 def log_figure(fig: object, name: str) -> None:
     """A figure as a PNG artifact of the active run, then closed."""
-    import matplotlib.pyplot as plt
-
     mlflow.log_figure(fig, name)
-    plt.close(fig)
+    plots.pyplot().close(fig)
 
 
 def promote(cfg: Config, name: str, model_uri: str, better: bool, why: str, tags: dict[str, str]) -> dict:

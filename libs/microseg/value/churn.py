@@ -33,6 +33,7 @@ from pyspark.sql.types import NumericType
 
 from microseg.features.catalog import Catalog
 from microseg.features.stage import Inputs, build_features
+from microseg.runtime import plots
 from microseg.runtime.config import ChurnConfig, FeaturesConfig
 from microseg.runtime.sparkops import cached
 
@@ -248,12 +249,7 @@ def _aggregates(threshold: float) -> list[Column]:
 def calibration_figure(metrics: dict[str, ChurnMetrics]) -> Figure:
     """A reliability diagram: per model, each bin's mean predicted probability against its observed churn rate,
     with the diagonal of perfect calibration. Returns a matplotlib Figure (Agg backend); the caller closes it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 6))
+    fig, ax = plots.pyplot().subplots(figsize=(6, 6))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
     for name, m in metrics.items():
         xs = [b.mean_predicted for b in m.calibration]
