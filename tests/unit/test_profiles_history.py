@@ -2,13 +2,15 @@
 
 import datetime as dt
 import math
+import random
+from fractions import Fraction
 
 import pytest
 from pyspark.sql import functions as F
 
 from microseg.features.catalog import load_catalog
 from microseg.outputs.assign import update_history
-from microseg.outputs.profiles import TYPICAL, build_profiles, distinct_labels, label
+from microseg.outputs.profiles import TYPICAL, _round, build_profiles, distinct_labels, label
 from microseg.runtime import tables
 from microseg.runtime.errors import MicrosegError
 
@@ -118,6 +120,18 @@ def test_profiles_z_scores_medians_labels_and_k_anonymity(spark, make_config):
     )
     assert (rows["A"]["size"], rows["A"]["share"], rows["C"]["size"]) == (2, 0.4, 1)
     assert rows["C"]["label"] is None and rows["C"]["mean_monetary_365d"] is None  # below k-anonymity
+
+
+def test_a_mean_on_half_of_the_last_decimal_rounds_the_same_whatever_the_summation_order():
+    # 200 amounts in cents: their mean is a multiple of 0.00005, here exactly half of the 4th decimal, and
+    # the two summation orders (as two orders of partition merges in Spark) differ in the last bits.
+    rng = random.Random(0)
+    amounts = [round(rng.uniform(10, 500), 2) for _ in range(200)]
+    forward, backward = sum(amounts) / 200, sum(reversed(amounts)) / 200
+    assert round(forward, 4) != round(backward, 4)  # what a plain round published on two reruns
+    exact = Fraction(sum(Fraction(str(a)) for a in amounts), 200)
+    assert exact * 10000 % 1 == Fraction(1, 2)
+    assert _round(forward) == _round(backward) == pytest.approx(float(exact), abs=1e-4)
 
 
 def assignments(spark, rows):
