@@ -104,7 +104,7 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> int:
         print(run_clv_benchmark(build_spark(cfg), args.customers))
         return 0
     if args.daily:
-        print(run_daily_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir)))
+        print(run_daily_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir), args.stage))
         return 0
     print(run_benchmark(build_spark(cfg), cfg, args.customers, Path(args.workdir), args.compare_sklearn))
     return 0

@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         "rerun with no new files; seconds and Spark jobs per stage side by side, with ratios to the first run",
     )
     bench.add_argument(
+        "--stage",
+        action="append",
+        help="with --daily: run only this stage (repeatable), e.g. --stage ingest --stage clean --stage quality",
+    )
+    bench.add_argument(
         "--clv",
         action="store_true",
         help="time the value models instead: N customers drawn from the BG/NBD and Gamma-Gamma processes in Spark, "

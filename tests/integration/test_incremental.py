@@ -1,5 +1,7 @@
 """Incremental silver on the real Online Retail data: 30 daily drops one by one equal a full refresh, and a
-batch that fails the quality gate publishes nothing until its file is fixed."""
+batch that fails the quality gate publishes nothing until its file is fixed. On generated data with every
+source (a CRM with updates, web events with anonymous ids): added days, each merged into the identity map
+rather than rebuilding it, equal a full refresh too."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from microseg.runtime import lake, tables
+from microseg.runtime.config import DatagenConfig
 from microseg.runtime.errors import DataQualityError
 from microseg.stages import run_pipeline
+from microseg.synthetic.daily import next_day
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +120,42 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+# -- generated data: every source, the identity map merged day by day -----------------------------------------------
+
+ADDED_DAYS = 2
+# A tenth of the generated rows a day (datagen's default is a hundredth): 300 customers then give a day about
+# 24 CRM updates, 6 sign-ups and a few hundred web events, so the map's keys change every day.
+DAY = DatagenConfig(partitions=2, day_share=0.1)
+
+
+def test_added_days_merged_into_the_identity_map_equal_a_full_refresh(spark, tiny_generated, make_config, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_generated[0], data)  # the shared folder stays as generated
+    cfg = make_config(f"sources.root={data}")
+    assert quiet(spark, cfg).report("clean").info["identity"]["mode"] == "rebuild"  # the map is new
+    for _ in range(ADDED_DAYS):
+        next_day(spark, DAY, str(data))
+        identity = quiet(spark, cfg).report("clean").info["identity"]
+        assert identity["mode"] == "incremental", identity
+        assert identity["keys_restaged"]["crm_id"] > 0 and identity["keys_restaged"]["anonymous_id"] > 0, identity
+    # silver.customer_contact is written by ingest, which a full refresh does not repeat.
+    cleaned = [t for t in lake.TABLES if t.layer == "silver" and t != lake.CUSTOMER_CONTACT]
+    compared = [t for t in [*cleaned, lake.IDENTITY_CONFLICTS] if tables.exists(spark, cfg, t)]
+    incremental = {t: tables.version(spark, cfg, t) for t in compared}
+
+    refresh = quiet(spark, cfg, full_refresh=True)
+    assert refresh.report("clean").info["identity"]["mode"] == "rebuild"
+    for table in compared:
+        before = at_version(spark, cfg, table, incremental[table])
+        after = tables.read(spark, cfg, table)
+        assert after.count() == before.count(), table
+        if table == lake.WEB_EVENTS:
+            # The known limit (README): a day's anonymous event links through its own batch's logins; a
+            # rebuild links it through every batch's. Those events alone differ, and only in customer_id.
+            linked_later = before.exceptAll(after)
+            assert linked_later.where(F.col("customer_id").isNotNull()).isEmpty()
+            before, after = before.drop("customer_id"), after.drop("customer_id")
+        assert same_rows(before, after), f"{table}: incremental and full refresh differ"
+    assert tables.read(spark, cfg, lake.IDENTITY_MAP).where(F.col("key_type") == "anonymous_id").count() > 0

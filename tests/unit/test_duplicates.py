@@ -16,7 +16,7 @@ def flagged(spark, rows, earlier=None):
     df = spark.createDataFrame(rows, SCHEMA).withColumn(KEY, record_key(SPEC))
     before = None
     if earlier is not None:
-        before = first_deliveries(spark.createDataFrame(earlier, SCHEMA), SPEC)
+        before = first_deliveries(spark.createDataFrame(earlier, SCHEMA), SPEC, spark.createDataFrame(rows, SCHEMA))
     result = flag_duplicates(df, before)
     assert KEY not in result.columns and "_key_rank" not in result.columns
     return {(r["inv"], r["sku"], r["qty"], r["_source_file"]): (r["_rule"], r["_reason"]) for r in result.collect()}
@@ -31,8 +31,11 @@ def test_a_key_repeated_in_the_batch_or_delivered_before_is_quarantined_naming_t
         ("3", "A", 1, "f1.csv", "b-2", "missing_order_ts", "order_ts is empty"),  # its own rule stays
         ("3", "A", 1, "f2.csv", "b-2", None, None),
     ]
-    earlier = [("2", "A", 9, "old.csv", "b-1", None, None)]
+    earlier = [("2", "A", 9, "old.csv", "b-1", None, None), ("4", "A", 1, "old.csv", "b-0", None, None)]
     found = flagged(spark, rows, earlier)
+    # Of the earlier keys, only those the new rows meet again are grouped.
+    met = first_deliveries(spark.createDataFrame(earlier, SCHEMA), SPEC, spark.createDataFrame(rows, SCHEMA))
+    assert [tuple(r) for r in met.collect()] == [('{"inv":"2","sku":"A"}', "b-1")]
     assert {k: rule for k, (rule, _) in found.items()} == {
         ("1", "A", 1, "f2.csv"): "duplicate_key",
         ("1", "A", 1, "f1.csv"): None,

@@ -62,3 +62,54 @@ def test_cleaners_link_through_the_identity_map(spark, make_config):
     assert flagged["m1"] == ("cu_3", None)
     assert flagged["m2"][1] == "ambiguous_identity"
     assert flagged["m3"] == (None, "orphan_reference")
+
+
+def test_a_daily_change_to_the_map_equals_a_rebuild(spark, make_config):
+    """Keys a day's customers and web events touch, restaged and merged, give the map and conflicts a rebuild
+    from everything would: a key no one holds any more leaves, a conflict left with one customer becomes a
+    link, a link with a second customer becomes a conflict, a new anonymous id links."""
+    from microseg.clean.identity import identity_keys, stage_identity_changes
+
+    cfg = make_config()
+    schema = "customer_id STRING, crm_id STRING, email_hash STRING, phone_hash STRING"
+    day1 = [("cu_1", "C1", "e1", "p1"), ("cu_2", "C2", "e2", "p2"), ("cu_3", "C3", "e-shared", None),
+            ("cu_4", "C4", "e-shared", "p4")]  # fmt: skip
+    # cu_2 moves to e-shared, which cu_3 and cu_4 leave; cu_5 signs up with cu_1's phone.
+    changed = [("cu_2", "C2", "e-shared", "p2"), ("cu_3", "C3", "e3", None), ("cu_4", "C4", "e4", "p4"),
+               ("cu_5", "C5", "e5", "p1")]  # fmt: skip
+    now = [r for r in day1 if r[0] not in {c[0] for c in changed}] + changed
+    web_schema = "anonymous_id STRING, customer_id STRING"
+    web1, web2 = [("a1", "cu_1"), ("a2", "cu_2"), ("a9", None)], [("a2", "cu_5"), ("a3", "cu_3"), ("a1", "cu_1")]
+
+    tables.overwrite(spark.createDataFrame(day1, schema), cfg, "silver.customers")
+    stage_identity_map(
+        spark.createDataFrame(day1, schema),
+        spark.createDataFrame(web1, web_schema),
+        lambda df, table: tables.overwrite(df, cfg, table),
+    )
+    staged = {}  # as clean stages the changes, and quality then merges them
+    touched = stage_identity_changes(
+        spark.createDataFrame(now, schema),
+        tables.read(spark, cfg, "silver.customers"),
+        spark.createDataFrame(changed, schema),
+        spark.createDataFrame(web2, web_schema),
+        identity_keys(lambda table: tables.read(spark, cfg, table)),
+        lambda df, table: staged.__setitem__(table, df.collect()),
+    )
+    for table, rows in staged.items():
+        tables.merge(spark.createDataFrame(rows, table.ddl), cfg, table)
+    assert touched == {"crm_id": 4, "email_hash": 5, "phone_hash": 3, "anonymous_id": 3}
+
+    rebuilt = {}
+    stage_identity_map(
+        spark.createDataFrame(now, schema),
+        spark.createDataFrame(web1 + web2, web_schema),
+        lambda df, table: rebuilt.__setitem__(table.name, sorted(map(tuple, df.collect()))),
+    )
+    merged = {t: sorted(map(tuple, tables.read(spark, cfg, t).collect())) for t in rebuilt}
+    assert merged == rebuilt
+    links = dict(((t, k), c) for t, k, c in merged["silver.identity_map"])
+    assert links[("email_hash", "e-shared")] == "cu_2" and ("email_hash", "e2") not in links
+    assert ("phone_hash", "p1") not in links and ("anonymous_id", "a2") not in links
+    conflicts = {(t, k): ids for t, k, ids, _ in merged["ops.identity_conflicts"]}
+    assert conflicts == {("phone_hash", "p1"): ["cu_1", "cu_5"], ("anonymous_id", "a2"): ["cu_2", "cu_5"]}

@@ -29,9 +29,14 @@ def record_key(spec: SourceSpec) -> Column:
     return F.to_json(F.struct(*[F.col(f"`{k}`") for k in spec.keys]))
 
 
-def first_deliveries(earlier: DataFrame, spec: SourceSpec) -> DataFrame:
-    """The keys of ``earlier`` bronze rows (other batches, already published), each with its first batch."""
-    return earlier.groupBy(record_key(spec).alias(KEY)).agg(F.min("_batch_id").alias("_first_batch"))
+def first_deliveries(earlier: DataFrame, spec: SourceSpec, new: DataFrame | None = None) -> DataFrame:
+    """The keys of ``earlier`` bronze rows (other batches, already published), each with its first batch; with
+    ``new`` (the bronze rows being cleaned), only the keys they carry: a day's run then groups the few of all
+    history's keys that it meets again, not every key delivered so far."""
+    rows = earlier.withColumn(KEY, record_key(spec))
+    if new is not None:
+        rows = rows.join(new.select(record_key(spec).alias(KEY)).distinct(), KEY, "left_semi")
+    return rows.groupBy(KEY).agg(F.min("_batch_id").alias("_first_batch"))
 
 
 def flag_duplicates(flagged: DataFrame, earlier: DataFrame | None) -> DataFrame:

@@ -6,6 +6,12 @@ ops.identity_conflicts instead, reported and never guessed. Clean stages the map
 has staged customers, and the cleaners of later sources link their records through it
 (``identity_keys``, ``crm_links``, ``email_links``); once the web events are staged, their
 anonymous ids are added. The quality gate publishes it with the rest.
+
+A daily run does not rebuild the map: ``stage_identity_changes`` recomputes only the keys the run's staged
+customers touch (their key values now and before) and the anonymous ids of its staged web events, and stages
+their new state, null where a key leaves a table, for a MERGE into the map and the conflicts. The map is
+rebuilt from all of silver (``stage_identity_map``) on a first run, a --full-refresh, and when the customers
+or the web events are rebuilt.
 """
 
 from __future__ import annotations
@@ -95,3 +101,69 @@ def stage_identity_map(
         "linked_keys": {r["key_type"]: r["count"] for r in by_type if r["one"]},
         "conflicts": {r["key_type"]: r["count"] for r in by_type if r["several"]},
     }
+
+
+def stage_identity_changes(
+    customers_now: DataFrame,
+    customers_before: DataFrame,
+    staged_customers: DataFrame | None,
+    staged_web_events: DataFrame | None,
+    keys_before: DataFrame,
+    write: Callable[[DataFrame, Table], object],
+) -> dict:
+    """Stage the new state of every key this run's staged rows touch, as ``stage_identity_map`` would find it.
+
+    A customer key (``CUSTOMER_KEYS``) is touched when a staged customer has it now or had it before (in
+    ``customers_before``, the published silver.customers): its customers are looked up again in
+    ``customers_now`` (silver.customers once the staging is published). An anonymous id is touched when a
+    staged web event carries it with a customer: web events are only ever added, so its customers are those
+    it had (``keys_before``: ``identity_keys`` of the published map) and those of the staged events.
+
+    Each touched key is staged in both tables: in the map with its customer if it has one, in the conflicts
+    with its customers if it has several, and null in the other (or both, a key left with no customer), so a
+    MERGE removes it there (the tables' ``removed_when_null``).
+
+    Returns the touched keys by key type.
+    """
+    touched = []
+    if staged_customers is not None:
+        before = customers_before.join(staged_customers.select("customer_id"), "customer_id", "left_semi")
+        values = staged_customers.select(*CUSTOMER_KEYS).unionByName(before.select(*CUSTOMER_KEYS))
+        for column in CUSTOMER_KEYS:
+            keys = values.where(F.col(column).isNotNull()).select(F.col(column).alias("key_value")).distinct()
+            holders = customers_now.join(keys.withColumnRenamed("key_value", column), column, "left_semi")
+            linked = _linked_keys(holders, column)
+            touched.append(keys.select(F.lit(column).alias("key_type"), "key_value").join(
+                linked, ["key_type", "key_value"], "left"
+            ))  # fmt: skip
+    if staged_web_events is not None:
+        new = _linked_keys(staged_web_events.where(F.col("customer_id").isNotNull()), "anonymous_id")
+        had = keys_before.join(new.select("key_type", "key_value"), ["key_type", "key_value"], "left_semi")
+        touched.append(
+            new.unionByName(had)
+            .groupBy("key_type", "key_value")
+            .agg(F.array_sort(F.array_distinct(F.flatten(F.collect_list("customer_ids")))).alias("customer_ids"))
+        )
+    if not touched:
+        return {}
+    changes = touched[0]
+    for frame in touched[1:]:
+        changes = changes.unionByName(frame)
+    with cached(changes) as keys:
+        by_type = keys.groupBy("key_type").count().collect()  # before the writes: ``keys_before`` is read once
+        customers = F.coalesce(F.size("customer_ids"), F.lit(0))
+        write(
+            keys.select("key_type", "key_value", F.when(customers == 1, F.col("customer_ids")[0]).alias("customer_id")),
+            lake.IDENTITY_MAP,
+        )
+        several = customers > 1
+        write(
+            keys.select(
+                "key_type",
+                "key_value",
+                F.when(several, F.col("customer_ids")).alias("customer_ids"),
+                F.when(several, customers).alias("customers"),
+            ),
+            lake.IDENTITY_CONFLICTS,
+        )
+    return {r["key_type"]: r["count"] for r in by_type}

@@ -28,7 +28,7 @@ from microseg.clean.events import (
     tickets_table,
     web_events_table,
 )
-from microseg.clean.identity import identity_keys, stage_identity_map
+from microseg.clean.identity import identity_keys, stage_identity_changes, stage_identity_map
 from microseg.clean.intake import intake
 from microseg.clean.orders import (
     clean_order_items,
@@ -39,7 +39,7 @@ from microseg.clean.orders import (
     line_orders_table,
     orders_table,
 )
-from microseg.clean.staging import REBUILD, STAGED, BatchCounts, Manifest, Plan
+from microseg.clean.staging import INCREMENTAL, REBUILD, STAGED, BatchCounts, Manifest, Plan
 from microseg.ingest.mapping import ENTITIES, SourceSpec, canonical, load_mapping
 from microseg.quality.rules import quarantine_records
 from microseg.runtime import lake, tables
@@ -225,8 +225,12 @@ def clean_source(
     given = Inputs(spark, cfg, spec, plan, keys, manifest, lambda: mapped(everything))
     flagged, outputs = CLEANERS[entity](mapped(bronze), given)
     if keyed:
-        earlier = None if plan.mode == REBUILD else everything.where(f"NOT ({plan.condition})")
-        flagged = duplicates.flag_duplicates(flagged, earlier and duplicates.first_deliveries(earlier, spec))
+        if plan.mode == REBUILD:
+            first = None
+        else:
+            earlier, new = everything.where(f"NOT ({plan.condition})"), everything.where(plan.condition)
+            first = duplicates.first_deliveries(earlier, spec, new)
+        flagged = duplicates.flag_duplicates(flagged, first)
     bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
     staged = stage_source(cfg, plan, read, flagged, outputs, bronze_columns, manifest)
     if lake.CUSTOMERS in outputs:  # later sources link to these customers through the identity map
@@ -236,14 +240,36 @@ def clean_source(
 
 
 def _stage_identity(spark: SparkSession, cfg: Config, manifest: Manifest, anonymous_ids: bool) -> dict:
+    """Stage the identity map and conflicts for what this run staged: the keys its customers and (with
+    ``anonymous_ids``) web events touch (``stage_identity_changes``), or all of them when the map is new
+    or the customers or web events are rebuilt (``stage_identity_map``). Returns counts for the report."""
+
     def current(table: Table) -> DataFrame | None:
         return staging.current(spark, cfg, table, manifest)
 
-    customers, web = current(lake.CUSTOMERS), current(lake.WEB_EVENTS) if anonymous_ids else None
-    manifest.plans[staging.IDENTITY] = Plan(staging.IDENTITY, [], REBUILD)
-    return stage_identity_map(
-        customers, web, lambda df, table: staging.stage(df, cfg, table, manifest, staging.IDENTITY)
+    def write(df: DataFrame, table: Table) -> None:
+        staging.stage(df, cfg, table, manifest, staging.IDENTITY)
+
+    fed = [manifest.plan_of(lake.CUSTOMERS), manifest.plan_of(lake.WEB_EVENTS) if anonymous_ids else None]
+    published = all(tables.exists(spark, cfg, t) for t in (lake.IDENTITY_MAP, lake.IDENTITY_CONFLICTS))
+    if not published or any(plan is not None and plan.mode == REBUILD for plan in fed):
+        manifest.plans[staging.IDENTITY] = Plan(staging.IDENTITY, [], REBUILD)
+        web = current(lake.WEB_EVENTS) if anonymous_ids else None
+        return {"mode": REBUILD, **stage_identity_map(current(lake.CUSTOMERS), web, write)}
+    manifest.plans[staging.IDENTITY] = Plan(staging.IDENTITY, [], INCREMENTAL)
+    customers, web = (staging.staged(spark, cfg, table) if plan else None for table, plan in zip(
+        (lake.CUSTOMERS, lake.WEB_EVENTS), fed, strict=True
+    ))  # fmt: skip
+    touched = stage_identity_changes(
+        current(lake.CUSTOMERS),
+        tables.read(spark, cfg, lake.CUSTOMERS),
+        customers,
+        web,
+        identity_keys(lambda table: tables.read(spark, cfg, table)),
+        write,
     )
+    conflicts = current(lake.IDENTITY_CONFLICTS).groupBy("key_type").count().collect()
+    return {"mode": INCREMENTAL, "keys_restaged": touched, "conflicts": {r["key_type"]: r["count"] for r in conflicts}}
 
 
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:

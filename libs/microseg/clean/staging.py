@@ -24,7 +24,7 @@ from microseg.runtime.lake import Table
 
 INCREMENTAL, REBUILD = "incremental", "rebuild"  # a source's new batches added to silver, or its silver rebuilt
 STAGED, PUBLISHED, FAILED, RETRACTED = "staged", "published", "failed", "retracted"
-IDENTITY = "identity"  # the pseudo-source of the identity map: rebuilt whenever customers or web events change
+IDENTITY = "identity"  # the pseudo-source of the identity map: staged whenever customers or web events change
 
 
 @dataclass
@@ -108,8 +108,8 @@ def staged(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:
 def current(spark: SparkSession, cfg: Config, table: Table, manifest: Manifest) -> DataFrame | None:
     """``table`` as it will be once what ``manifest`` staged is published (None: neither exists).
 
-    A rebuilt table is its staged rows; a merged one (customers) its rows not staged again plus the staged;
-    any other its rows of other batches plus the staged.
+    A rebuilt table is its staged rows; a merged one (customers, the identity map) its rows not staged again
+    plus the staged (less those that remove their key); any other its rows of other batches plus the staged.
     """
     plan = manifest.plan_of(table)
     existing = tables.read(spark, cfg, table) if tables.exists(spark, cfg, table) else None
@@ -119,7 +119,10 @@ def current(spark: SparkSession, cfg: Config, table: Table, manifest: Manifest) 
     if existing is None or plan.mode == REBUILD:
         return new
     if lake.MERGE in table.writes:
-        return existing.join(new.select(*table.keys), list(table.keys), "left_anti").unionByName(new)
+        kept = existing.join(new.select(*table.keys), list(table.keys), "left_anti")
+        if table.removed_when_null:
+            new = new.where(F.col(table.removed_when_null).isNotNull())
+        return kept.unionByName(new)
     return existing.where(f"NOT ({plan.condition})").unionByName(new)
 
 

@@ -1,7 +1,8 @@
 """Publication of what clean staged and the quality gate passed: one Delta commit per table, rerunnable.
 
 A silver table takes its staged rows as its source's plan says: a rebuilt source replaces the whole
-table; a merged table (customers) upserts its staged rows; any other replaces the rows of the plan's
+table; a merged table (customers, the identity map and conflicts) upserts its staged rows (and the identity
+tables delete the keys staged with null); any other replaces the rows of the plan's
 batches (``_batch_id IN (...)``), so publishing the same batches again writes the same rows once. Each
 quarantine table takes the rows of the same batches the same way. Then ops.batches records the batches
 as published and the staging is removed. An interruption anywhere before that leaves the batches
@@ -78,6 +79,8 @@ def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Ga
             if merged:
                 details["inserted"] = committed.get("numTargetRowsInserted", 0)
                 details["updated"] = committed.get("numTargetRowsUpdated", 0)
+                if g.table.removed_when_null:
+                    details["deleted"] = committed.get("numTargetRowsDeleted", 0)
             entries.append(Entry(g.table.name, staged, kept, staged - kept, details=details))
     for name, parts in sorted(quarantines.items()):
         with described(spark, f"quality: publish {name}"):

@@ -40,6 +40,7 @@ class Table:
     partition_by: tuple[str, ...] = ()
     change_data_feed: bool = False
     newer_than: str | None = None  # merge: a matched row is replaced only by a row at least this new
+    removed_when_null: str | None = None  # merge: a row with this column null removes its key from the table
     more_columns: str | None = None  # columns not known until run time (a source's, the catalog's)
     written_by: str = ""
     comments: tuple[tuple[str, str], ...] = ()  # (column, comment) where COMMENTS' general one does not fit
@@ -181,8 +182,9 @@ IDENTITY_MAP = Table(
     "silver.identity_map",
     "Every deterministic key (CRM id, email hash, phone hash, web anonymous id) -> its one customer_id.",
     _columns("key_type string, key_value string, customer_id string"),
-    (OVERWRITE,),
+    (OVERWRITE, MERGE),
     keys=("key_type", "key_value"),
+    removed_when_null="customer_id",
     written_by="quality (staged by clean)",
     comments=(("customer_id", "The one customer the key belongs to"),),
 )
@@ -334,8 +336,9 @@ IDENTITY_CONFLICTS = Table(
     "ops.identity_conflicts",
     "Keys that point at several customers: reported, never guessed.",
     _columns("key_type string, key_value string, customer_ids array<string>, customers integer"),
-    (OVERWRITE,),
+    (OVERWRITE, MERGE),
     keys=("key_type", "key_value"),
+    removed_when_null="customer_ids",
     written_by="quality (staged by clean)",
     comments=(("customers", "How many customers the key points at"),),
 )

@@ -295,7 +295,8 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
     ``within`` (column -> value, e.g. the as_of of a snapshot) confines the MERGE to the target rows
     with those values, so Delta reads only their partition. A matched row is rewritten only when one
     of its values changed, so a rerun of the same rows changes nothing (and adds nothing to the
-    change data feed); with the entry's ``newer_than`` (a column), only by a row at least as new.
+    change data feed); with the entry's ``newer_than`` (a column), only by a row at least as new. With
+    the entry's ``removed_when_null`` (a column), a row of ``df`` with that column null deletes its key.
 
     Returns the commit's metrics: numTargetRowsInserted, numTargetRowsUpdated, numTargetRowsDeleted,
     numTargetRowsCopied, numSourceRows (rows new or changed)... for a MERGE; numOutputRows when this
@@ -318,6 +319,13 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
     if table.newer_than:
         changed = f"{changed} AND s.`{table.newer_than}` >= t.`{table.newer_than}`"
     clauses = [f"WHEN MATCHED AND ({changed}) THEN UPDATE SET *", "WHEN NOT MATCHED THEN INSERT *"]
+    if table.removed_when_null:
+        gone = f"s.`{table.removed_when_null}` IS NULL"
+        clauses = [
+            f"WHEN MATCHED AND {gone} THEN DELETE",
+            clauses[0],
+            f"WHEN NOT MATCHED AND NOT {gone} THEN INSERT *",
+        ]
     delta_ops.merge(spark, path, incoming, " AND ".join(matched), clauses)
     return CommitMetrics(spark, path, since=before)
 

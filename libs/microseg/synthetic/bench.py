@@ -73,24 +73,27 @@ def bench_config(cfg: Config, customers: int, workdir: Path) -> Config:
     )
 
 
-def run_daily_benchmark(spark: SparkSession, cfg: Config, customers: int, workdir: Path) -> str:
+def run_daily_benchmark(
+    spark: SparkSession, cfg: Config, customers: int, workdir: Path, stages: list[str] | None = None
+) -> str:
     """A daily refresh, timed against the first run: generate N customers and run every stage as of the data's
     end date; add one more day of source files (``daily.next_day``: about ``datagen.day_share`` of the rows, in
     new files) and run every stage as of that day; then run every stage again with no new files (as
     ``microseg run --rerun`` would: without it the run stops at once, every stage having completed). Returns
     the figures: per stage, seconds and Spark jobs of each run side by side, and each run's ratio to the first.
+    ``stages``: run only these (all when None).
     """
     cfg = bench_config(cfg, customers, workdir)
     data = cfg.datagen.out
     manifest, datagen_seconds = _generated(spark, cfg)
-    first = run_pipeline(spark, cfg, as_of=cfg.datagen.end_date)
+    first = run_pipeline(spark, cfg, as_of=cfg.datagen.end_date, stages=stages)
     started = time.perf_counter()
     day = next_day(spark, cfg.datagen, data, store=cfg)["days"][-1]
     day_seconds = time.perf_counter() - started
     as_of = dt.date.fromisoformat(day["date"])
-    refresh = run_pipeline(spark, cfg, as_of=as_of)
+    refresh = run_pipeline(spark, cfg, as_of=as_of, stages=stages)
     done = completed_stages(spark, cfg, as_of)
-    rerun = run_pipeline(spark, cfg, as_of=as_of)
+    rerun = run_pipeline(spark, cfg, as_of=as_of, stages=stages)
     source_rows, day_rows = sum(manifest["rows"].values()), sum(day["rows"].values())
     runs = {"first": first, "refresh": refresh, "rerun": rerun}
     return "\n".join(
