@@ -92,3 +92,17 @@ def test_publication_moves_quarantined_rows_and_replaces_its_batches_on_a_rerun(
     stage_and_publish()  # the same batch again (a rerun after an interruption): its rows replaced, not added
     assert sorted(r["order_id"] for r in tables.read(spark, cfg, lake.ORDERS).collect()) == ["o0", "o1"]
     assert tables.read(spark, cfg, "quarantine.orders").count() == 3
+
+
+def test_a_batch_s_unique_rules_see_the_rows_that_share_a_value_with_it(spark):
+    from microseg.quality.stage import sharing_a_value
+
+    schema = "customer_id STRING, crm_id STRING"
+    table = spark.createDataFrame(
+        [("c1", "K1"), ("c2", "K2"), ("c3", "K3"), ("c4", None), ("c5", "K5"), ("c6", "K6")], schema
+    )  # c5 and c6 are the staged rows, also in the table as it will be
+    staged = spark.createDataFrame([("c5", "K5"), ("c6", "K6"), ("c1", "K2")], schema)  # c1 and K2 again
+    met = sharing_a_value(table.unionByName(staged.where("crm_id = 'K2'")), staged, ["customer_id", "crm_id"])
+    # c1 shares its customer_id and the last row both columns: each row comes once, so only the real repeats
+    # (c1 twice, K2 twice) remain for the unique rules to find.
+    assert sorted(map(tuple, met.collect())) == [("c1", "K1"), ("c1", "K2"), ("c2", "K2"), ("c5", "K5"), ("c6", "K6")]
