@@ -31,12 +31,24 @@ def test_shared_email_is_a_conflict_not_a_link(spark, make_config):
     assert links[("email_hash", "e3")] == "cu_3" and ("email_hash", "e-shared") not in links
 
 
-def test_anonymous_id_links_only_to_one_customer(spark):
+def test_an_anonymous_event_links_through_its_id_s_logins_up_to_its_batch(spark):
     events = spark.createDataFrame(
-        [("a1", "C1"), ("a1", None), ("a1", "C1"), ("a2", "C1"), ("a2", "C2"), ("a3", None)],
-        "anonymous_id STRING, customer_ref STRING",
+        [
+            ("a1", "C1", "b1"), ("a1", None, "b1"), ("a1", None, "b2"),  # a1: cu_1's, from b1 on
+            ("a2", "C1", "b2"), ("a2", "C2", "b2"), ("a2", None, "b2"),  # two customers: none
+            ("a3", None, "b1"), ("a3", "C3", "b2"), ("a3", None, "b2"),  # before the login: none
+            ("a4", None, "b2"),  # the map knows a4 from a published batch
+            ("a5", "C9", "b1"), ("a5", None, "b1"),  # a login of no known customer
+        ],
+        "anonymous_id STRING, customer_ref STRING, _batch_id STRING",
+    )  # fmt: skip
+    keys = spark.createDataFrame(
+        [*[("crm_id", f"C{i}", [f"cu_{i}"]) for i in range(1, 5)], ("anonymous_id", "a4", ["cu_4"])],
+        "key_type STRING, key_value STRING, customer_ids ARRAY<STRING>",
     )
-    assert sorted(map(tuple, anonymous_links(events).collect())) == [("a1", "C1")]
+    rebuilt = [("a1", "b1", "cu_1"), ("a1", "b2", "cu_1"), ("a3", "b2", "cu_3")]
+    assert sorted(map(tuple, anonymous_links(events, keys, history=False).collect())) == rebuilt
+    assert sorted(map(tuple, anonymous_links(events, keys, history=True).collect())) == [*rebuilt, ("a4", "b2", "cu_4")]
 
 
 def test_cleaners_link_through_the_identity_map(spark, make_config):

@@ -11,13 +11,14 @@ from microseg.quality.rules import Rule, flag_rules, future, malformed, missing,
 from microseg.runtime.lake import CORRUPT
 
 
-def clean_web_events(df: DataFrame, keys: DataFrame) -> DataFrame:
-    """Logged-in events link by customer_ref; anonymous ones through their anonymous_id's logged-in events."""
-    links = anonymous_links(df.where(F.col(CORRUPT).isNull()))
-    joined = df.join(links, on="anonymous_id", how="left").withColumn(
-        "_ref", F.coalesce(F.col("customer_ref"), F.col("linked_ref"))
+def clean_web_events(df: DataFrame, keys: DataFrame, history: bool) -> DataFrame:
+    """Logged-in events link by customer_ref; anonymous ones through the logins of their anonymous_id in their
+    batch or an earlier one (``anonymous_links``; ``history``: earlier batches are published, not in ``df``)."""
+    links = anonymous_links(df.where(F.col(CORRUPT).isNull()), keys, history)
+    joined = df.join(crm_links(keys), on="customer_ref", how="left")
+    joined = joined.join(links, on=["anonymous_id", "_batch_id"], how="left").withColumn(
+        "customer_id", F.coalesce("customer_id", F.when(F.col("customer_ref").isNull(), F.col("_linked_id")))
     )
-    joined = joined.join(crm_links(keys).withColumnRenamed("customer_ref", "_ref"), on="_ref", how="left")
     rules = [
         malformed(),
         missing("event_id"),
@@ -28,7 +29,7 @@ def clean_web_events(df: DataFrame, keys: DataFrame) -> DataFrame:
             F.col("customer_ref").isNotNull() & F.col("customer_id").isNull(),
         ),
     ]
-    return flag_rules(joined, rules)
+    return flag_rules(joined.drop("_linked_id"), rules)
 
 
 def web_events_table(good: DataFrame) -> DataFrame:

@@ -28,17 +28,37 @@ from microseg.runtime.sparkops import cached
 CUSTOMER_KEYS = ("crm_id", "email_hash", "phone_hash")  # the identifier columns of silver.customers
 
 
-def anonymous_links(web_events: DataFrame) -> DataFrame:
-    """anonymous_id -> customer_ref, learnt from logged-in events; ids seen with two refs are dropped.
+def anonymous_links(web_events: DataFrame, keys: DataFrame, history: bool) -> DataFrame:
+    """(anonymous_id, _batch_id, _linked_id): the one customer of an anonymous id, for its events of a batch.
 
-    Returns columns anonymous_id, linked_ref (one row per anonymous id that links to exactly one ref).
+    An anonymous id's customers, for a batch, are those of its logged-in events (by customer_ref, through
+    ``keys``) in that batch or an earlier one: in ``web_events``, and with ``history`` (a daily run, which
+    cleans only new batches) the customers ``keys`` holds for the id, learnt from the published batches. An
+    id with several customers links none. A rebuild sees every batch in ``web_events`` (``history`` False), so
+    it finds each event the link the daily runs found.
     """
-    return (
+    logins = (
         web_events.where(F.col("customer_ref").isNotNull() & F.col("anonymous_id").isNotNull())
-        .groupBy("anonymous_id")
-        .agg(F.countDistinct("customer_ref").alias("refs"), F.min("customer_ref").alias("linked_ref"))
-        .where(F.col("refs") == 1)
-        .select("anonymous_id", "linked_ref")
+        .join(crm_links(keys), "customer_ref")
+        .select("anonymous_id", F.col("_batch_id").alias("_login_batch"), "customer_id")
+    )
+    anonymous = web_events.where(F.col("customer_ref").isNull() & F.col("anonymous_id").isNotNull())
+    anonymous = anonymous.select("anonymous_id", "_batch_id").distinct()
+    found = (
+        anonymous.join(logins, "anonymous_id")
+        .where(F.col("_login_batch") <= F.col("_batch_id"))
+        .select("anonymous_id", "_batch_id", "customer_id")
+    )
+    if history:
+        known = keys.where(F.col("key_type") == "anonymous_id").select(
+            F.col("key_value").alias("anonymous_id"), F.explode("customer_ids").alias("customer_id")
+        )
+        found = found.unionByName(anonymous.join(known, "anonymous_id"))
+    return (
+        found.groupBy("anonymous_id", "_batch_id")
+        .agg(F.countDistinct("customer_id").alias("_customers"), F.min("customer_id").alias("_linked_id"))
+        .where(F.col("_customers") == 1)
+        .drop("_customers")
     )
 
 

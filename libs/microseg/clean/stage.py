@@ -175,7 +175,7 @@ def _order_items(df: DataFrame, given: Inputs) -> Cleaned:
 
 
 def _web_events(df: DataFrame, given: Inputs) -> Cleaned:
-    return clean_web_events(df, given.keys), {lake.WEB_EVENTS: web_events_table}
+    return clean_web_events(df, given.keys, given.plan.mode != REBUILD), {lake.WEB_EVENTS: web_events_table}
 
 
 def _email_events(df: DataFrame, given: Inputs) -> Cleaned:
