@@ -72,6 +72,13 @@ def _linked_keys(records: DataFrame, column: str) -> DataFrame:
     )
 
 
+def _customer_keys(customers: DataFrame) -> DataFrame:
+    """(customer_id, key_type, key_value): each identifier (``CUSTOMER_KEYS``) a customer row holds, one row each."""
+    pairs = [F.struct(F.lit(c).alias("key_type"), F.col(c).alias("key_value")) for c in CUSTOMER_KEYS]
+    rows = customers.select("customer_id", F.explode(F.array(*pairs)).alias("_key"))
+    return rows.select("customer_id", "_key.key_type", "_key.key_value").where(F.col("key_value").isNotNull())
+
+
 def identity_keys(read: Callable[[Table], DataFrame]) -> DataFrame:
     """Every key as ``read`` gives the map and the conflicts, with all its customers."""
     single = read(lake.IDENTITY_MAP).select("key_type", "key_value", F.array("customer_id").alias("customer_ids"))
@@ -148,14 +155,14 @@ def stage_identity_changes(
     touched = []
     if staged_customers is not None:
         before = customers_before.join(staged_customers.select("customer_id"), "customer_id", "left_semi")
-        values = staged_customers.select(*CUSTOMER_KEYS).unionByName(before.select(*CUSTOMER_KEYS))
-        for column in CUSTOMER_KEYS:
-            keys = values.where(F.col(column).isNotNull()).select(F.col(column).alias("key_value")).distinct()
-            holders = customers_now.join(keys.withColumnRenamed("key_value", column), column, "left_semi")
-            linked = _linked_keys(holders, column)
-            touched.append(keys.select(F.lit(column).alias("key_type"), "key_value").join(
-                linked, ["key_type", "key_value"], "left"
-            ))  # fmt: skip
+        pair = ["key_type", "key_value"]
+        held = staged_customers.select("customer_id", *CUSTOMER_KEYS).unionByName(
+            before.select(*["customer_id", *CUSTOMER_KEYS])
+        )
+        keys = _customer_keys(held).select(*pair).distinct()
+        holders = _customer_keys(customers_now).join(keys, pair, "left_semi")
+        linked = holders.groupBy(*pair).agg(F.array_sort(F.collect_set("customer_id")).alias("customer_ids"))
+        touched.append(keys.join(linked, pair, "left"))
     if staged_web_events is not None:
         new = _linked_keys(staged_web_events.where(F.col("customer_id").isNotNull()), "anonymous_id")
         had = keys_before.join(new.select("key_type", "key_value"), ["key_type", "key_value"], "left_semi")

@@ -247,20 +247,22 @@ def _stage_identity(spark: SparkSession, cfg: Config, manifest: Manifest, anonym
     def current(table: Table) -> DataFrame | None:
         return staging.current(spark, cfg, table, manifest)
 
-    def write(df: DataFrame, table: Table) -> None:
-        staging.stage(df, cfg, table, manifest, staging.IDENTITY)
-
     fed = [manifest.plan_of(lake.CUSTOMERS), manifest.plan_of(lake.WEB_EVENTS) if anonymous_ids else None]
     published = all(tables.exists(spark, cfg, t) for t in (lake.IDENTITY_MAP, lake.IDENTITY_CONFLICTS))
     if not published or any(plan is not None and plan.mode == REBUILD for plan in fed):
         manifest.plans[staging.IDENTITY] = Plan(staging.IDENTITY, [], REBUILD)
         web = current(lake.WEB_EVENTS) if anonymous_ids else None
-        return {"mode": REBUILD, **stage_identity_map(current(lake.CUSTOMERS), web, write)}
+        return {"mode": REBUILD, **stage_identity_map(current(lake.CUSTOMERS), web, _staging(cfg, manifest))}
+    # The customers' keys, staged right after the customers, stay; the web events' anonymous ids join them.
+    earlier = manifest.plans.get(staging.IDENTITY)
+    customers_done = anonymous_ids and earlier is not None and earlier.mode == INCREMENTAL
     manifest.plans[staging.IDENTITY] = Plan(staging.IDENTITY, [], INCREMENTAL)
     customers, web = (staging.staged(spark, cfg, table) if plan else None for table, plan in zip(
         (lake.CUSTOMERS, lake.WEB_EVENTS), fed, strict=True
     ))  # fmt: skip
-    touched = stage_identity_changes(
+    write = _staging(cfg, manifest, append=customers_done)
+    customers = None if customers_done else customers
+    stage_identity_changes(
         current(lake.CUSTOMERS),
         tables.read(spark, cfg, lake.CUSTOMERS),
         customers,
@@ -268,8 +270,19 @@ def _stage_identity(spark: SparkSession, cfg: Config, manifest: Manifest, anonym
         identity_keys(lambda table: tables.read(spark, cfg, table)),
         write,
     )
-    conflicts = current(lake.IDENTITY_CONFLICTS).groupBy("key_type").count().collect()
-    return {"mode": INCREMENTAL, "keys_restaged": touched, "conflicts": {r["key_type"]: r["count"] for r in conflicts}}
+
+    def by_type(df: DataFrame) -> dict[str, int]:
+        return {r["key_type"]: r["count"] for r in df.groupBy("key_type").count().collect()}
+
+    restaged = by_type(staging.staged(spark, cfg, lake.IDENTITY_MAP))
+    return {"mode": INCREMENTAL, "keys_restaged": restaged, "conflicts": by_type(current(lake.IDENTITY_CONFLICTS))}
+
+
+def _staging(cfg: Config, manifest: Manifest, append: bool = False) -> Callable[[DataFrame, Table], None]:
+    def write(df: DataFrame, table: Table) -> None:
+        staging.stage(df, cfg, table, manifest, staging.IDENTITY, append)
+
+    return write
 
 
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:

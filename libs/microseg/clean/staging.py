@@ -95,10 +95,10 @@ def read_manifest(cfg: Config) -> Manifest | None:
     return Manifest.from_json(text) if text else None
 
 
-def stage(df: DataFrame, cfg: Config, table: Table, manifest: Manifest, source: str) -> None:
-    """Write ``df`` as the staged rows of ``table`` (fed by ``source``)."""
+def stage(df: DataFrame, cfg: Config, table: Table, manifest: Manifest, source: str, append: bool = False) -> None:
+    """Write ``df`` as the staged rows of ``table`` (fed by ``source``); ``append``: beside those staged already."""
     manifest.tables[table.name] = source
-    tables.write_staged(df, cfg, lake.staging(table))
+    tables.write_staged(df, cfg, lake.staging(table), append)
 
 
 def staged(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:

@@ -335,13 +335,17 @@ def _evolving(writer, table: Table):  # noqa: ANN001 - pyspark's DataFrameWriter
     return writer.option("mergeSchema", "true") if table.drifts else writer
 
 
-def write_staged(df: DataFrame, cfg: Config, table: Table) -> CommitMetrics:
-    """Replace the staged rows of ``table`` (a ``lake.staging`` entry) with ``df``'s: a plain Delta overwrite,
-    neither described nor named in the metastore, since staging lives only from clean to the quality gate."""
+def write_staged(df: DataFrame, cfg: Config, table: Table, append: bool = False) -> CommitMetrics:
+    """Replace (or ``append`` to) the staged rows of ``table`` (a ``lake.staging`` entry) with ``df``'s: a plain
+    Delta write, neither described nor named in the metastore, since staging lives only from clean to the
+    quality gate."""
     faults.point("delta", str(table))
     check_columns(df, table)
     path = table_path(cfg, table)
-    df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
+    if append:
+        df.write.format("delta").mode("append").save(path)
+    else:
+        df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
     return CommitMetrics(df.sparkSession, path)
 
 
