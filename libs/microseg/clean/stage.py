@@ -6,7 +6,8 @@ quarantine with the first rule it breaks and why. Good rows and quarantined rows
 (``clean.staging``): the quality stage validates them and only then publishes them to silver, so silver
 never holds a batch that failed the gate. A source is rebuilt from all of its bronze with --full-refresh,
 for a database snapshot, and when a published file changed in place. Rows in must equal rows staged plus
-rows quarantined, or the stage fails.
+rows quarantined, or the stage fails. The source of silver.customers goes first (the others link to its
+customers); the others are cleaned side by side (``run.parallel_sources``).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from microseg.runtime.config import Config
 from microseg.runtime.errors import ReconciliationError
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport
-from microseg.runtime.sparkops import RowCount, cached, count_rows, described
+from microseg.runtime.sparkops import RowCount, cached, count_rows, described, in_parallel
 
 Outputs = dict[Table, Callable[[DataFrame], DataFrame]]  # silver table -> its shape from the good rows
 Cleaned = tuple[DataFrame, Outputs]  # rows flagged by the rules (_rule, _reason), and where good rows go
@@ -204,6 +205,28 @@ CLEANERS: dict[str, Callable[[DataFrame, Inputs], Cleaned]] = {
 assert set(CLEANERS) == set(ENTITIES), "every entity has a cleaner"
 
 
+READS = {"order_items": ("orders", "order_lines")}  # entity -> the entities whose staged rows its cleaner reads
+
+
+def feeds_customers(entity: str, by_entity: dict[str, SourceSpec]) -> bool:
+    """Whether ``entity``'s source stages silver.customers: the CRM, or order lines when there is no CRM (then the
+    lines are the customers' only record). It is cleaned first; the others link through its identity map."""
+    return entity == "customers" or (entity == "order_lines" and "customers" not in by_entity)
+
+
+def lanes(entities: list[str]) -> list[list[str]]:
+    """``entities`` (in ENTITIES order) as lanes cleaned side by side, each in order: an entity joins the lane
+    of one it reads (READS), else starts its own."""
+    found: list[list[str]] = []
+    for entity in entities:
+        lane = next((lane for lane in found if set(READS.get(entity, ())) & set(lane)), None)
+        if lane is None:
+            found.append([entity])
+        else:
+            lane.append(entity)
+    return found
+
+
 def clean_source(
     spark: SparkSession, cfg: Config, spec: SourceSpec, plan: Plan, by_entity: dict[str, SourceSpec], manifest: Manifest
 ) -> tuple[Entry, list[tuple]]:
@@ -220,8 +243,8 @@ def clean_source(
     if keyed:
         bronze = bronze.withColumn(duplicates.KEY, duplicates.record_key(spec))
 
-    crm_needed = entity != "customers" and ("customers" in by_entity or entity != "order_lines")
-    keys = identity_keys(lambda t: staging.current(spark, cfg, t, manifest)) if crm_needed else None
+    linked = not feeds_customers(entity, by_entity)
+    keys = identity_keys(lambda t: staging.current(spark, cfg, t, manifest)) if linked else None
     given = Inputs(spark, cfg, spec, plan, keys, manifest, lambda: mapped(everything))
     flagged, outputs = CLEANERS[entity](mapped(bronze), given)
     if keyed:
@@ -294,20 +317,30 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     with described(spark, "clean: the batches to stage"):
         plans = staging.plans(spark, cfg, list(specs.values()), run.full_refresh)
     manifest = Manifest(run.run_id)
-    batch_rows: list[tuple] = []
-    for entity in ENTITIES:
-        spec = by_entity.get(entity)
-        if spec is None:
-            continue
+    cleaned: dict[str, tuple[Entry, list[tuple]]] = {}  # entity -> its entry and ops.batches rows
+    for entity, spec in by_entity.items():
         plan = plans.get(spec.name)
         if plan is None:
-            report.entries.append(Entry(spec.name, 0, 0, 0, details={"mode": "nothing new", "batches": 0}))
-            continue
-        manifest.plans[spec.name] = plan
-        with described(spark, f"clean {spec.name} ({entity}, {plan.mode}, {len(plan.batches)} batches)"):
-            entry, rows = clean_source(spark, cfg, spec, plan, by_entity, manifest)
-        report.entries.append(entry)
-        batch_rows += rows
+            cleaned[entity] = Entry(spec.name, 0, 0, 0, details={"mode": "nothing new", "batches": 0}), []
+        else:
+            manifest.plans[spec.name] = plan
+
+    def lane(entities: list[str]) -> Callable[[], None]:
+        def clean() -> None:
+            for entity in entities:
+                spec, plan = by_entity[entity], plans[by_entity[entity].name]
+                with described(spark, f"clean {spec.name} ({entity}, {plan.mode}, {len(plan.batches)} batches)"):
+                    cleaned[entity] = clean_source(spark, cfg, spec, plan, by_entity, manifest)
+
+        return clean
+
+    todo = [e for e in ENTITIES if e in by_entity and e not in cleaned]
+    for entity in [e for e in todo if feeds_customers(e, by_entity)]:
+        lane([entity])()
+    others = lanes([e for e in todo if not feeds_customers(e, by_entity)])
+    in_parallel(spark, [lane(entities) for entities in others], cfg.run.parallel_sources)
+    report.entries = [cleaned[e][0] for e in ENTITIES if e in cleaned]
+    batch_rows = [row for e in ENTITIES if e in cleaned for row in cleaned[e][1]]
     if lake.CUSTOMERS.name in manifest.tables or lake.WEB_EVENTS.name in manifest.tables:
         with described(spark, "clean: identity map, with the web events' anonymous ids"):
             report.info["identity"] = _stage_identity(spark, cfg, manifest, anonymous_ids=True)

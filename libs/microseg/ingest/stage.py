@@ -7,9 +7,10 @@ with 0 rows. A batch's id is a hash of its files: rerunning the same batch repla
 (replaceWhere on _batch_id) and writes nothing twice. A file that changed in place is ingested again
 and its older rows are removed from bronze.
 
-ops.ingest_log is appended to: one row per file and ingestion (a file that changed in place has a
-row per version; the latest is the one compared). Rows are counted as they are written (a Spark
-Observation, per file) and reconciled with the rows the Delta commit reports.
+ops.ingest_log is appended to once per run, after bronze: one row per file and ingestion (a file that
+changed in place has a row per version; the latest is the one compared). Rows are counted as they are
+written (a Spark Observation, per file) and reconciled with the rows the Delta commit reports. Sources
+are ingested side by side (``run.parallel_sources``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections.abc import Callable
 
 from pyspark.sql import DataFrame, Observation, Row, SparkSession
 from pyspark.sql import functions as F
@@ -37,13 +39,14 @@ from microseg.runtime.errors import (
 from microseg.runtime.keys import hash_key
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport
-from microseg.runtime.sparkops import described
+from microseg.runtime.sparkops import described, outcomes
 from microseg.runtime.storage import FileInfo
 
 log = logging.getLogger(__name__)
 
 Seen = dict[str, tuple[int, int]]  # path -> (size, modified_ms) of its latest ingestion
 Hashes = dict[str, str]  # content hash -> the first file ingested with it
+Ingested = tuple[Entry, list[tuple]]  # a source's entry, and its files' rows for ops.ingest_log
 MAX_UNDECODABLE_SHARE = 0.01  # of a file's rows: more fails the batch (the file's encoding is not the mapping's)
 OBSERVED_FILES = 100  # a batch of up to this many files is counted per file in the pass that writes it
 
@@ -137,7 +140,7 @@ def _write_bronze(bronze: DataFrame, cfg: Config, name: Table, batch: str, paths
     return written, {r["_source_file"]: r["count"] for r in batch_rows.groupBy("_source_file").count().collect()}
 
 
-def ingest_snapshot(spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec) -> Entry:
+def ingest_snapshot(spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec) -> Ingested:
     """A database table has no files: each run reads a full snapshot and replaces the bronze table.
 
     The snapshot is read from the database once (a local checkpoint), so the contact table and bronze hold
@@ -149,13 +152,13 @@ def ingest_snapshot(spark: SparkSession, cfg: Config, run: RunContext, spec: Sou
     batch = f"s-{run.run_id}"
     bronze = raw.withColumns({"_ingested_at": F.lit(run.started_at).cast("timestamp"), "_batch_id": F.lit(batch)})
     rows, _ = _write_bronze(bronze, cfg, lake.bronze(spec.name), batch, [])
-    return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={"snapshot": batch})
+    return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={"snapshot": batch}), []
 
 
 def ingest_source(
     spark: SparkSession, cfg: Config, run: RunContext, spec: SourceSpec, seen: Seen, known: Hashes
-) -> Entry:
-    """Ingest the new and changed files of one source and append them to ops.ingest_log."""
+) -> Ingested:
+    """Ingest the new and changed files of one source; returns its entry and its rows for ops.ingest_log."""
     if spec.format == "jdbc":
         return ingest_snapshot(spark, cfg, run, spec)
     files = storage.list_files(cfg, location(cfg, spec))
@@ -169,11 +172,11 @@ def ingest_source(
     if duplicates:
         details["files_duplicate"] = duplicates
         log.warning("source %s: file(s) already ingested under another name, skipped: %s", spec.name, duplicates)
-        copies = [f for f in fresh if f.path in duplicates]
-        _log_files(spark, cfg, _ingest_log_rows(spec.name, copies, {}, None, run.started_at, hashes, duplicates))
+    copies = [f for f in fresh if f.path in duplicates]
+    logged = _ingest_log_rows(spec.name, copies, {}, None, run.started_at, hashes, duplicates)
     todo = [f for f in fresh if f.path not in duplicates] + changed
     if not todo:
-        return Entry(spec.name, rows_in=0, rows_written=0, rows_quarantined=0, details=details)
+        return Entry(spec.name, rows_in=0, rows_written=0, rows_quarantined=0, details=details), logged
     batch = batch_id(spec.name, todo)
     paths = [f.path for f in todo]
     readable = [f for f in todo if f.size > 0]  # an empty file has no header to read: recorded with 0 rows
@@ -197,8 +200,9 @@ def ingest_source(
     rows, counts = 0, {}
     if bronze is not None:
         rows, counts = _write_bronze(bronze, cfg, name, batch, [f.path for f in readable])
-    _log_files(spark, cfg, _ingest_log_rows(spec.name, todo, counts, batch, run.started_at, hashes))
-    return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details={**details, "batch_id": batch})
+    logged += _ingest_log_rows(spec.name, todo, counts, batch, run.started_at, hashes)
+    details["batch_id"] = batch
+    return Entry(spec.name, rows_in=rows, rows_written=rows, rows_quarantined=0, details=details), logged
 
 
 def check_decoding(raw: DataFrame, spec: SourceSpec, cfg: Config) -> None:
@@ -257,10 +261,6 @@ def _drop_rows_of(spark: SparkSession, cfg: Config, table: Table, paths: list[st
     tables.delete(spark, cfg, table, f"_source_file IN ({files}) AND _batch_id != {delta_ops.literal(batch)}")
 
 
-def _log_files(spark: SparkSession, cfg: Config, rows: list[tuple]) -> None:
-    tables.append(spark.createDataFrame(rows, lake.INGEST_LOG.ddl), cfg, lake.INGEST_LOG)
-
-
 def _ingest_log_rows(
     source: str,
     files: list[FileInfo],
@@ -284,8 +284,24 @@ def run_ingest(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
     report = StageReport("ingest")
     with described(spark, "ingest: read ops.ingest_log"):
         seen, hashes = ingested_files(spark, cfg)
-    for spec in load_mapping(cfg).values():
-        with described(spark, f"ingest {spec.name}"):
-            entry = ingest_source(spark, cfg, run, spec, seen.get(spec.name, {}), hashes.get(spec.name, {}))
-            report.entries.append(entry)
+
+    def task(spec: SourceSpec) -> Callable[[], Ingested]:
+        def ingest() -> Ingested:
+            with described(spark, f"ingest {spec.name}"):
+                return ingest_source(spark, cfg, run, spec, seen.get(spec.name, {}), hashes.get(spec.name, {}))
+
+        return ingest
+
+    ingested = outcomes(spark, [task(spec) for spec in load_mapping(cfg).values()], cfg.run.parallel_sources)
+    done = [outcome for outcome in ingested if not isinstance(outcome, BaseException)]
+    # One commit for the files of every source that went into bronze: a file whose rows are in bronze but not
+    # logged (an interrupted run) is read again next time, into the same batch, which replaces its rows.
+    logged = [row for _, rows in done for row in rows]
+    if logged:
+        with described(spark, "ingest: ops.ingest_log"):
+            tables.append(spark.createDataFrame(logged, lake.INGEST_LOG.ddl), cfg, lake.INGEST_LOG)
+    for outcome in ingested:  # the first source that failed, in the mapping's order
+        if isinstance(outcome, BaseException):
+            raise outcome
+    report.entries = [entry for entry, _ in done]
     return report

@@ -11,6 +11,7 @@ pending: the next run stages and publishes them again, to the same tables.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 
@@ -25,7 +26,7 @@ from microseg.runtime.config import Config
 from microseg.runtime.errors import ReconciliationError
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry
-from microseg.runtime.sparkops import cached, described
+from microseg.runtime.sparkops import cached, described, in_parallel
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,8 @@ def write(df: DataFrame, cfg: Config, table: Table, plan: Plan) -> tables.Commit
 
 
 def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Gated], run_id: str) -> list[Entry]:
-    """Publish every staged table and its quarantine; returns one entry per silver table.
+    """Publish every staged table, then the quarantine tables (side by side: ``run.parallel_sources``); returns
+    one entry per silver table.
 
     Raises:
         ReconciliationError: if a table's staged rows != rows published + rows quarantined.
@@ -57,18 +59,50 @@ def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Ga
         if lake.named(name).layer == "quarantine":
             rows = staging.staged(spark, cfg, lake.named(name))
             quarantines.setdefault(name, []).append((rows, manifest.plans[source]))
-    entries = []
-    for g in gated:
+    workers = cfg.run.parallel_sources
+    published = in_parallel(spark, [_publisher(spark, cfg, manifest, g) for g in gated], workers)
+    for _, moved in published:
+        if moved is not None:
+            quarantines.setdefault(moved[0], []).append(moved[1])
+
+    def quarantine(name: str, parts: list[tuple[DataFrame, Plan]]) -> Callable[[], None]:
+        def write() -> None:
+            with described(spark, f"quality: publish {name}"):
+                _write_quarantine(cfg, lake.named(name), parts)
+
+        return write
+
+    in_parallel(spark, [quarantine(name, parts) for name, parts in sorted(quarantines.items())], workers)
+    rows = [
+        (plan.source, batch, PUBLISHED, plan.mode, None, None, None, run_id, None)
+        for plan in manifest.plans.values()
+        if plan.source != staging.IDENTITY
+        for batch in plan.batches
+    ]
+    staging.record(spark, cfg, rows)
+    staging.clear(cfg)
+    return [entry for entry, _ in published]
+
+
+Moved = tuple[str, tuple[DataFrame, Plan]]  # a quarantine table, and the rows the gate moved to it
+Published = tuple[Entry, Moved | None]
+
+
+def _publisher(spark: SparkSession, cfg: Config, manifest: Manifest, g: Gated) -> Callable[[], Published]:
+    """The publication of one gated table: its entry, and the rows its quarantine takes (None: none)."""
+
+    def publish_table() -> Published:
         plan = manifest.plan_of(g.table)
         record_columns = [c for c in g.columns if c != "_batch_id"]
+        moved = None
         with described(spark, f"quality: publish {g.table}"), cached(g.flagged) as flagged:
             by_rule = {r["_rule"]: r["count"] for r in flagged.groupBy("_rule").count().collect()}
             staged, kept = sum(by_rule.values()), by_rule.pop(None, 0)
             good = flagged.where(F.col("_rule").isNull()).select(*[F.col(f"`{c}`") for c in g.columns])
             committed = write(good, cfg, g.table, plan)
             if by_rule:
-                moved = quarantine_records(flagged, g.table.name, record_columns)
-                quarantines.setdefault(lake.quarantine(g.table.short_name).name, []).append((moved, plan))
+                rows = quarantine_records(flagged, g.table.name, record_columns)
+                moved = lake.quarantine(g.table.short_name).name, (rows, plan)
             merged = lake.MERGE in g.table.writes and plan.mode != REBUILD  # unchanged rows are not written
             if not merged and committed.rows_written != kept:
                 raise ReconciliationError(
@@ -81,19 +115,9 @@ def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Ga
                 details["updated"] = committed.get("numTargetRowsUpdated", 0)
                 if g.table.removed_when_null:
                     details["deleted"] = committed.get("numTargetRowsDeleted", 0)
-            entries.append(Entry(g.table.name, staged, kept, staged - kept, details=details))
-    for name, parts in sorted(quarantines.items()):
-        with described(spark, f"quality: publish {name}"):
-            _write_quarantine(cfg, lake.named(name), parts)
-    rows = [
-        (plan.source, batch, PUBLISHED, plan.mode, None, None, None, run_id, None)
-        for plan in manifest.plans.values()
-        if plan.source != staging.IDENTITY
-        for batch in plan.batches
-    ]
-    staging.record(spark, cfg, rows)
-    staging.clear(cfg)
-    return entries
+        return Entry(g.table.name, staged, kept, staged - kept, details=details), moved
+
+    return publish_table
 
 
 def _write_quarantine(cfg: Config, table: Table, parts: list[tuple[DataFrame, Plan]]) -> None:

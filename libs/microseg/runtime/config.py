@@ -256,6 +256,13 @@ class RunConfig(_Strict):
         "less than half is left (keep it twice the longest stage); a dead run's lock is taken over once it "
         "expires (at once on the same host)",
     )
+    parallel_sources: int = Field(
+        4,
+        ge=1,
+        description="sources ingested, cleaned and published at once, each in a thread of its own Spark jobs (a "
+        "small daily batch costs the driver's planning of each table's jobs, which the others' jobs overlap); 1: "
+        "one after another",
+    )
 
 
 class TablesConfig(_Strict):

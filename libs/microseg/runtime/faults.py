@@ -20,6 +20,7 @@ from microseg.runtime import logs
 
 log = logging.getLogger(__name__)
 _hits: dict[str, int] = {}
+_counting = threading.Lock()  # sources run side by side (sparkops.in_parallel): their points are counted in turn
 
 
 def point(kind: str, what: str = "") -> None:
@@ -29,16 +30,17 @@ def point(kind: str, what: str = "") -> None:
         return
     stage = logs.current_stage() or "-"
     if trace:
-        with open(trace, "a", encoding="utf-8") as out:
+        with _counting, open(trace, "a", encoding="utf-8") as out:
             out.write(f"{stage}\t{kind}\t{what}\n")
     if not spec:
         return
     target, n, delay_ms = spec.split(":")
     if stage != target:
         return
-    _hits[stage] = _hits.get(stage, 0) + 1
-    if kind == "stage_end" or _hits[stage] == int(n):
-        _kill_after(int(delay_ms) if kind != "stage_end" else 0, f"{stage} point {_hits[stage]} {kind} {what}")
+    with _counting:
+        hit = _hits[stage] = _hits.get(stage, 0) + 1
+    if kind == "stage_end" or hit == int(n):
+        _kill_after(int(delay_ms) if kind != "stage_end" else 0, f"{stage} point {hit} {kind} {what}")
 
 
 def _kill_after(delay_ms: int, where: str) -> None:

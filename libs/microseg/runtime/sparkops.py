@@ -11,8 +11,10 @@ its group as a job tag instead, descriptions are not set, the jobs are not count
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -20,6 +22,7 @@ from pyspark import SparkContext, StorageLevel
 from pyspark.sql import Column, DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DataType
+from pyspark.util import inheritable_thread_target
 
 T = TypeVar("T")
 
@@ -230,3 +233,55 @@ def count_rows(df: DataFrame) -> tuple[DataFrame, RowCount]:
         return df, _CountedLater(df)
     observation = Observation()
     return df.observe(observation, F.count(F.lit(1)).alias("rows")), observation
+
+
+def in_parallel(spark: SparkSession, tasks: list[Callable[[], T]], workers: int) -> list[T]:
+    """``outcomes`` of ``tasks``, raising the first failure (in task order) once every task has ended."""
+    done = outcomes(spark, tasks, workers)
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return done  # type: ignore[return-value]
+
+
+def outcomes(spark: SparkSession, tasks: list[Callable[[], T]], workers: int) -> list[T | BaseException]:
+    """Run ``tasks`` in up to ``workers`` threads, each task's Spark jobs in the caller's job group and
+    description (pyspark's ``inheritable_thread_target``) and with the caller's context (the stage that
+    logs name); returns, in task order, each one's result or the exception it raised.
+
+    Independent tables of a stage go through here: on a small batch a table's cost is the driver's
+    planning and scheduling of its few dozen jobs, which the other tables' jobs overlap.
+    """
+
+    def settled(task: Callable[[], T]) -> Callable[[], T | BaseException]:
+        def run() -> T | BaseException:
+            try:
+                return task()
+            except Exception as exc:  # handed back: the caller decides, once every task has ended
+                return exc
+
+        return run
+
+    if workers <= 1 or len(tasks) <= 1:
+        return [settled(task)() for task in tasks]
+
+    def carried(task: Callable[[], T | BaseException]) -> Callable[[], T | BaseException]:
+        context = contextvars.copy_context()
+        if not is_remote(spark):
+            return inheritable_thread_target(spark)(lambda: context.run(task))
+        tags = spark.getTags()  # Spark Connect: the stage's group is a tag, kept per thread
+
+        def tagged() -> T | BaseException:
+            for tag in tags:
+                spark.addTag(tag)
+            try:
+                return context.run(task)
+            finally:
+                spark.clearTags()
+
+        return tagged
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="microseg") as pool:
+        futures = [pool.submit(carried(settled(task))) for task in tasks]
+        wait(futures)
+    return [future.result() for future in futures]
