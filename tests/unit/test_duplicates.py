@@ -48,6 +48,16 @@ def test_a_key_repeated_in_the_batch_or_delivered_before_is_quarantined_naming_t
     assert found[("1", "A", 1, "f2.csv")][1].endswith("first in batch b-2")
 
 
+def test_a_key_with_an_empty_column_delivered_before_is_found_again(spark):
+    """The earlier keys are matched on the columns as read, an empty value matching an empty value, as their JSON
+    does ({"sku":"C"} for both)."""
+    rows = [(None, "C", 1, "f1.csv", "b-2", None, None), (None, "D", 1, "f1.csv", "b-2", None, None)]
+    earlier = [(None, "C", 9, "old.csv", "b-1", None, None), ("", "D", 9, "old.csv", "b-1", None, None)]
+    met = first_deliveries(spark.createDataFrame(earlier, SCHEMA), SPEC, spark.createDataFrame(rows, SCHEMA))
+    assert [tuple(r) for r in met.collect()] == [('{"sku":"C"}', "b-1")]
+    assert {k[1]: rule for k, (rule, _) in flagged(spark, rows, earlier).items()} == {"C": "duplicate_key", "D": None}
+
+
 def test_the_same_rows_give_the_same_duplicates_however_they_are_batched(spark):
     """A daily run meeting earlier batches and a rebuild meeting every batch at once quarantine the same rows."""
     day1 = [("1", "A", 1, "d1.csv", "b-1", None, None), ("2", "A", 1, "d1.csv", "b-1", None, None)]

@@ -35,12 +35,16 @@ def test_rule_results_count_unexpected_rows(spark):
 def test_data_docs_are_built(spark, tmp_path):
     df = spark.createDataFrame([("a",), (None,)], "id STRING")
     suite = TableRules(table="silver.t", rules=[QualityRule(name="id_present", expectation="not_null", column="id")])
-    validate([("silver.t", suite, df)], docs_dir=str(tmp_path / "docs"))
+    other = TableRules(table="silver.u", rules=[QualityRule(name="id_present", expectation="not_null", column="id")])
+    validate([("silver.t", suite, df), ("silver.u", other, df.dropna())], docs_dir=str(tmp_path / "docs"))
     index = tmp_path / "docs" / "index.html"
     assert index.exists()
-    pages = list((tmp_path / "docs" / "validations").rglob("*.html"))
-    assert len(pages) == 1 and "silver.t" in index.read_text()
-    assert "Unsuccessful" in pages[0].read_text()  # the one rule failed (one null id)
+    pages = {p.relative_to(tmp_path / "docs" / "validations").parts[0]: p.read_text()
+             for p in (tmp_path / "docs" / "validations").rglob("*.html")}  # fmt: skip
+    assert sorted(pages) == ["silver.t:suite", "silver.u:suite"], pages.keys()  # one build, every check's page
+    assert "silver.t" in index.read_text() and "silver.u" in index.read_text()
+    assert "Unsuccessful" in pages["silver.t:suite"]  # its one rule failed (one null id)
+    assert "Unsuccessful" not in pages["silver.u:suite"]
 
 
 def test_publication_moves_quarantined_rows_and_replaces_its_batches_on_a_rerun(spark, make_config):

@@ -131,14 +131,19 @@ def test_ingest_counts_rows_per_file_and_replaces_a_changed_file(
         options={"header": "true"},
     )
 
-    first = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 1)), spec, {}, {})
+    def ingest_source(*args):  # what run_ingest does for one source: bronze, then ops.ingest_log
+        entry, logged = ingest.ingest_source(spark, cfg, *args)
+        ingest.log_files(spark, cfg, logged)
+        return entry
+
+    first = ingest_source(RunContext(as_of=dt.date(2025, 1, 1)), spec, {}, {})
     assert (first.rows_in, first.rows_written, first.details["files_new"]) == (4, 4, 2)
     logged = {Path(r["path"]).name: r["rows"] for r in tables.read(spark, cfg, "ops.ingest_log").collect()}
     assert logged == {"a.csv": 3, "b.csv": 1}
 
     (tmp_path / "t" / "b.csv").write_text("id,n\ny1,1\ny2,2\n")  # changed in place: now 2 rows
     seen, hashes = (found["t"] for found in ingest.ingested_files(spark, cfg))
-    second = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 2)), spec, seen, hashes)
+    second = ingest_source(RunContext(as_of=dt.date(2025, 1, 2)), spec, seen, hashes)
     assert (second.details["files_new"], second.details["files_changed"], second.rows_written) == (0, 1, 2)
     bronze = sorted(r["id"] for r in tables.read(spark, cfg, "bronze.t").collect())
     assert bronze == ["x1", "x2", "x3", "y1", "y2"]
@@ -149,7 +154,7 @@ def test_ingest_counts_rows_per_file_and_replaces_a_changed_file(
     for copy in ("c.csv", "d.csv"):
         (tmp_path / "t" / copy).write_bytes((tmp_path / "t" / "a.csv").read_bytes())
     seen, hashes = (found["t"] for found in ingest.ingested_files(spark, cfg))
-    third = ingest.ingest_source(spark, cfg, RunContext(as_of=dt.date(2025, 1, 3)), spec, seen, hashes)
+    third = ingest_source(RunContext(as_of=dt.date(2025, 1, 3)), spec, seen, hashes)
     assert (third.details["files_new"], third.rows_written) == (2, 0)
     assert {Path(k).name: Path(v).name for k, v in third.details["files_duplicate"].items()} == {
         "c.csv": "a.csv",

@@ -33,10 +33,12 @@ def first_deliveries(earlier: DataFrame, spec: SourceSpec, new: DataFrame | None
     """The keys of ``earlier`` bronze rows (other batches, already published), each with its first batch; with
     ``new`` (the bronze rows being cleaned), only the keys they carry: a day's run then groups the few of all
     history's keys that it meets again, not every key delivered so far."""
-    rows = earlier.withColumn(KEY, record_key(spec))
-    if new is not None:
-        rows = rows.join(new.select(record_key(spec).alias(KEY)).distinct(), KEY, "left_semi")
-    return rows.groupBy(KEY).agg(F.min("_batch_id").alias("_first_batch"))
+    rows = earlier.select(*[F.col(f"`{k}`") for k in spec.keys], "_batch_id")
+    if new is not None:  # on the key columns as read, before each of the earlier rows is written as JSON
+        wanted = new.select(*[F.col(f"`{k}`").alias(f"_wanted{i}") for i, k in enumerate(spec.keys)]).distinct()
+        same = [rows[f"`{k}`"].eqNullSafe(wanted[f"_wanted{i}"]) for i, k in enumerate(spec.keys)]
+        rows = rows.join(wanted, same, "left_semi")
+    return rows.groupBy(record_key(spec).alias(KEY)).agg(F.min("_batch_id").alias("_first_batch"))
 
 
 def flag_duplicates(flagged: DataFrame, earlier: DataFrame | None) -> DataFrame:

@@ -12,6 +12,7 @@ customers); the others are cleaned side by side (``run.parallel_sources``).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -255,17 +256,17 @@ def clean_source(
             first = duplicates.first_deliveries(earlier, spec, new)
         flagged = duplicates.flag_duplicates(flagged, first)
     bronze_columns = [c for c in bronze.columns if not c.startswith("_")]
-    staged = stage_source(cfg, plan, read, flagged, outputs, bronze_columns, manifest)
-    if lake.CUSTOMERS in outputs:  # later sources link to these customers through the identity map
-        with described(spark, "clean: identity map of the customers"):
-            _stage_identity(spark, cfg, manifest, anonymous_ids=False)
-    return staged
+    return stage_source(cfg, plan, read, flagged, outputs, bronze_columns, manifest)
 
 
-def _stage_identity(spark: SparkSession, cfg: Config, manifest: Manifest, anonymous_ids: bool) -> dict:
+def _stage_identity(
+    spark: SparkSession, cfg: Config, manifest: Manifest, anonymous_ids: bool, earlier: dict | None = None
+) -> dict:
     """Stage the identity map and conflicts for what this run staged: the keys its customers and (with
     ``anonymous_ids``) web events touch (``stage_identity_changes``), or all of them when the map is new
-    or the customers or web events are rebuilt (``stage_identity_map``). Returns counts for the report."""
+    or the customers or web events are rebuilt (``stage_identity_map``). Returns counts for the report: the
+    keys restaged (with those of the ``earlier`` pass, the customers'), and the conflicts once the web
+    events' ids are in."""
 
     def current(table: Table) -> DataFrame | None:
         return staging.current(spark, cfg, table, manifest)
@@ -285,7 +286,7 @@ def _stage_identity(spark: SparkSession, cfg: Config, manifest: Manifest, anonym
     ))  # fmt: skip
     write = _staging(cfg, manifest, append=customers_done)
     customers = None if customers_done else customers
-    stage_identity_changes(
+    restaged = stage_identity_changes(
         current(lake.CUSTOMERS),
         tables.read(spark, cfg, lake.CUSTOMERS),
         customers,
@@ -293,12 +294,12 @@ def _stage_identity(spark: SparkSession, cfg: Config, manifest: Manifest, anonym
         identity_keys(lambda table: tables.read(spark, cfg, table)),
         write,
     )
-
-    def by_type(df: DataFrame) -> dict[str, int]:
-        return {r["key_type"]: r["count"] for r in df.groupBy("key_type").count().collect()}
-
-    restaged = by_type(staging.staged(spark, cfg, lake.IDENTITY_MAP))
-    return {"mode": INCREMENTAL, "keys_restaged": restaged, "conflicts": by_type(current(lake.IDENTITY_CONFLICTS))}
+    if customers_done and earlier:
+        restaged = dict(sorted((Counter(earlier.get("keys_restaged", {})) + Counter(restaged)).items()))
+    if not anonymous_ids:
+        return {"mode": INCREMENTAL, "keys_restaged": restaged}
+    conflicts = current(lake.IDENTITY_CONFLICTS).groupBy("key_type").count().collect()
+    return {"mode": INCREMENTAL, "keys_restaged": restaged, "conflicts": {r[0]: r[1] for r in conflicts}}
 
 
 def _staging(cfg: Config, manifest: Manifest, append: bool = False) -> Callable[[DataFrame, Table], None]:
@@ -337,13 +338,17 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     todo = [e for e in ENTITIES if e in by_entity and e not in cleaned]
     for entity in [e for e in todo if feeds_customers(e, by_entity)]:
         lane([entity])()
+    customers_keys = None
+    if lake.CUSTOMERS.name in manifest.tables:  # the other sources link to these customers through the map
+        with described(spark, "clean: identity map of the customers"):
+            customers_keys = _stage_identity(spark, cfg, manifest, anonymous_ids=False)
     others = lanes([e for e in todo if not feeds_customers(e, by_entity)])
     in_parallel(spark, [lane(entities) for entities in others], cfg.run.parallel_sources)
     report.entries = [cleaned[e][0] for e in ENTITIES if e in cleaned]
     batch_rows = [row for e in ENTITIES if e in cleaned for row in cleaned[e][1]]
     if lake.CUSTOMERS.name in manifest.tables or lake.WEB_EVENTS.name in manifest.tables:
         with described(spark, "clean: identity map, with the web events' anonymous ids"):
-            report.info["identity"] = _stage_identity(spark, cfg, manifest, anonymous_ids=True)
+            report.info["identity"] = _stage_identity(spark, cfg, manifest, True, customers_keys)
     if manifest.tables:
         staging.record(spark, cfg, batch_rows)
         staging.write_manifest(cfg, manifest)

@@ -261,6 +261,12 @@ def _drop_rows_of(spark: SparkSession, cfg: Config, table: Table, paths: list[st
     tables.delete(spark, cfg, table, f"_source_file IN ({files}) AND _batch_id != {delta_ops.literal(batch)}")
 
 
+def log_files(spark: SparkSession, cfg: Config, rows: list[tuple]) -> None:
+    """Append ``ingest_source``'s rows for ops.ingest_log (one commit; none without rows)."""
+    if rows:
+        tables.append(spark.createDataFrame(rows, lake.INGEST_LOG.ddl), cfg, lake.INGEST_LOG)
+
+
 def _ingest_log_rows(
     source: str,
     files: list[FileInfo],
@@ -296,10 +302,8 @@ def run_ingest(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
     done = [outcome for outcome in ingested if not isinstance(outcome, BaseException)]
     # One commit for the files of every source that went into bronze: a file whose rows are in bronze but not
     # logged (an interrupted run) is read again next time, into the same batch, which replaces its rows.
-    logged = [row for _, rows in done for row in rows]
-    if logged:
-        with described(spark, "ingest: ops.ingest_log"):
-            tables.append(spark.createDataFrame(logged, lake.INGEST_LOG.ddl), cfg, lake.INGEST_LOG)
+    with described(spark, "ingest: ops.ingest_log"):
+        log_files(spark, cfg, [row for _, rows in done for row in rows])
     for outcome in ingested:  # the first source that failed, in the mapping's order
         if isinstance(outcome, BaseException):
             raise outcome
