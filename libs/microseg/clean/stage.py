@@ -260,12 +260,12 @@ def clean_source(
 
 
 def _stage_identity(
-    spark: SparkSession, cfg: Config, manifest: Manifest, anonymous_ids: bool, earlier: dict | None = None
+    spark: SparkSession, cfg: Config, manifest: Manifest, anonymous_ids: bool, customers_pass: dict | None = None
 ) -> dict:
     """Stage the identity map and conflicts for what this run staged: the keys its customers and (with
     ``anonymous_ids``) web events touch (``stage_identity_changes``), or all of them when the map is new
     or the customers or web events are rebuilt (``stage_identity_map``). Returns counts for the report: the
-    keys restaged (with those of the ``earlier`` pass, the customers'), and the conflicts once the web
+    keys restaged (with those of the ``customers_pass``), and the conflicts once the web
     events' ids are in."""
 
     def current(table: Table) -> DataFrame | None:
@@ -294,8 +294,8 @@ def _stage_identity(
         identity_keys(lambda table: tables.read(spark, cfg, table)),
         write,
     )
-    if customers_done and earlier:
-        restaged = dict(sorted((Counter(earlier.get("keys_restaged", {})) + Counter(restaged)).items()))
+    if customers_done and customers_pass:
+        restaged = dict(sorted((Counter(customers_pass.get("keys_restaged", {})) + Counter(restaged)).items()))
     if not anonymous_ids:
         return {"mode": INCREMENTAL, "keys_restaged": restaged}
     conflicts = current(lake.IDENTITY_CONFLICTS).groupBy("key_type").count().collect()
