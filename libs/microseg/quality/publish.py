@@ -36,6 +36,7 @@ class Gated:
     table: Table
     flagged: DataFrame
     columns: list[str]
+    quarantines: bool  # whether a quarantine rule failed on the table (else no row is flagged)
 
 
 def write(df: DataFrame, cfg: Config, table: Table, plan: Plan) -> tables.CommitMetrics:
@@ -48,7 +49,7 @@ def write(df: DataFrame, cfg: Config, table: Table, plan: Plan) -> tables.Commit
 
 
 def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Gated], run_id: str) -> list[Entry]:
-    """Publish every staged table, then the quarantine tables (side by side: ``run.parallel_sources``); returns
+    """Publish every staged table and every quarantine table, side by side (``run.parallel_sources``); returns
     one entry per silver table.
 
     Raises:
@@ -59,11 +60,11 @@ def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Ga
         if lake.named(name).layer == "quarantine":
             rows = staging.staged(spark, cfg, lake.named(name))
             quarantines.setdefault(name, []).append((rows, manifest.plans[source]))
-    workers = cfg.run.parallel_sources
-    published = in_parallel(spark, [_publisher(spark, cfg, manifest, g) for g in gated], workers)
-    for _, moved in published:
-        if moved is not None:
-            quarantines.setdefault(moved[0], []).append(moved[1])
+    for g in gated:
+        if g.quarantines:  # the rows the gate moves: flagged again by the quarantine's own task
+            record_columns = [c for c in g.columns if c != "_batch_id"]
+            moved = quarantine_records(g.flagged, g.table.name, record_columns), manifest.plan_of(g.table)
+            quarantines.setdefault(lake.quarantine(g.table.short_name).name, []).append(moved)
 
     def quarantine(name: str, parts: list[tuple[DataFrame, Plan]]) -> Callable[[], None]:
         def write() -> None:
@@ -72,7 +73,9 @@ def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Ga
 
         return write
 
-    in_parallel(spark, [quarantine(name, parts) for name, parts in sorted(quarantines.items())], workers)
+    tasks = [_publisher(spark, cfg, manifest, g) for g in gated]
+    tasks += [quarantine(name, parts) for name, parts in sorted(quarantines.items())]
+    entries = in_parallel(spark, tasks, cfg.run.parallel_sources)[: len(gated)]
     rows = [
         (plan.source, batch, PUBLISHED, plan.mode, None, None, None, run_id, None)
         for plan in manifest.plans.values()
@@ -81,28 +84,19 @@ def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Ga
     ]
     staging.record(spark, cfg, rows)
     staging.clear(cfg)
-    return [entry for entry, _ in published]
+    return entries
 
 
-Moved = tuple[str, tuple[DataFrame, Plan]]  # a quarantine table, and the rows the gate moved to it
-Published = tuple[Entry, Moved | None]
+def _publisher(spark: SparkSession, cfg: Config, manifest: Manifest, g: Gated) -> Callable[[], Entry]:
+    """The publication of one gated table (its rows that no quarantine rule takes); returns its entry."""
 
-
-def _publisher(spark: SparkSession, cfg: Config, manifest: Manifest, g: Gated) -> Callable[[], Published]:
-    """The publication of one gated table: its entry, and the rows its quarantine takes (None: none)."""
-
-    def publish_table() -> Published:
+    def publish_table() -> Entry:
         plan = manifest.plan_of(g.table)
-        record_columns = [c for c in g.columns if c != "_batch_id"]
-        moved = None
         with described(spark, f"quality: publish {g.table}"), cached(g.flagged) as flagged:
             by_rule = {r["_rule"]: r["count"] for r in flagged.groupBy("_rule").count().collect()}
             staged, kept = sum(by_rule.values()), by_rule.pop(None, 0)
             good = flagged.where(F.col("_rule").isNull()).select(*[F.col(f"`{c}`") for c in g.columns])
             committed = write(good, cfg, g.table, plan)
-            if by_rule:
-                rows = quarantine_records(flagged, g.table.name, record_columns)
-                moved = lake.quarantine(g.table.short_name).name, (rows, plan)
             merged = lake.MERGE in g.table.writes and plan.mode != REBUILD  # unchanged rows are not written
             if not merged and committed.rows_written != kept:
                 raise ReconciliationError(
@@ -115,7 +109,7 @@ def _publisher(spark: SparkSession, cfg: Config, manifest: Manifest, g: Gated) -
                 details["updated"] = committed.get("numTargetRowsUpdated", 0)
                 if g.table.removed_when_null:
                     details["deleted"] = committed.get("numTargetRowsDeleted", 0)
-        return Entry(g.table.name, staged, kept, staged - kept, details=details), moved
+        return Entry(g.table.name, staged, kept, staged - kept, details=details)
 
     return publish_table
 

@@ -106,7 +106,7 @@ def rejected_batches(cfg: Config, manifest: Manifest, specs: dict[str, SourceSpe
 def gate(table: Table, rows: DataFrame, rules: list[QualityRule]) -> Gated:
     """The staged ``rows`` of ``table`` with the rows breaking its failed ``quarantine`` rules flagged."""
     row_rules = [Rule(r.name, r.reason or f"{r.expectation} on {r.column}", violation(r)) for r in rules]
-    return Gated(table, flag_rules(rows, row_rules), rows.columns)
+    return Gated(table, flag_rules(rows, row_rules), rows.columns, bool(row_rules))
 
 
 def results_frame(spark: SparkSession, run: RunContext, results: list[RuleResult]) -> DataFrame:
