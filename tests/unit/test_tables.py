@@ -232,19 +232,3 @@ def test_a_catalog_gives_three_level_names(spark, make_config):
     )
     assert spark.table("spark_catalog.acme_seg_silver.identity_map").collect() == [("email_hash", "h1", "cu_1")]
     assert "acme_seg_silver" in {d.name for d in spark.catalog.listDatabases()}
-
-
-def test_a_merge_into_a_table_with_deletion_vectors_marks_the_rows_it_replaces(spark, make_config):
-    """silver.customers and the identity tables: a day's few changes do not rewrite the files of every customer."""
-    assert all(t.deletion_vectors for t in (lake.CUSTOMERS, lake.CUSTOMER_CONTACT, lake.IDENTITY_MAP))
-    cfg = make_config()
-    table = Table("silver.t_dv", "a test table", (("id", "int"), ("v", "string")), (OVERWRITE, MERGE), ("id",),
-                  deletion_vectors=True)  # fmt: skip
-    tables.overwrite(spark.createDataFrame([(i, "a") for i in range(100)], "id INT, v STRING").coalesce(1), cfg, table)
-    properties = spark.sql(f"DESCRIBE DETAIL delta.`{tables.table_path(cfg, table)}`").first()["properties"]
-    assert properties.get("delta.enableDeletionVectors") == "true"
-    update = tables.merge(spark.createDataFrame([(7, "b"), (100, "c")], "id INT, v STRING"), cfg, table)
-    assert (update["numTargetRowsInserted"], update["numTargetRowsUpdated"]) == (1, 1)
-    assert update["numTargetDeletionVectorsAdded"] == 1 and update["numTargetRowsCopied"] == 0  # 99 rows left alone
-    rows = {r["id"]: r["v"] for r in tables.read(spark, cfg, table).collect()}
-    assert len(rows) == 101 and (rows[7], rows[100], rows[8]) == ("b", "c", "a")

@@ -39,9 +39,6 @@ class Table:
     keys: tuple[str, ...] = ()
     partition_by: tuple[str, ...] = ()
     change_data_feed: bool = False
-    # Deletion vectors: a MERGE marks the rows it replaces instead of rewriting their files (a day's few changes
-    # to a table of every customer); readers need Delta's deletionVectors feature (reader version 3).
-    deletion_vectors: bool = False
     newer_than: str | None = None  # merge: a matched row is replaced only by a row at least this new
     removed_when_null: str | None = None  # merge: a row with this column null removes its key from the table
     more_columns: str | None = None  # columns not known until run time (a source's, the catalog's)
@@ -103,7 +100,6 @@ CUSTOMER_CONTACT = Table(
     keys=("customer_id",),
     newer_than="updated_at",
     written_by="ingest",
-    deletion_vectors=True,
 )
 CUSTOMERS = Table(
     "silver.customers",
@@ -116,7 +112,6 @@ CUSTOMERS = Table(
     (OVERWRITE, MERGE),
     keys=("customer_id",),
     written_by="quality (from the batches clean stages)",
-    deletion_vectors=True,
 )
 ORDERS = Table(
     "silver.orders",
@@ -192,7 +187,6 @@ IDENTITY_MAP = Table(
     removed_when_null="customer_id",
     written_by="quality (staged by clean)",
     comments=(("customer_id", "The one customer the key belongs to"),),
-    deletion_vectors=True,
 )
 
 # -- gold -----------------------------------------------------------------------------------------------
@@ -347,7 +341,6 @@ IDENTITY_CONFLICTS = Table(
     removed_when_null="customer_ids",
     written_by="quality (staged by clean)",
     comments=(("customers", "How many customers the key points at"),),
-    deletion_vectors=True,
 )
 RUN_LOCKS = Table(
     "ops.run_locks",

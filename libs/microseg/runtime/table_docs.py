@@ -16,19 +16,15 @@ def markdown() -> str:
         "follows `tables.catalog` and `tables.schema_prefix` (conf/base.yaml): `[<catalog>.]<prefix>_<layer>.<table>`.",
         "The comments below are the tables' and columns' COMMENTs (`DESCRIBE TABLE EXTENDED`). A table's columns",
         "change only by `microseg migrate` (bronze excepted: it takes a source's new columns as they arrive).",
-        "A table with deletion vectors is created with them (a daily MERGE marks the rows it replaces instead of",
-        "rewriting their files): reading it needs a Delta reader with the deletionVectors feature.",
         "",
-        "| table | SQL name (default) | written by | writes | key | partitioned by | change feed | deletion vectors | "
-        "description |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| table | SQL name (default) | written by | writes | key | partitioned by | change feed | description |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     examples = [bronze("<source>"), quarantine("<source>")]
     for t in (*examples, *TABLES):
         lines.append(
             f"| `{t.name}` | `{t.sql_name()}` | {t.written_by} | {', '.join(t.writes)} | {', '.join(t.keys) or '-'} | "
-            f"{', '.join(t.partition_by) or '-'} | {'yes' if t.change_data_feed else '-'} | "
-            f"{'yes' if t.deletion_vectors else '-'} | {t.description} |"
+            f"{', '.join(t.partition_by) or '-'} | {'yes' if t.change_data_feed else '-'} | {t.description} |"
         )
     lines += ["", "Writes: " + "; ".join(WRITES.values()) + ".", ""]
     for t in (*examples, *TABLES):

@@ -181,8 +181,8 @@ def commented(df: DataFrame, table: Table) -> DataFrame:
 def _create_if_new(df: DataFrame, cfg: Config, table: Table) -> CommitMetrics | None:
     """Create the table with ``df``'s rows if it does not exist (that commit's metrics), else name it (None).
 
-    A new table is made as its entry declares: partition columns, change data feed, deletion vectors, the
-    columns' comments (in ``df``'s schema), then its description as the table's COMMENT (a second, metadata-only commit:
+    A new table is made as its entry declares: partition columns, change data feed, the columns' comments
+    (in ``df``'s schema), then its description as the table's COMMENT (a second, metadata-only commit:
     Delta's writer takes no description, and a table-creating write through the catalog, which would,
     loses the DataFrame's Observations), then its name in the metastore.
     """
@@ -195,8 +195,6 @@ def _create_if_new(df: DataFrame, cfg: Config, table: Table) -> CommitMetrics | 
         writer = writer.partitionBy(*table.partition_by)
     if table.change_data_feed:
         writer = writer.option("delta.enableChangeDataFeed", "true")
-    if table.deletion_vectors:
-        writer = writer.option("delta.enableDeletionVectors", "true")
     writer.save(path)
     spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('comment' = {catalog.quote(table.description)})")
     catalog.register(spark, cfg, table, path)
