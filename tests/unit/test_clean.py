@@ -269,3 +269,18 @@ def test_staging_reconciles_rows_in_with_rows_staged_and_quarantined(spark, make
     doubled = rows.crossJoin(spark.createDataFrame([(1,), (2,)], "copy INT"))  # a join that duplicates rows
     with pytest.raises(ReconciliationError, match="3 rows in bronze but 6 staged"):
         stage_source(cfg, plan, read, flag_rules(doubled, []), outputs, ["id", "n"], manifest)
+
+
+def test_sources_are_cleaned_in_lanes_after_the_source_of_the_customers():
+    from microseg.clean.stage import feeds_customers, lanes
+
+    with_crm = {"customers": None, "orders": None, "order_items": None, "web_events": None}
+    assert [e for e in with_crm if feeds_customers(e, with_crm)] == ["customers"]
+    assert lanes(["orders", "order_items", "web_events", "email_events"]) == [
+        ["orders", "order_items"],  # order items check their order in the staged orders
+        ["web_events"],
+        ["email_events"],
+    ]
+    lines_only = {"order_lines": None}  # no CRM: the order lines are the customers' only record
+    assert feeds_customers("order_lines", lines_only) and not feeds_customers("order_lines", with_crm)
+    assert lanes(["order_lines", "order_items"]) == [["order_lines", "order_items"]]
