@@ -12,7 +12,6 @@ customers); the others are cleaned side by side (``run.parallel_sources``).
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,7 +29,8 @@ from microseg.clean.events import (
     tickets_table,
     web_events_table,
 )
-from microseg.clean.identity import identity_keys, stage_identity_changes, stage_identity_map
+from microseg.clean.identity import identity_keys
+from microseg.clean.identity_staging import stage_identity
 from microseg.clean.intake import intake
 from microseg.clean.orders import (
     clean_order_items,
@@ -41,7 +41,7 @@ from microseg.clean.orders import (
     line_orders_table,
     orders_table,
 )
-from microseg.clean.staging import INCREMENTAL, REBUILD, STAGED, BatchCounts, Manifest, Plan
+from microseg.clean.staging import REBUILD, STAGED, BatchCounts, Manifest, Plan
 from microseg.ingest.mapping import ENTITIES, SourceSpec, canonical, load_mapping
 from microseg.quality.rules import quarantine_records
 from microseg.runtime import lake, tables
@@ -259,56 +259,6 @@ def clean_source(
     return stage_source(cfg, plan, read, flagged, outputs, bronze_columns, manifest)
 
 
-def _stage_identity(
-    spark: SparkSession, cfg: Config, manifest: Manifest, anonymous_ids: bool, customers_pass: dict | None = None
-) -> dict:
-    """Stage the identity map and conflicts for what this run staged: the keys its customers and (with
-    ``anonymous_ids``) web events touch (``stage_identity_changes``), or all of them when the map is new
-    or the customers or web events are rebuilt (``stage_identity_map``). Returns counts for the report: the
-    keys restaged (with those of the ``customers_pass``), and the conflicts once the web
-    events' ids are in."""
-
-    def current(table: Table) -> DataFrame | None:
-        return staging.current(spark, cfg, table, manifest)
-
-    fed = [manifest.plan_of(lake.CUSTOMERS), manifest.plan_of(lake.WEB_EVENTS) if anonymous_ids else None]
-    published = all(tables.exists(spark, cfg, t) for t in (lake.IDENTITY_MAP, lake.IDENTITY_CONFLICTS))
-    if not published or any(plan is not None and plan.mode == REBUILD for plan in fed):
-        manifest.plans[staging.IDENTITY] = Plan(staging.IDENTITY, [], REBUILD)
-        web = current(lake.WEB_EVENTS) if anonymous_ids else None
-        return {"mode": REBUILD, **stage_identity_map(current(lake.CUSTOMERS), web, _staging(cfg, manifest))}
-    # The customers' keys, staged right after the customers, stay; the web events' anonymous ids join them.
-    earlier = manifest.plans.get(staging.IDENTITY)
-    customers_done = anonymous_ids and earlier is not None and earlier.mode == INCREMENTAL
-    manifest.plans[staging.IDENTITY] = Plan(staging.IDENTITY, [], INCREMENTAL)
-    customers, web = (staging.staged(spark, cfg, table) if plan else None for table, plan in zip(
-        (lake.CUSTOMERS, lake.WEB_EVENTS), fed, strict=True
-    ))  # fmt: skip
-    write = _staging(cfg, manifest, append=customers_done)
-    customers = None if customers_done else customers
-    restaged = stage_identity_changes(
-        current(lake.CUSTOMERS),
-        tables.read(spark, cfg, lake.CUSTOMERS),
-        customers,
-        web,
-        identity_keys(lambda table: tables.read(spark, cfg, table)),
-        write,
-    )
-    if customers_done and customers_pass:
-        restaged = dict(sorted((Counter(customers_pass.get("keys_restaged", {})) + Counter(restaged)).items()))
-    if not anonymous_ids:
-        return {"mode": INCREMENTAL, "keys_restaged": restaged}
-    conflicts = current(lake.IDENTITY_CONFLICTS).groupBy("key_type").count().collect()
-    return {"mode": INCREMENTAL, "keys_restaged": restaged, "conflicts": {r[0]: r[1] for r in conflicts}}
-
-
-def _staging(cfg: Config, manifest: Manifest, append: bool = False) -> Callable[[DataFrame, Table], None]:
-    def write(df: DataFrame, table: Table) -> None:
-        staging.stage(df, cfg, table, manifest, staging.IDENTITY, append)
-
-    return write
-
-
 def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     """Stage the new batches of every source, in dependency order (customers first), for the quality gate."""
     specs = load_mapping(cfg)
@@ -341,14 +291,14 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     customers_keys = None
     if lake.CUSTOMERS.name in manifest.tables:  # the other sources link to these customers through the map
         with described(spark, "clean: identity map of the customers"):
-            customers_keys = _stage_identity(spark, cfg, manifest, anonymous_ids=False)
+            customers_keys = stage_identity(spark, cfg, manifest, anonymous_ids=False)
     others = lanes([e for e in todo if not feeds_customers(e, by_entity)])
     in_parallel(spark, [lane(entities) for entities in others], cfg.run.parallel_sources)
     report.entries = [cleaned[e][0] for e in ENTITIES if e in cleaned]
     batch_rows = [row for e in ENTITIES if e in cleaned for row in cleaned[e][1]]
     if lake.CUSTOMERS.name in manifest.tables or lake.WEB_EVENTS.name in manifest.tables:
         with described(spark, "clean: identity map, with the web events' anonymous ids"):
-            report.info["identity"] = _stage_identity(spark, cfg, manifest, True, customers_keys)
+            report.info["identity"] = stage_identity(spark, cfg, manifest, True, customers_keys)
     if manifest.tables:
         staging.record(spark, cfg, batch_rows)
         staging.write_manifest(cfg, manifest)

@@ -39,7 +39,7 @@ from microseg.runtime.errors import (
 from microseg.runtime.keys import hash_key
 from microseg.runtime.lake import Table
 from microseg.runtime.runlog import Entry, RunContext, StageReport
-from microseg.runtime.sparkops import described, outcomes
+from microseg.runtime.sparkops import described, outcomes, raise_first
 from microseg.runtime.storage import FileInfo
 
 log = logging.getLogger(__name__)
@@ -304,8 +304,5 @@ def run_ingest(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport
     # logged (an interrupted run) is read again next time, into the same batch, which replaces its rows.
     with described(spark, "ingest: ops.ingest_log"):
         log_files(spark, cfg, [row for _, rows in done for row in rows])
-    for outcome in ingested:  # the first source that failed, in the mapping's order
-        if isinstance(outcome, BaseException):
-            raise outcome
-    report.entries = [entry for entry, _ in done]
+    report.entries = [entry for entry, _ in raise_first(ingested)]  # else the first failure, in the mapping's order
     return report

@@ -237,7 +237,11 @@ def count_rows(df: DataFrame) -> tuple[DataFrame, RowCount]:
 
 def in_parallel(spark: SparkSession, tasks: list[Callable[[], T]], workers: int) -> list[T]:
     """``outcomes`` of ``tasks``, raising the first failure (in task order) once every task has ended."""
-    done = outcomes(spark, tasks, workers)
+    return raise_first(outcomes(spark, tasks, workers))
+
+
+def raise_first(done: list[T | BaseException]) -> list[T]:
+    """``done`` (from ``outcomes``) if no task failed; else raise the first failure, in task order."""
     for outcome in done:
         if isinstance(outcome, BaseException):
             raise outcome
