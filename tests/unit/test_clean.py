@@ -284,3 +284,31 @@ def test_sources_are_cleaned_in_lanes_after_the_source_of_the_customers():
     lines_only = {"order_lines": None}  # no CRM: the order lines are the customers' only record
     assert feeds_customers("order_lines", lines_only) and not feeds_customers("order_lines", with_crm)
     assert lanes(["order_lines", "order_items"]) == [["order_lines", "order_items"]]
+
+
+def test_a_plan_is_fresh_only_when_none_of_its_batches_was_staged_before(spark, make_config):
+    import datetime as dt
+
+    from microseg.clean import staging
+    from microseg.clean.staging import INCREMENTAL, PUBLISHED, STAGED
+    from microseg.ingest.mapping import SourceSpec
+    from microseg.runtime import lake, tables
+
+    cfg = make_config()
+    spec = SourceSpec(name="src", entity="orders", format="csv", path="src/*.csv", schema="id STRING")
+    rows = spark.createDataFrame([("a", "b-1"), ("b", "b-2"), ("c", "b-3")], "id STRING, _batch_id STRING")
+    tables.overwrite(rows, cfg, "bronze.src")
+    now = dt.datetime(2026, 1, 1)
+    logged = [("src", f"src/{b}.csv", 10, 0, 1, b, now, "h" + b, None) for b in ("b-1", "b-2", "b-3")]
+    tables.append(spark.createDataFrame(logged, lake.INGEST_LOG.ddl), cfg, lake.INGEST_LOG)
+
+    assert staging.plans(spark, cfg, [spec], False)["src"].fresh  # nothing recorded yet: a first publication
+    # b-1 published, b-2 staged by a run that did not publish it (its rows may be in silver): not fresh
+    staging.record(spark, cfg, [("src", b, STAGED, INCREMENTAL, 1, 1, 0, "r1", None) for b in ("b-1", "b-2")])
+    staging.record(spark, cfg, [("src", "b-1", PUBLISHED, INCREMENTAL, None, None, None, "r1", None)])
+    plan = staging.plans(spark, cfg, [spec], False)["src"]
+    assert (plan.batches, plan.fresh) == (["b-2", "b-3"], False)
+    staging.record(spark, cfg, [("src", "b-2", PUBLISHED, INCREMENTAL, None, None, None, "r2", None)])
+    plan = staging.plans(spark, cfg, [spec], False)["src"]
+    assert (plan.batches, plan.fresh) == (["b-3"], True)  # only b-3 is left, never staged
+    assert not staging.plans(spark, cfg, [spec], True)["src"].fresh  # a rebuild overwrites

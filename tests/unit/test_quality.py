@@ -108,3 +108,41 @@ def test_a_batch_s_unique_rules_see_the_rows_that_share_a_value_with_it(spark):
     # c1 shares its customer_id and the last row both columns: each row comes once, so only the real repeats
     # (c1 twice, K2 twice) remain for the unique rules to find.
     assert sorted(map(tuple, met.collect())) == [("c1", "K1"), ("c1", "K2"), ("c2", "K2"), ("c5", "K5"), ("c6", "K6")]
+
+
+def test_fresh_batches_are_appended_and_a_resumed_publication_replaces_them(spark, make_config):
+    from microseg.clean import staging
+    from microseg.clean.staging import INCREMENTAL, Manifest, Plan
+    from microseg.quality.publish import publish
+    from microseg.quality.stage import gate
+    from microseg.runtime import delta_ops, lake, tables
+
+    cfg = make_config()
+    schema = "order_id STRING, amount DOUBLE, is_return BOOLEAN, _batch_id STRING"
+    tables.overwrite(spark.createDataFrame([("o0", 9.0, False, "b-0")], schema), cfg, lake.ORDERS)
+    quarantine = lake.quarantine("orders")
+    tables.overwrite(spark.createDataFrame([], quarantine.ddl), cfg, quarantine)
+    batch = spark.createDataFrame([("o1", 5.0, False, "b-1"), ("o2", -1.0, False, "b-1")], schema)
+    rule = QualityRule(name="positive", expectation="between", column="amount", min=0, severity="quarantine")
+
+    def stage_and_publish() -> None:
+        manifest = Manifest("r1", {"src": Plan("src", ["b-1"], INCREMENTAL, fresh=True)})
+        staging.stage(batch, cfg, lake.ORDERS, manifest, "src")
+        publish(spark, cfg, manifest, [gate(lake.ORDERS, staging.staged(spark, cfg, lake.ORDERS), [rule])], "r1")
+
+    def last_write(table: str) -> str:
+        return delta_ops.history(spark, tables.table_path(cfg, table), 1)[0]["operationParameters"]["mode"]
+
+    stage_and_publish()  # a batch never staged before: appended to the table and to its quarantine
+    assert (last_write(lake.ORDERS), last_write("quarantine.orders")) == ("Append", "Append")
+    assert sorted(r["order_id"] for r in tables.read(spark, cfg, lake.ORDERS).collect()) == ["o0", "o1"]
+
+    # The same staging published again after an interruption (the quality stage rerun alone): the earlier
+    # publication's mark makes it replace the batch's rows, as they may be in the tables already.
+    manifest = Manifest("r1", {"src": Plan("src", ["b-1"], INCREMENTAL, fresh=True)})
+    staging.stage(batch, cfg, lake.ORDERS, manifest, "src")
+    assert staging.begin_publication(cfg) is False
+    publish(spark, cfg, manifest, [gate(lake.ORDERS, staging.staged(spark, cfg, lake.ORDERS), [rule])], "r1")
+    assert (last_write(lake.ORDERS), last_write("quarantine.orders")) == ("Overwrite", "Overwrite")
+    assert sorted(r["order_id"] for r in tables.read(spark, cfg, lake.ORDERS).collect()) == ["o0", "o1"]
+    assert tables.read(spark, cfg, "quarantine.orders").count() == 1

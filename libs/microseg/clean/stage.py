@@ -229,9 +229,11 @@ def lanes(entities: list[str]) -> list[list[str]]:
 
 
 def clean_source(
-    spark: SparkSession, cfg: Config, spec: SourceSpec, plan: Plan, by_entity: dict[str, SourceSpec], manifest: Manifest
+    spark: SparkSession, cfg: Config, spec: SourceSpec, plan: Plan, keys: DataFrame | None, manifest: Manifest
 ) -> tuple[Entry, list[tuple]]:
-    """Stage one source's planned batches as its silver table(s) and quarantine.<source>."""
+    """Stage one source's planned batches as its silver table(s) and quarantine.<source>; ``keys``: the
+    identity keys (``clean.identity.identity_keys``) it links its rows through, None for the source of the
+    customers."""
     entity = spec.entity
     mapping_file = str(cfg.conf_file("sources", f"{cfg.sources.mapping}.yaml"))
     everything = tables.read(spark, cfg, lake.bronze(spec.name))
@@ -244,8 +246,6 @@ def clean_source(
     if keyed:
         bronze = bronze.withColumn(duplicates.KEY, duplicates.record_key(spec))
 
-    linked = not feeds_customers(entity, by_entity)
-    keys = identity_keys(lambda t: staging.current(spark, cfg, t, manifest)) if linked else None
     given = Inputs(spark, cfg, spec, plan, keys, manifest, lambda: mapped(everything))
     flagged, outputs = CLEANERS[entity](mapped(bronze), given)
     if keyed:
@@ -276,12 +276,12 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
         else:
             manifest.plans[spec.name] = plan
 
-    def lane(entities: list[str]) -> Callable[[], None]:
+    def lane(entities: list[str], keys: DataFrame | None = None) -> Callable[[], None]:
         def clean() -> None:
             for entity in entities:
                 spec, plan = by_entity[entity], plans[by_entity[entity].name]
                 with described(spark, f"clean {spec.name} ({entity}, {plan.mode}, {len(plan.batches)} batches)"):
-                    cleaned[entity] = clean_source(spark, cfg, spec, plan, by_entity, manifest)
+                    cleaned[entity] = clean_source(spark, cfg, spec, plan, keys, manifest)
 
         return clean
 
@@ -293,7 +293,10 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
         with described(spark, "clean: identity map of the customers"):
             customers_keys = stage_identity(spark, cfg, manifest, anonymous_ids=False)
     others = lanes([e for e in todo if not feeds_customers(e, by_entity)])
-    in_parallel(spark, [lane(entities) for entities in others], cfg.run.parallel_sources)
+    if others:
+        # Cached once for every lane: each use would otherwise plan the map's and conflicts' Delta scans again.
+        with cached(identity_keys(lambda t: staging.current(spark, cfg, t, manifest))) as keys:
+            in_parallel(spark, [lane(entities, keys) for entities in others], cfg.run.parallel_sources)
     report.entries = [cleaned[e][0] for e in ENTITIES if e in cleaned]
     batch_rows = [row for e in ENTITIES if e in cleaned for row in cleaned[e][1]]
     if lake.CUSTOMERS.name in manifest.tables or lake.WEB_EVENTS.name in manifest.tables:

@@ -34,6 +34,9 @@ class Plan:
     source: str
     batches: list[str]
     mode: str
+    # No batch of the plan was ever staged before (ops.batches has no row of any), so none of its rows can be in a
+    # table yet: publishing may append them instead of replacing their batches (quality.publish).
+    fresh: bool = False
 
     @property
     def condition(self) -> str:
@@ -78,6 +81,15 @@ class Manifest:
 
 def _root(cfg: Config) -> str:
     return f"{cfg.lake_root}/staging"
+
+
+def begin_publication(cfg: Config) -> bool:
+    """Mark the staging as being published; returns whether a publication of it began before (and may have
+    committed some tables: then no plan is ``fresh`` any more)."""
+    marker = f"{_root(cfg)}/_publishing"
+    began = storage.read_text(cfg, marker) is not None
+    storage.write_text(cfg, marker, "")
+    return began
 
 
 def clear(cfg: Config) -> None:
@@ -133,13 +145,14 @@ class Settled:
     published: dict[str, set[str]] = field(default_factory=dict)  # source -> batches
     retracted: dict[str, set[str]] = field(default_factory=dict)  # source -> batches (microseg retract)
     rebuild: set[str] = field(default_factory=set)  # sources with a batch retracted since their last publication
+    recorded: dict[str, set[str]] = field(default_factory=dict)  # source -> every batch with a row, in any state
 
     def done(self, source: str) -> set[str]:
         return self.published.get(source, set()) | self.retracted.get(source, set())
 
 
 def settled(spark: SparkSession, cfg: Config) -> Settled:
-    """Every batch whose latest state in ops.batches is published or retracted."""
+    """Every batch whose latest state in ops.batches is published or retracted, and every batch it records."""
     found = Settled()
     if not tables.exists(spark, cfg, lake.BATCHES):
         return found
@@ -147,11 +160,13 @@ def settled(spark: SparkSession, cfg: Config) -> Settled:
         tables.read(spark, cfg, lake.BATCHES)
         .groupBy("source", "batch_id")
         .agg(F.max_by("status", "logged_at").alias("status"), F.max("logged_at").alias("at"))
-        .where(F.col("status").isin(PUBLISHED, RETRACTED))
         .collect()
     )
     last: dict[tuple[str, str], dt.datetime] = {}  # (source, status) -> when a batch last took it
     for row in latest:
+        found.recorded.setdefault(row["source"], set()).add(row["batch_id"])
+        if row["status"] not in (PUBLISHED, RETRACTED):
+            continue
         kind = found.published if row["status"] == PUBLISHED else found.retracted
         kind.setdefault(row["source"], set()).add(row["batch_id"])
         key = (row["source"], row["status"])
@@ -202,7 +217,8 @@ def plans(spark: SparkSession, cfg: Config, specs: list[SourceSpec], full_refres
             if not pending:
                 continue
         mode = REBUILD if rebuild else INCREMENTAL
-        result[spec.name] = Plan(spec.name, sorted(batches if rebuild else pending), mode)
+        fresh = not rebuild and not pending & known.recorded.get(spec.name, set())
+        result[spec.name] = Plan(spec.name, sorted(batches if rebuild else pending), mode, fresh)
     return result
 
 

@@ -3,7 +3,8 @@
 A silver table takes its staged rows as its source's plan says: a rebuilt source replaces the whole
 table; a merged table (customers, the identity map and conflicts) upserts its staged rows (and the identity
 tables delete the keys staged with null); any other replaces the rows of the plan's
-batches (``_batch_id IN (...)``), so publishing the same batches again writes the same rows once. Each
+batches (``_batch_id IN (...)``), so publishing the same batches again writes the same rows once, or appends
+them when none was ever staged before and no earlier publication of this staging began (``write``). Each
 quarantine table takes the rows of the same batches the same way. Then ops.batches records the batches
 as published and the staging is removed. An interruption anywhere before that leaves the batches
 pending: the next run stages and publishes them again, to the same tables.
@@ -39,13 +40,20 @@ class Gated:
     quarantines: bool  # whether a quarantine rule failed on the table (else no row is flagged)
 
 
-def write(df: DataFrame, cfg: Config, table: Table, plan: Plan) -> tables.CommitMetrics:
-    """One commit of ``df`` into ``table`` as ``plan`` says (see the module's description)."""
-    if plan.mode == REBUILD or (lake.REPLACE not in table.writes and lake.MERGE not in table.writes):
+def write(df: DataFrame, cfg: Config, table: Table, plans: list[Plan], resumed: bool) -> tables.CommitMetrics:
+    """One commit of ``df`` (the rows of ``plans``) into ``table`` (see the module's description).
+
+    Batches never staged before (``Plan.fresh``) are appended, unless this publication is ``resumed`` (an
+    earlier one began and may have written them): their rows cannot be in the table, and an append spares
+    the scan of the table's files a replaceWhere makes.
+    """
+    if any(p.mode == REBUILD for p in plans) or (lake.REPLACE not in table.writes and lake.MERGE not in table.writes):
         return tables.overwrite(df, cfg, table)
     if lake.MERGE in table.writes:
         return tables.merge(df, cfg, table)
-    return tables.replace_where(df, cfg, table, plan.condition)
+    if not resumed and all(p.fresh for p in plans) and lake.APPEND in table.writes:
+        return tables.append(df, cfg, table)
+    return tables.replace_where(df, cfg, table, " OR ".join(f"({p.condition})" for p in plans))
 
 
 def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Gated], run_id: str) -> list[Entry]:
@@ -55,6 +63,7 @@ def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Ga
     Raises:
         ReconciliationError: if a table's staged rows != rows published + rows quarantined.
     """
+    resumed = staging.begin_publication(cfg)
     quarantines: dict[str, list[tuple[DataFrame, Plan]]] = {}
     for name, source in manifest.tables.items():
         if lake.named(name).layer == "quarantine":
@@ -67,13 +76,14 @@ def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Ga
             quarantines.setdefault(lake.quarantine(g.table.short_name).name, []).append(moved)
 
     def quarantine(name: str, parts: list[tuple[DataFrame, Plan]]) -> Callable[[], None]:
-        def write() -> None:
+        def publish_quarantine() -> None:
             with described(spark, f"quality: publish {name}"):
-                _write_quarantine(cfg, lake.named(name), parts)
+                rows = reduce(DataFrame.unionByName, [df for df, _ in parts])
+                write(rows, cfg, lake.named(name), [plan for _, plan in parts], resumed)
 
-        return write
+        return publish_quarantine
 
-    tasks = [_publisher(spark, cfg, manifest, g) for g in gated]
+    tasks = [_publisher(spark, cfg, manifest, g, resumed) for g in gated]
     tasks += [quarantine(name, parts) for name, parts in sorted(quarantines.items())]
     entries = in_parallel(spark, tasks, cfg.run.parallel_sources)[: len(gated)]
     rows = [
@@ -87,7 +97,7 @@ def publish(spark: SparkSession, cfg: Config, manifest: Manifest, gated: list[Ga
     return entries
 
 
-def _publisher(spark: SparkSession, cfg: Config, manifest: Manifest, g: Gated) -> Callable[[], Entry]:
+def _publisher(spark: SparkSession, cfg: Config, manifest: Manifest, g: Gated, resumed: bool) -> Callable[[], Entry]:
     """The publication of one gated table (its rows that no quarantine rule takes); returns its entry."""
 
     def publish_table() -> Entry:
@@ -96,7 +106,7 @@ def _publisher(spark: SparkSession, cfg: Config, manifest: Manifest, g: Gated) -
             by_rule = {r["_rule"]: r["count"] for r in flagged.groupBy("_rule").count().collect()}
             staged, kept = sum(by_rule.values()), by_rule.pop(None, 0)
             good = flagged.where(F.col("_rule").isNull()).select(*[F.col(f"`{c}`") for c in g.columns])
-            committed = write(good, cfg, g.table, plan)
+            committed = write(good, cfg, g.table, [plan], resumed)
             merged = lake.MERGE in g.table.writes and plan.mode != REBUILD  # unchanged rows are not written
             if not merged and committed.rows_written != kept:
                 raise ReconciliationError(
@@ -112,13 +122,3 @@ def _publisher(spark: SparkSession, cfg: Config, manifest: Manifest, g: Gated) -
         return Entry(g.table.name, staged, kept, staged - kept, details=details)
 
     return publish_table
-
-
-def _write_quarantine(cfg: Config, table: Table, parts: list[tuple[DataFrame, Plan]]) -> None:
-    """One commit of a quarantine table's rows from every plan that feeds it."""
-    rows = reduce(DataFrame.unionByName, [df for df, _ in parts])
-    plans = [plan for _, plan in parts]
-    if any(p.mode == REBUILD for p in plans):
-        tables.overwrite(rows, cfg, table)
-    else:
-        tables.replace_where(rows, cfg, table, " OR ".join(f"({p.condition})" for p in plans))

@@ -121,7 +121,7 @@ ORDERS = Table(
         "amount_base double, discount_base double, channel string, is_return boolean, offer_code string, "
         "_batch_id string"
     ),
-    (OVERWRITE, REPLACE),
+    (OVERWRITE, REPLACE, APPEND),
     keys=("order_id",),
     written_by="quality (from the batches clean stages)",
 )
@@ -133,7 +133,7 @@ ORDER_ITEMS = Table(
         "category string, quantity integer, unit_price double, line_amount_base double, is_return boolean, "
         "is_product boolean, _batch_id string"
     ),
-    (OVERWRITE, REPLACE),
+    (OVERWRITE, REPLACE, APPEND),
     keys=("order_id", "line_no"),
     written_by="quality (from the batches clean stages)",
 )
@@ -144,7 +144,7 @@ WEB_EVENTS = Table(
         "event_id string, customer_id string, anonymous_id string, session_id string, event_ts timestamp, "
         "event_type string, channel string, _batch_id string"
     ),
-    (OVERWRITE, REPLACE),
+    (OVERWRITE, REPLACE, APPEND),
     keys=("event_id",),
     written_by="quality (from the batches clean stages)",
 )
@@ -155,7 +155,7 @@ EMAIL_EVENTS = Table(
         "event_id string, customer_id string, campaign_id string, event_type string, event_ts timestamp, "
         "_batch_id string"
     ),
-    (OVERWRITE, REPLACE),
+    (OVERWRITE, REPLACE, APPEND),
     keys=("event_id",),
     written_by="quality (from the batches clean stages)",
 )
@@ -166,7 +166,7 @@ SUPPORT_TICKETS = Table(
         "ticket_id string, customer_id string, created_at timestamp, channel string, topic string, "
         "satisfaction integer, _batch_id string"
     ),
-    (OVERWRITE, REPLACE),
+    (OVERWRITE, REPLACE, APPEND),
     keys=("ticket_id",),
     written_by="quality (from the batches clean stages)",
 )
@@ -174,7 +174,7 @@ SURVEY_RESPONSES = Table(
     "silver.survey_responses",
     "Survey answers (NPS).",
     _columns("response_id string, customer_id string, submitted_at timestamp, nps integer, _batch_id string"),
-    (OVERWRITE, REPLACE),
+    (OVERWRITE, REPLACE, APPEND),
     keys=("response_id",),
     written_by="quality (from the batches clean stages)",
 )
@@ -392,8 +392,8 @@ def quarantine(source: str) -> Table:
         f"quarantine.{source}",
         f"Rows of {source} that broke a rule: the rule, the reason, the record as JSON, the raw line.",
         QUARANTINE_COLUMNS,
-        (OVERWRITE, REPLACE),
-        written_by="quality: the rows of each batch replaced (a rebuild: the whole table)",
+        (OVERWRITE, REPLACE, APPEND),
+        written_by="quality: each batch's rows replaced, or appended the first time (a rebuild: the whole table)",
     )
 
 
