@@ -36,13 +36,16 @@ def test_data_docs_are_built(spark, tmp_path):
     df = spark.createDataFrame([("a",), (None,)], "id STRING")
     suite = TableRules(table="silver.t", rules=[QualityRule(name="id_present", expectation="not_null", column="id")])
     other = TableRules(table="silver.u", rules=[QualityRule(name="id_present", expectation="not_null", column="id")])
-    validate([("silver.t", suite, df), ("silver.u", other, df.dropna())], docs_dir=str(tmp_path / "docs"))
+    checks = [("silver.t", suite, df), ("silver.u", other, df.dropna())]
+    results = validate(checks, docs_dir=str(tmp_path / "docs"), workers=2)  # the two checks side by side
+    outcomes = [(r.table, r.success, r.unexpected_count) for r in results]
+    assert outcomes == [("silver.t", False, 1), ("silver.u", True, 0)]  # in the order of the checks
     index = tmp_path / "docs" / "index.html"
     assert index.exists()
     pages = {p.name: p.read_text() for p in (tmp_path / "docs" / "validations").rglob("*.html")}
-    assert sorted(pages) == ["microseg-silver.t.html", "microseg-silver.u.html"]  # one build, every check's page
+    assert sorted(pages) == ["silver.t-rows.html", "silver.u-rows.html"]  # one build, every check's page
     assert "silver.t" in index.read_text() and "silver.u" in index.read_text()
-    assert "Unsuccessful" in pages["microseg-silver.t.html"]  # its one rule failed (one null id)
+    assert "Unsuccessful" in pages["silver.t-rows.html"]  # its one rule failed (one null id)
 
 
 def test_publication_moves_quarantined_rows_and_replaces_its_batches_on_a_rerun(spark, make_config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from pyspark.sql import DataFrame
 from microseg.runtime import storage
 from microseg.runtime.config import Config, QualityRule
 from microseg.runtime.errors import ConfigError, DataQualityError
-from microseg.runtime.sparkops import described
+from microseg.runtime.sparkops import described, in_parallel
 
 DOCS_SITE = "microseg"
 
@@ -88,22 +89,25 @@ def _expectation(rule: QualityRule):
 Check = tuple[str, TableRules, DataFrame]  # a name for GX (unique), the rules, the rows they validate
 
 
-def validate(checks: list[Check], docs_dir: str | None = None, store: Config | None = None) -> list[RuleResult]:
-    """Run each check's rules on its rows through an ephemeral GX context; return one result per rule.
+def validate(
+    checks: list[Check], docs_dir: str | None = None, store: Config | None = None, workers: int = 1
+) -> list[RuleResult]:
+    """Run each check's rules on its rows through an ephemeral GX context, ``workers`` checks side by side;
+    return one result per rule, in the order of the checks.
 
     With ``docs_dir`` (a folder or URI; ``store`` the config that reaches it), GX Data Docs (static HTML of
     the suites and their results) are published there: built in a local folder, then copied (GX's own
     stores know no Hadoop file systems).
     """
     if not docs_dir:
-        return _validate(checks, None)
+        return _validate(checks, None, workers)
     with tempfile.TemporaryDirectory(prefix="microseg-data-docs-") as local:
-        results = _validate(checks, local)
+        results = _validate(checks, local, workers)
         storage.put_folder(store, local, docs_dir)
     return results
 
 
-def _validate(checks: list[Check], docs_dir: str | None) -> list[RuleResult]:
+def _validate(checks: list[Check], docs_dir: str | None, workers: int) -> list[RuleResult]:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
@@ -116,8 +120,7 @@ def _validate(checks: list[Check], docs_dir: str | None) -> list[RuleResult]:
             "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
         }
         context.add_data_docs_site(site_name=DOCS_SITE, site_config=site)
-    datasource = context.data_sources.add_spark(name="microseg")
-    results: list[RuleResult] = []
+    runs = []
     for name, suite_cfg, df in checks:
         missing = sorted({r.column for r in suite_cfg.rules} - set(df.columns))
         if missing:
@@ -125,7 +128,11 @@ def _validate(checks: list[Check], docs_dir: str | None) -> list[RuleResult]:
                 f"table {suite_cfg.table} has no column(s) {missing} that its quality rules check; "
                 f"fix conf/quality or the clean stage"
             )
-        asset = datasource.add_dataframe_asset(name=name)
+        # A data source (and so an execution engine, which holds one active batch) per check: checks run side
+        # by side. The engine is made here, not in a worker thread.
+        datasource = context.data_sources.add_spark(name=name)
+        datasource.get_execution_engine()
+        asset = datasource.add_dataframe_asset(name="rows")
         batch = asset.add_batch_definition_whole_dataframe(name=f"{name}:whole")
         suite = context.suites.add(
             gx.ExpectationSuite(name=f"{name}:suite", expectations=[_expectation(r) for r in suite_cfg.rules])
@@ -140,8 +147,10 @@ def _validate(checks: list[Check], docs_dir: str | None) -> list[RuleResult]:
                 result_format=RESULT_FORMAT,
             )
         )
-        with described(df.sparkSession, f"quality {name}: expectations"):
-            run_result = checkpoint.run(batch_parameters={"dataframe": df})
+        runs.append(_runner(name, checkpoint, df))
+    results: list[RuleResult] = []
+    spark = checks[0][2].sparkSession if checks else None
+    for (_, suite_cfg, _), run_result in zip(checks, in_parallel(spark, runs, workers), strict=True):
         outcome = next(iter(run_result.run_results.values()))
         by_name = {r.name: r for r in suite_cfg.rules}
         for item in outcome.results:
@@ -160,3 +169,11 @@ def _validate(checks: list[Check], docs_dir: str | None) -> list[RuleResult]:
     if docs_dir:  # once, from every result the runs stored (an UpdateDataDocsAction would rebuild it per check)
         context.build_data_docs(site_names=[DOCS_SITE])
     return results
+
+
+def _runner(name: str, checkpoint, df: DataFrame) -> Callable[[], object]:  # noqa: ANN001 - a gx.Checkpoint
+    def run() -> object:
+        with described(df.sparkSession, f"quality {name}: expectations"):
+            return checkpoint.run(batch_parameters={"dataframe": df})
+
+    return run

@@ -137,7 +137,9 @@ def run_quality(spark: SparkSession, cfg: Config, run: RunContext) -> StageRepor
         report.info["staged"] = "nothing staged: silver is up to date"
         return report
     suites = load_rules(cfg)
-    results = validate(checks_of(spark, cfg, manifest, suites), docs_dir=f"{cfg.lake_root}/ops/data_docs", store=cfg)
+    checks = checks_of(spark, cfg, manifest, suites)
+    docs = f"{cfg.lake_root}/ops/data_docs"
+    results = validate(checks, docs_dir=docs, store=cfg, workers=cfg.run.parallel_sources)
     with described(spark, "quality: ops.dq_results"):
         tables.append(results_frame(spark, run, results), cfg, lake.DQ_RESULTS)
     critical = [r for r in results if not r.success and r.rule.severity == "critical"]
