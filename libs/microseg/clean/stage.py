@@ -7,8 +7,7 @@ quarantine with the first rule it breaks and why. Good rows and quarantined rows
 never holds a batch that failed the gate. A source is rebuilt from all of its bronze with --full-refresh,
 for a database snapshot, and when a published file changed in place. Rows in must equal rows staged plus
 rows quarantined, or the stage fails. The source of silver.customers goes first (the others link to its
-customers); the others are cleaned side by side (``run.parallel_sources``), the identity map taking the web
-events' anonymous ids in their lane.
+customers); the others are cleaned side by side (``run.parallel_sources``).
 """
 
 from __future__ import annotations
@@ -283,14 +282,8 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
                 spec, plan = by_entity[entity], plans[by_entity[entity].name]
                 with described(spark, f"clean {spec.name} ({entity}, {plan.mode}, {len(plan.batches)} batches)"):
                     cleaned[entity] = clean_source(spark, cfg, spec, plan, keys, manifest)
-                if entity == "web_events":  # the anonymous ids, as soon as the web events are staged
-                    anonymous_ids()
 
         return clean
-
-    def anonymous_ids() -> None:
-        with described(spark, "clean: identity map, with the web events' anonymous ids"):
-            report.info["identity"] = stage_identity(spark, cfg, manifest, True, customers_keys)
 
     todo = [e for e in ENTITIES if e in by_entity and e not in cleaned]
     for entity in [e for e in todo if feeds_customers(e, by_entity)]:
@@ -302,14 +295,13 @@ def run_clean(spark: SparkSession, cfg: Config, run: RunContext) -> StageReport:
     others = lanes([e for e in todo if not feeds_customers(e, by_entity)])
     if others:
         # Cached once for every lane: each use would otherwise plan the map's and conflicts' Delta scans again.
-        # The anonymous ids' pass, in the web events' lane, adds only anonymous ids to the staged map: the keys
-        # the other lanes link through (CRM ids, emails) are the same before and after it.
         with cached(identity_keys(lambda t: staging.current(spark, cfg, t, manifest))) as keys:
             in_parallel(spark, [lane(entities, keys) for entities in others], cfg.run.parallel_sources)
     report.entries = [cleaned[e][0] for e in ENTITIES if e in cleaned]
     batch_rows = [row for e in ENTITIES if e in cleaned for row in cleaned[e][1]]
-    if lake.CUSTOMERS.name in manifest.tables and "identity" not in report.info:  # no web events to wait for
-        anonymous_ids()
+    if lake.CUSTOMERS.name in manifest.tables or lake.WEB_EVENTS.name in manifest.tables:
+        with described(spark, "clean: identity map, with the web events' anonymous ids"):
+            report.info["identity"] = stage_identity(spark, cfg, manifest, True, customers_keys)
     if manifest.tables:
         staging.record(spark, cfg, batch_rows)
         staging.write_manifest(cfg, manifest)
