@@ -114,7 +114,7 @@ def stage(df: DataFrame, cfg: Config, table: Table, manifest: Manifest, source: 
 
 
 def staged(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:
-    return tables.read(spark, cfg, lake.staging(table))
+    return tables.read_staged(spark, cfg, lake.staging(table))
 
 
 def current(spark: SparkSession, cfg: Config, table: Table, manifest: Manifest) -> DataFrame | None:

@@ -10,6 +10,7 @@ UPDATE, history) go through ``runtime.delta_ops``, in SQL, so that Spark Connect
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping
 
@@ -335,18 +336,35 @@ def _evolving(writer, table: Table):  # noqa: ANN001 - pyspark's DataFrameWriter
     return writer.option("mergeSchema", "true") if table.drifts else writer
 
 
-def write_staged(df: DataFrame, cfg: Config, table: Table, append: bool = False) -> CommitMetrics:
-    """Replace (or ``append`` to) the staged rows of ``table`` (a ``lake.staging`` entry) with ``df``'s: a plain
-    Delta write, neither described nor named in the metastore, since staging lives only from clean to the
-    quality gate."""
-    faults.point("delta", str(table))
+def write_staged(df: DataFrame, cfg: Config, table: Table, append: bool = False) -> None:
+    """Replace (or ``append`` to) the staged rows of ``table`` (a ``lake.staging`` entry) with ``df``'s.
+
+    Plain Parquet, not Delta: staging lives only from clean to the quality gate, which reads each staged table
+    a few times, and a Delta table new at every run costs Spark jobs to build its snapshot at each first read.
+    The schema is written last beside the rows (``_schema.json``): ``read_staged`` takes it as the mark that
+    the rows are complete, and reads them without inferring a schema from the files.
+    """
+    faults.point("staging", str(table))
     check_columns(df, table)
     path = table_path(cfg, table)
-    if append:
-        df.write.format("delta").mode("append").save(path)
-    else:
-        df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path)
-    return CommitMetrics(df.sparkSession, path)
+    df.write.mode("append" if append else "overwrite").parquet(path)
+    storage.write_text(cfg, f"{path}/{_STAGED_SCHEMA}", df.schema.json())
+
+
+def read_staged(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:
+    """The rows ``write_staged`` staged for ``table`` (a ``lake.staging`` entry).
+
+    Raises:
+        TableMissingError: nothing (complete) is staged for it.
+    """
+    path = table_path(cfg, table)
+    schema = storage.read_text(cfg, f"{path}/{_STAGED_SCHEMA}")
+    if schema is None:
+        raise TableMissingError(f"nothing is staged for {table} at {path}; run the clean stage first")
+    return spark.read.schema(StructType.fromJson(json.loads(schema))).parquet(path)
+
+
+_STAGED_SCHEMA = "_schema.json"
 
 
 def create(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
