@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame
 from microseg.runtime import storage
 from microseg.runtime.config import Config, QualityRule
 from microseg.runtime.errors import ConfigError, DataQualityError
-from microseg.runtime.sparkops import described, in_parallel
+from microseg.runtime.sparkops import cached, described, in_parallel
 
 DOCS_SITE = "microseg"
 
@@ -129,8 +129,10 @@ def _validate(checks: list[Check], docs_dir: str | None, workers: int) -> list[R
                 f"fix conf/quality or the clean stage"
             )
         # A data source (and so an execution engine, which holds one active batch) per check: checks run side
-        # by side. The engine is made here, not in a worker thread.
-        datasource = context.data_sources.add_spark(name=name)
+        # by side. The engine is made here, not in a worker thread. GX would persist each frame and never
+        # unpersist it (memory held all run long, and a later write to a table the frame reads makes Spark
+        # recache it): ``_runner`` caches it for the check's time instead.
+        datasource = context.data_sources.add_spark(name=name, persist=False)
         datasource.get_execution_engine()
         asset = datasource.add_dataframe_asset(name="rows")
         batch = asset.add_batch_definition_whole_dataframe(name=f"{name}:whole")
@@ -173,7 +175,7 @@ def _validate(checks: list[Check], docs_dir: str | None, workers: int) -> list[R
 
 def _runner(name: str, checkpoint, df: DataFrame) -> Callable[[], object]:  # noqa: ANN001 - a gx.Checkpoint
     def run() -> object:
-        with described(df.sparkSession, f"quality {name}: expectations"):
+        with described(df.sparkSession, f"quality {name}: expectations"), cached(df):
             return checkpoint.run(batch_parameters={"dataframe": df})
 
     return run
