@@ -1,7 +1,8 @@
 """Fault injection for the fault suite (tests/faults): the process kills itself with SIGKILL at a chosen point.
 
 Work that can be interrupted halfway calls ``point(kind)`` before it starts: every Delta write
-(``delta``), every write of clean's staging (``staging``), every MLflow registry change (``mlflow``), and the runner at each stage's end (``stage_end``).
+(``delta``), every write of clean's staging (``staging``), every MLflow registry change (``mlflow``), and
+the runner at each stage's end (``stage_end``).
 Nothing happens unless ``MICROSEG_KILL_AT`` is set to ``<stage>:<n>:<delay_ms>``: then, in that stage,
 the n-th point starts a timer that kills the process ``delay_ms`` later, while the work it announced runs
 (0: before it starts); a stage that ends before its n-th point is killed at its end instead.
