@@ -336,6 +336,9 @@ def _evolving(writer, table: Table):  # noqa: ANN001 - pyspark's DataFrameWriter
     return writer.option("mergeSchema", "true") if table.drifts else writer
 
 
+_STAGED_SCHEMA = "_schema.json"  # beside a staged table's Parquet files: its schema, written after them
+
+
 def write_staged(df: DataFrame, cfg: Config, table: Table, append: bool = False) -> None:
     """Replace (or ``append`` to) the staged rows of ``table`` (a ``lake.staging`` entry) with ``df``'s.
 
@@ -362,9 +365,6 @@ def read_staged(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:
     if schema is None:
         raise TableMissingError(f"nothing is staged for {table} at {path}; run the clean stage first")
     return spark.read.schema(StructType.fromJson(json.loads(schema))).parquet(path)
-
-
-_STAGED_SCHEMA = "_schema.json"
 
 
 def create(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
