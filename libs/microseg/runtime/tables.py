@@ -5,7 +5,8 @@ Every write checks that the table's entry allows it (overwrite, replace, append,
 that its columns are the entry's and the table's (a schema changes only by ``microseg migrate``). The
 first write creates the table as the entry declares (key, partition columns, change data feed,
 comments) and names it in the metastore (``runtime.catalog``). Delta's own operations (MERGE, DELETE,
-UPDATE, history) go through ``runtime.delta_ops``, in SQL, so that Spark Connect runs them too.
+UPDATE, history) go through ``runtime.delta_ops``, in SQL, so that Spark Connect runs them too. Clean's
+staging, which lives only until the quality gate, is plain Parquet (``write_staged``, ``read_staged``).
 """
 
 from __future__ import annotations
