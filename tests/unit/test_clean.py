@@ -2,6 +2,7 @@
 
 import datetime as dt
 
+import pytest
 from pyspark.sql import functions as F
 
 from microseg.clean.customers import clean_customers
@@ -312,3 +313,31 @@ def test_a_plan_is_fresh_only_when_none_of_its_batches_was_staged_before(spark, 
     plan = staging.plans(spark, cfg, [spec], False)["src"]
     assert (plan.batches, plan.fresh) == (["b-3"], True)  # only b-3 is left, never staged
     assert not staging.plans(spark, cfg, [spec], True)["src"].fresh  # a rebuild overwrites
+
+
+def test_staged_rows_read_back_with_their_schema_and_an_unfinished_staging_is_missing(spark, make_config):
+    """The staging is plain Parquet; its ``_schema.json``, written after the rows, marks them complete."""
+    from microseg.clean import staging
+    from microseg.clean.staging import Manifest
+    from microseg.runtime import errors, lake, sparkops, storage, tables
+
+    cfg = make_config()
+    manifest = Manifest("r1")
+    rows = spark.createDataFrame([("t-1", "c-1"), ("t-2", None)], "ticket_id STRING, customer_id STRING")
+    staging.stage(rows, cfg, lake.SUPPORT_TICKETS, manifest, "src")
+    more = spark.createDataFrame([("t-3", "c-3")], "ticket_id STRING, customer_id STRING")
+    staging.stage(more, cfg, lake.SUPPORT_TICKETS, manifest, "src", append=True)
+    assert manifest.tables == {"silver.support_tickets": "src"}
+    with sparkops.job_group(spark, "unit-read-staged", "read the staging"):
+        back = staging.staged(spark, cfg, lake.SUPPORT_TICKETS)
+    assert sparkops.jobs_in_group(spark, "unit-read-staged") == 0  # no schema inferred from the files
+    assert back.schema.simpleString() == "struct<ticket_id:string,customer_id:string>"
+    assert sorted(back.collect()) == [("t-1", "c-1"), ("t-2", None), ("t-3", "c-3")]
+
+    staging.stage(rows.where("false"), cfg, lake.SUPPORT_TICKETS, manifest, "src")  # no rows, not missing
+    assert staging.staged(spark, cfg, lake.SUPPORT_TICKETS).count() == 0
+
+    folder = tables.table_path(cfg, lake.staging(lake.SUPPORT_TICKETS))
+    storage.remove(cfg, f"{folder}/_schema.json")  # as if killed before the schema
+    with pytest.raises(errors.TableMissingError, match=r"nothing is staged for silver\.support_tickets"):
+        staging.staged(spark, cfg, lake.SUPPORT_TICKETS)

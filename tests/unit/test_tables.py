@@ -232,26 +232,3 @@ def test_a_catalog_gives_three_level_names(spark, make_config):
     )
     assert spark.table("spark_catalog.acme_seg_silver.identity_map").collect() == [("email_hash", "h1", "cu_1")]
     assert "acme_seg_silver" in {d.name for d in spark.catalog.listDatabases()}
-
-
-def test_staged_rows_read_back_with_their_schema_and_an_unfinished_staging_is_missing(spark, make_config):
-    """Staging is plain Parquet; its ``_schema.json``, written after the rows, marks them complete."""
-    from microseg.runtime import errors, sparkops, storage
-
-    cfg = make_config()
-    staged = lake.staging(ANY_WRITE)
-    rows = spark.createDataFrame([(1, "a"), (2, None)], "id INT, k STRING")
-    tables.write_staged(rows, cfg, staged)
-    tables.write_staged(spark.createDataFrame([(3, "c")], "id INT, k STRING"), cfg, staged, append=True)
-    with sparkops.job_group(spark, "unit-read-staged", "read the staging"):
-        back = tables.read_staged(spark, cfg, staged)
-    assert sparkops.jobs_in_group(spark, "unit-read-staged") == 0  # no schema inferred from the files
-    assert back.schema.simpleString() == "struct<id:int,k:string>"
-    assert sorted(back.collect()) == [(1, "a"), (2, None), (3, "c")]
-
-    tables.write_staged(rows.where("false"), cfg, staged)  # an empty staging reads as no rows, not as missing
-    assert tables.read_staged(spark, cfg, staged).count() == 0
-
-    storage.remove(cfg, f"{tables.table_path(cfg, staged)}/_schema.json")  # as if killed before the schema
-    with pytest.raises(errors.TableMissingError, match=r"nothing is staged for staging\.silver_t"):
-        tables.read_staged(spark, cfg, staged)

@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.types import StructType
 
 from microseg.ingest.mapping import SourceSpec
-from microseg.runtime import delta_ops, lake, storage, tables
+from microseg.runtime import delta_ops, faults, lake, storage, tables
 from microseg.runtime.config import Config
+from microseg.runtime.errors import TableMissingError
 from microseg.runtime.lake import Table
 
 INCREMENTAL, REBUILD = "incremental", "rebuild"  # a source's new batches added to silver, or its silver rebuilt
@@ -107,14 +109,38 @@ def read_manifest(cfg: Config) -> Manifest | None:
     return Manifest.from_json(text) if text else None
 
 
+_SCHEMA = "_schema.json"  # beside a staged table's Parquet files: its schema, written after them
+
+
 def stage(df: DataFrame, cfg: Config, table: Table, manifest: Manifest, source: str, append: bool = False) -> None:
-    """Write ``df`` as the staged rows of ``table`` (fed by ``source``); ``append``: beside those staged already."""
+    """Write ``df`` as the staged rows of ``table`` (fed by ``source``); ``append``: beside those staged already.
+
+    Plain Parquet, not Delta: the staging lives only from clean to the quality gate, which reads each staged
+    table a few times, and a Delta table new at every run costs Spark jobs to build its snapshot at each first
+    read. The schema file goes first and comes back last: ``staged`` takes it as the mark that the rows are
+    complete, and reads them without inferring a schema from the files.
+    """
     manifest.tables[table.name] = source
-    tables.write_staged(df, cfg, lake.staging(table), append)
+    target = lake.staging(table)
+    faults.point("staging", str(target))
+    tables.check_columns(df, target)
+    path = tables.table_path(cfg, target)
+    storage.remove(cfg, f"{path}/{_SCHEMA}")
+    df.write.mode("append" if append else "overwrite").parquet(path)
+    storage.write_text(cfg, f"{path}/{_SCHEMA}", df.schema.json())
 
 
 def staged(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:
-    return tables.read_staged(spark, cfg, lake.staging(table))
+    """The rows ``stage`` staged for ``table``.
+
+    Raises:
+        TableMissingError: nothing (complete) is staged for it.
+    """
+    path = tables.table_path(cfg, lake.staging(table))
+    schema = storage.read_text(cfg, f"{path}/{_SCHEMA}")
+    if schema is None:
+        raise TableMissingError(f"nothing is staged for {table} at {path}; run the clean stage first")
+    return spark.read.schema(StructType.fromJson(json.loads(schema))).parquet(path)
 
 
 def current(spark: SparkSession, cfg: Config, table: Table, manifest: Manifest) -> DataFrame | None:

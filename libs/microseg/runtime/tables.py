@@ -6,12 +6,11 @@ that its columns are the entry's and the table's (a schema changes only by ``mic
 first write creates the table as the entry declares (key, partition columns, change data feed,
 comments) and names it in the metastore (``runtime.catalog``). Delta's own operations (MERGE, DELETE,
 UPDATE, history) go through ``runtime.delta_ops``, in SQL, so that Spark Connect runs them too. Clean's
-staging, which lives only until the quality gate, is plain Parquet (``write_staged``, ``read_staged``).
+staging, which lives only until the quality gate, is plain Parquet (``clean.staging``).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 
@@ -335,37 +334,6 @@ def merge(df: DataFrame, cfg: Config, table: TableRef, within: dict[str, object]
 def _evolving(writer, table: Table):  # noqa: ANN001 - pyspark's DataFrameWriter
     """``writer``, taking new columns into the table if the entry drifts (bronze: a source's new columns)."""
     return writer.option("mergeSchema", "true") if table.drifts else writer
-
-
-_STAGED_SCHEMA = "_schema.json"  # beside a staged table's Parquet files: its schema, written after them
-
-
-def write_staged(df: DataFrame, cfg: Config, table: Table, append: bool = False) -> None:
-    """Replace (or ``append`` to) the staged rows of ``table`` (a ``lake.staging`` entry) with ``df``'s.
-
-    Plain Parquet, not Delta: staging lives only from clean to the quality gate, which reads each staged table
-    a few times, and a Delta table new at every run costs Spark jobs to build its snapshot at each first read.
-    The schema is written last beside the rows (``_schema.json``): ``read_staged`` takes it as the mark that
-    the rows are complete, and reads them without inferring a schema from the files.
-    """
-    faults.point("staging", str(table))
-    check_columns(df, table)
-    path = table_path(cfg, table)
-    df.write.mode("append" if append else "overwrite").parquet(path)
-    storage.write_text(cfg, f"{path}/{_STAGED_SCHEMA}", df.schema.json())
-
-
-def read_staged(spark: SparkSession, cfg: Config, table: Table) -> DataFrame:
-    """The rows ``write_staged`` staged for ``table`` (a ``lake.staging`` entry).
-
-    Raises:
-        TableMissingError: nothing (complete) is staged for it.
-    """
-    path = table_path(cfg, table)
-    schema = storage.read_text(cfg, f"{path}/{_STAGED_SCHEMA}")
-    if schema is None:
-        raise TableMissingError(f"nothing is staged for {table} at {path}; run the clean stage first")
-    return spark.read.schema(StructType.fromJson(json.loads(schema))).parquet(path)
 
 
 def create(df: DataFrame, cfg: Config, table: TableRef) -> CommitMetrics:
