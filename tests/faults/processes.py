@@ -143,6 +143,14 @@ class KillChain:
         settings = [*CHAIN_SETTINGS, f"lake.root={lake}", f"sources.root={self.data}"]
         return self._run(["run", "--as-of", AS_OF, *[f"--set={s}" for s in settings]], log, **env)
 
+    def _outcome(self, log: str, code: int, seconds: float) -> dict:
+        """What a process of the chain did; a process that failed (not killed) with its log's last error line."""
+        outcome = {"rc": code, "seconds": round(seconds)}
+        if code not in (0, -signal.SIGKILL):
+            errors = [line for line in (self.root / log).read_text(errors="replace").splitlines() if " ERROR " in line]
+            outcome["error"] = errors[-1] if errors else self._tail(log)[-500:]
+        return outcome
+
     def _tail(self, log: str) -> str:
         return (self.root / log).read_text(errors="replace")[-5000:]
 
@@ -158,10 +166,9 @@ class KillChain:
             for i, (stage, n, delay, what) in enumerate(schedule(points, SEED)):
                 kill_at = f"{stage}:{n}:{delay}"
                 code, seconds = self._pipeline(self.chain, f"chain-{i:02d}.log", MICROSEG_KILL_AT=kill_at)
-                self.outcomes.append(
-                    {"stage": stage, "n": n, "delay_ms": delay, "point": what, "rc": code, "seconds": round(seconds)}
-                )
+                outcome = {"stage": stage, "n": n, "delay_ms": delay, "point": what}
+                self.outcomes.append({**outcome, **self._outcome(f"chain-{i:02d}.log", code, seconds)})
             code, seconds = self._pipeline(self.chain, "final.log")
-            self.outcomes.append({"stage": "-", "rc": code, "seconds": round(seconds)})
+            self.outcomes.append({"stage": "-", **self._outcome("final.log", code, seconds)})
         except BaseException as exc:  # handed to the test through result()
             self._error = exc

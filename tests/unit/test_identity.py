@@ -125,3 +125,33 @@ def test_a_daily_change_to_the_map_equals_a_rebuild(spark, make_config):
     assert ("phone_hash", "p1") not in links and ("anonymous_id", "a2") not in links
     conflicts = {(t, k): ids for t, k, ids, _ in merged["ops.identity_conflicts"]}
     assert conflicts == {("phone_hash", "p1"): ["cu_1", "cu_5"], ("anonymous_id", "a2"): ["cu_2", "cu_5"]}
+
+
+def test_a_map_published_without_its_customers_is_rebuilt_from_the_staged_customers(spark, make_config):
+    """A run killed while quality publishes can leave the identity map and conflicts published and silver.customers
+    not yet created; the restarted clean then stages the whole map from the customers it stages again, rather
+    than merging changes against customers that were never published."""
+    from microseg.clean import staging
+    from microseg.clean.identity_staging import stage_identity
+    from microseg.clean.staging import INCREMENTAL, REBUILD, Manifest, Plan
+    from microseg.runtime import lake
+
+    cfg = make_config()
+    schema = "customer_id STRING, crm_id STRING, email_hash STRING, phone_hash STRING"
+    customers = spark.createDataFrame([("cu_1", "C1", "e1", "p1"), ("cu_2", "C2", "e1", None)], schema)
+    stage_identity_map(customers, None, lambda df, table: tables.overwrite(df, cfg, table))  # published
+    assert not tables.exists(spark, cfg, lake.CUSTOMERS)
+    manifest = Manifest("r2", plans={"crm": Plan("crm", ["b1"], INCREMENTAL)})
+    staging.stage(customers, cfg, lake.CUSTOMERS, manifest, "crm")
+
+    counts = stage_identity(spark, cfg, manifest, anonymous_ids=False)
+    assert counts["mode"] == REBUILD and manifest.plans[staging.IDENTITY].mode == REBUILD
+    links = sorted(
+        map(
+            tuple,
+            staging.staged(spark, cfg, lake.IDENTITY_MAP).select("key_type", "key_value", "customer_id").collect(),
+        )
+    )
+    assert links == [("crm_id", "C1", "cu_1"), ("crm_id", "C2", "cu_2"), ("phone_hash", "p1", "cu_1")]
+    conflicts = staging.staged(spark, cfg, lake.IDENTITY_CONFLICTS).select("key_type", "key_value", "customer_ids")
+    assert [tuple(r) for r in conflicts.collect()] == [("email_hash", "e1", ["cu_1", "cu_2"])]

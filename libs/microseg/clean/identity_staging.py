@@ -20,16 +20,18 @@ def stage_identity(
     spark: SparkSession, cfg: Config, manifest: Manifest, anonymous_ids: bool, customers_pass: dict | None = None
 ) -> dict:
     """Stage the identity map and conflicts for what this run staged: the keys its customers and (with
-    ``anonymous_ids``) web events touch (``stage_identity_changes``), or all of them when the map is new
-    or the customers or web events are rebuilt (``stage_identity_map``). Returns counts for the report: the
-    keys restaged (with those of the ``customers_pass``), and the conflicts once the web
-    events' ids are in."""
+    ``anonymous_ids``) web events touch (``stage_identity_changes``), or all of them when the map is new,
+    silver.customers is not published, or the customers or web events are rebuilt (``stage_identity_map``).
+    Returns counts for the report: the keys restaged (with those of the ``customers_pass``), and the
+    conflicts once the web events' ids are in."""
 
     def current(table: Table) -> DataFrame | None:
         return staging.current(spark, cfg, table, manifest)
 
     fed = [manifest.plan_of(lake.CUSTOMERS), manifest.plan_of(lake.WEB_EVENTS) if anonymous_ids else None]
-    published = all(tables.exists(spark, cfg, t) for t in (lake.IDENTITY_MAP, lake.IDENTITY_CONFLICTS))
+    # The map is merged against the published customers it was made from. A publication killed midway can
+    # leave the map published and silver.customers not yet created: then the map is rebuilt.
+    published = all(tables.exists(spark, cfg, t) for t in (lake.IDENTITY_MAP, lake.IDENTITY_CONFLICTS, lake.CUSTOMERS))
     if not published or any(plan is not None and plan.mode == REBUILD for plan in fed):
         manifest.plans[staging.IDENTITY] = Plan(staging.IDENTITY, [], REBUILD)
         web = current(lake.WEB_EVENTS) if anonymous_ids else None
