@@ -144,10 +144,15 @@ class KillChain:
         return self._run(["run", "--as-of", AS_OF, *[f"--set={s}" for s in settings]], log, **env)
 
     def _outcome(self, log: str, code: int, seconds: float) -> dict:
-        """What a process of the chain did; a process that failed (not killed) with its log's last error line."""
+        """What a process of the chain did: where it was killed, as its log says (threads publish side by side,
+        so the n-th point of a restart need not be the reference run's n-th), or the last error line of a
+        process that failed."""
+        lines = (self.root / log).read_text(errors="replace").splitlines()
         outcome = {"rc": code, "seconds": round(seconds)}
-        if code not in (0, -signal.SIGKILL):
-            errors = [line for line in (self.root / log).read_text(errors="replace").splitlines() if " ERROR " in line]
+        if code == -signal.SIGKILL:
+            outcome["killed"] = next((line.split("SIGKILL ")[-1] for line in lines if "fault injection" in line), "?")
+        elif code != 0:
+            errors = [line for line in lines if " ERROR " in line]
             outcome["error"] = errors[-1] if errors else self._tail(log)[-500:]
         return outcome
 
@@ -166,7 +171,7 @@ class KillChain:
             for i, (stage, n, delay, what) in enumerate(schedule(points, SEED)):
                 kill_at = f"{stage}:{n}:{delay}"
                 code, seconds = self._pipeline(self.chain, f"chain-{i:02d}.log", MICROSEG_KILL_AT=kill_at)
-                outcome = {"stage": stage, "n": n, "delay_ms": delay, "point": what}
+                outcome = {"stage": stage, "n": n, "delay_ms": delay, "planned": what}
                 self.outcomes.append({**outcome, **self._outcome(f"chain-{i:02d}.log", code, seconds)})
             code, seconds = self._pipeline(self.chain, "final.log")
             self.outcomes.append({"stage": "-", **self._outcome("final.log", code, seconds)})
